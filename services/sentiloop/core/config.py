@@ -1,0 +1,98 @@
+"""Configuration from environment variables, with defaults that run everything on
+one machine out of the box."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# name -> (default port, fully qualified gRPC service of its contract)
+SERVICES: dict[str, tuple[int, str]] = {
+    "inference": (8000, "sentiloop.v1.InferenceService"),
+    "feedback": (8001, "sentiloop.v1.FeedbackService"),
+    "registry": (8002, "sentiloop.v1.ModelRegistryService"),
+    "evaluation": (8003, "sentiloop.v1.EvaluationService"),
+    "retraining": (8004, "sentiloop.v1.RetrainingService"),
+    "notification": (8005, "sentiloop.v1.NotificationService"),
+    "model_init": (8006, "sentiloop.v1.ModelInitService"),
+}
+
+MESH_HEALTH_SERVICE = "sentiloop.v1.MeshHealthService"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
+
+
+def env_name(service: str, suffix: str) -> str:
+    """``env_name("model_init", "PORT")`` -> ``SENTILOOP_MODEL_INIT_PORT``."""
+    return f"SENTILOOP_{service.upper()}_{suffix}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str
+    ports: dict[str, int]
+    addresses: dict[str, str]
+    envoy_port: int
+    envoy_admin_port: int
+    max_text_length: int
+    shutdown_grace_seconds: float
+    restart_delay_seconds: float
+    log_level: str
+    envoy_listen_host: str
+    envoy_descriptor: Path | None
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+
+    def address(self, service: str) -> str:
+        return self.addresses[service]
+
+    def service_dir(self, service: str) -> Path:
+        path = self.data_dir / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def load_settings() -> Settings:
+    host = _env("SENTILOOP_HOST", "127.0.0.1")
+    ports = {name: _env_int(env_name(name, "PORT"), port) for name, (port, _) in SERVICES.items()}
+    addresses = {name: _env(env_name(name, "ADDR"), f"{host}:{ports[name]}") for name in SERVICES}
+    return Settings(
+        data_dir=Path(_env("SENTILOOP_DATA_DIR", "data")).resolve(),
+        host=host,
+        ports=ports,
+        addresses=addresses,
+        envoy_port=_env_int("SENTILOOP_ENVOY_PORT", 8080),
+        envoy_admin_port=_env_int("SENTILOOP_ENVOY_ADMIN_PORT", 9901),
+        max_text_length=_env_int("SENTILOOP_MAX_TEXT_LENGTH", 5000),
+        shutdown_grace_seconds=_env_float("SENTILOOP_SHUTDOWN_GRACE_SECONDS", 10.0),
+        restart_delay_seconds=_env_float("SENTILOOP_RESTART_DELAY_SECONDS", 2.0),
+        log_level=_env("SENTILOOP_LOG_LEVEL", "INFO").upper(),
+        envoy_listen_host=_env("SENTILOOP_ENVOY_HOST", host),
+        envoy_descriptor=Path(d) if (d := os.environ.get("SENTILOOP_ENVOY_DESCRIPTOR")) else None,
+        cors_origins=[
+            o.strip() for o in _env("SENTILOOP_CORS_ORIGINS", "*").split(",") if o.strip()
+        ],
+    )

@@ -1,0 +1,236 @@
+"""The server runner every service shares: a grpc.aio server on its own port with
+the standard health service, reflection, the mesh health aggregate, request-id
+aware logs, domain-error mapping, and graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from sentiloop.core import errors
+from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
+from sentiloop.core.logs import configure_logging, request_id_var
+
+log = logging.getLogger("sentiloop.server")
+
+_CODES: dict[type[errors.SentiloopError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NotBuiltYet: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def status_for(error: errors.SentiloopError) -> grpc.Status:
+    """The one place where domain errors become gRPC statuses (with google.rpc details)."""
+    code = next(
+        (c for kind, c in _CODES.items() if isinstance(error, kind)), grpc.StatusCode.UNKNOWN
+    )
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    if isinstance(error, errors.InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=name, description=why)
+                for name, why in error.violations.items()
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status.details.append(detail)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            return str(value)
+    return ""
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Binds the request id to the logs, maps domain errors, and logs every call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        request_id = _request_id(handler_call_details.invocation_metadata)
+
+        if handler.unary_unary is not None:
+            inner_unary: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                token = request_id_var.set(request_id)
+                started = time.perf_counter()
+                code = "OK"
+                try:
+                    return await inner_unary(request, context)
+                except errors.SentiloopError as error:
+                    status = status_for(error)
+                    code = status.code.name
+                    await _abort(context, status)
+                except Exception:
+                    code = _code_of(context)
+                    if code == "UNKNOWN":
+                        log.exception("unhandled error in %s", method)
+                    raise
+                finally:
+                    _log_call(method, code, started)
+                    request_id_var.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                token = request_id_var.set(request_id)
+                started = time.perf_counter()
+                code = "OK"
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except errors.SentiloopError as error:
+                    status = status_for(error)
+                    code = status.code.name
+                    await _abort(context, status)
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except Exception:
+                    code = _code_of(context)
+                    if code == "UNKNOWN":
+                        log.exception("unhandled error in %s", method)
+                    raise
+                finally:
+                    _log_call(method, code, started)
+                    request_id_var.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        return code_pb2.Code.Name(code)
+    return "UNKNOWN"
+
+
+def _log_call(method: str, code: str, started: float) -> None:
+    log.info(
+        "rpc %s %s",
+        method,
+        code,
+        extra={
+            "fields": {
+                "rpc": method,
+                "code": code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+        },
+    )
+
+
+@dataclass
+class ServiceApp:
+    """What one service process serves: its servicer(s) plus start/stop hooks."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+    startup: Callable[[], Awaitable[None]] | None = None
+    shutdown: Callable[[], Awaitable[None]] | None = None
+    extra_service_names: list[str] = field(default_factory=list)
+
+
+async def run_service(app: ServiceApp, settings: Settings) -> None:
+    from sentiloop.health.servicer import MeshHealthServicer
+    from sentiloop.v1 import health_pb2_grpc as mesh_health_pb2_grpc
+
+    service_full_name = SERVICES[app.name][1]
+    server = grpc.aio.server(interceptors=[CallInterceptor()])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    mesh_health = MeshHealthServicer(settings)
+    mesh_health_pb2_grpc.add_MeshHealthServiceServicer_to_server(mesh_health, server)
+    app.register(server)
+    served = [service_full_name, MESH_HEALTH_SERVICE, *app.extra_service_names]
+    reflection.enable_server_reflection(
+        [
+            *served,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    for name in ("", *served):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = f"{settings.host}:{settings.ports[app.name]}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"{app.name}: cannot listen on {address}")
+    await server.start()
+    log.info("listening on %s", address, extra={"fields": {"address": address}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    if app.startup is not None:
+        await app.startup()
+    for name in ("", *served):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving")
+
+    await stop.wait()
+    log.info("shutting down: refusing new calls, letting in-flight calls finish")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_seconds)
+    if app.shutdown is not None:
+        await app.shutdown()
+    log.info("stopped")
+
+
+def main_for(app_factory: Callable[[Settings], ServiceApp], name: str) -> None:
+    from sentiloop.core.config import load_settings
+
+    settings = load_settings()
+    configure_logging(name, settings.log_level)
+    app = app_factory(settings)
+    asyncio.run(run_service(app, settings))

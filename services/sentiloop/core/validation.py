@@ -1,0 +1,25 @@
+"""Input rules shared by every service that takes texts and labels."""
+
+from __future__ import annotations
+
+# The label order used everywhere (confusion matrices, score maps).
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+
+def check_text(text: str, max_length: int, field: str = "text") -> str | None:
+    """Returns what is wrong with ``text``, or None when it is acceptable."""
+    if not text.strip():
+        return "must not be empty"
+    if len(text) > max_length:
+        return f"is {len(text)} characters long; the limit is {max_length}"
+    return None
+
+
+def normalize_label(value: str) -> str | None:
+    """The canonical (lower-case) label, or None when ``value`` is not a label."""
+    label = value.strip().lower()
+    return label if label in LABELS else None
+
+
+def label_problem(value: str) -> str:
+    return f"{value!r} is not a label; use one of {', '.join(LABELS)}"

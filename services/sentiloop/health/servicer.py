@@ -1,0 +1,49 @@
+"""The mesh health aggregate: every process can answer for the whole mesh."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sentiloop.core.config import SERVICES, Settings
+from sentiloop.v1 import health_pb2 as mesh_pb2
+from sentiloop.v1 import health_pb2_grpc as mesh_pb2_grpc
+
+# Envoy's Lua filter turns this response header into the HTTP status for JSON
+# clients (gRPC clients keep their normal OK response and read `status`).
+HTTP_STATUS_HEADER = "x-sentiloop-http-status"
+CHECK_TIMEOUT_SECONDS = 1.0
+
+
+class MeshHealthServicer(mesh_pb2_grpc.MeshHealthServiceServicer):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def _check(self, service: str) -> str:
+        # A fresh channel per check: a cached one sits in reconnect backoff after its
+        # peer restarts and would report it unreachable long after it is back.
+        async with grpc.aio.insecure_channel(self._settings.address(service)) as channel:
+            try:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICES[service][1]),
+                    timeout=CHECK_TIMEOUT_SECONDS,
+                )
+            except grpc.aio.AioRpcError:
+                return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def GetMeshHealth(
+        self, request: mesh_pb2.GetMeshHealthRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> mesh_pb2.GetMeshHealthResponse:
+        names = list(SERVICES)
+        statuses = await asyncio.gather(*(self._check(name) for name in names))
+        services = dict(zip(names, statuses, strict=True))
+        healthy = all(status == "SERVING" for status in statuses)
+        if not healthy:
+            await context.send_initial_metadata(((HTTP_STATUS_HEADER, "503"),))
+        return mesh_pb2.GetMeshHealthResponse(
+            status="ok" if healthy else "degraded", services=services
+        )

@@ -1,0 +1,156 @@
+"""Starts a whole mesh the way `make run` does (`sentiloop up`), on free loopback
+ports and a data directory of its own: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentiloop.core.config import SERVICES, env_name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class RunningMesh:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    env: dict[str, str]
+    envoy_port: int
+    ports: dict[str, int]
+    startup_seconds: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def envoy_address(self) -> str:
+        return f"127.0.0.1:{self.envoy_port}"
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def pid(self, child: str) -> int:
+        return int((self.data_dir / "run" / f"{child}.pid").read_text())
+
+    def child_pids(self) -> dict[str, int]:
+        return {path.stem: int(path.read_text()) for path in (self.data_dir / "run").glob("*.pid")}
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=3) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            try:
+                return error.code, json.loads(body)
+            except ValueError:
+                return error.code, {"error": body.decode(errors="replace")}
+        except OSError:
+            return 0, {}
+
+    def wait_for_health(self, status: int, timeout: float) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        last: tuple[int, dict[str, object]] = (0, {})
+        while time.monotonic() < deadline:
+            last = self.health()
+            if last[0] == status:
+                return last[1]
+            time.sleep(0.05)
+        raise TimeoutError(f"/health did not answer {status} within {timeout}s; last: {last}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def start_mesh(
+    data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 120.0
+) -> RunningMesh:
+    ports = {name: free_port() for name in SERVICES}
+    envoy_port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "SENTILOOP_DATA_DIR": str(data_dir),
+            "SENTILOOP_HOST": "127.0.0.1",
+            "SENTILOOP_ENVOY_PORT": str(envoy_port),
+            "SENTILOOP_ENVOY_ADMIN_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for name, port in ports.items():
+        env[env_name(name, "PORT")] = str(port)
+        env.pop(env_name(name, "ADDR"), None)
+    env.update(extra_env or {})
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sentiloop.cli", "up", "--timeout", str(timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Sentiloop is up"):
+            break
+    else:
+        process.wait()
+        raise RuntimeError("the mesh did not start:\n" + "".join(lines))
+    mesh = RunningMesh(
+        process=process,
+        data_dir=data_dir,
+        env=env,
+        envoy_port=envoy_port,
+        ports=ports,
+        startup_seconds=time.monotonic() - started,
+    )
+    _drain(process)
+    return mesh
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    """Keeps reading the supervisor's output so it never blocks on a full pipe."""
+    import threading
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stderr.write(f"[mesh] {line}")
+
+    threading.Thread(target=pump, daemon=True).start()

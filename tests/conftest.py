@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from sentiloop.testing import RunningMesh, pid_alive, start_mesh
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    """The whole mesh, started as `make run` starts it, shared by the session."""
+    running = start_mesh(tmp_path_factory.mktemp("mesh"))
+    yield running
+    children = running.child_pids()
+    assert running.stop() == 0
+    assert not [name for name, pid in children.items() if pid_alive(pid)], "orphans left"
+
+
+@pytest.fixture
+def http(mesh: RunningMesh) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mesh.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def channel_to(mesh: RunningMesh) -> Iterator[object]:
+    channels: list[grpc.Channel] = []
+
+    def open_channel(service: str) -> grpc.Channel:
+        address = mesh.envoy_address if service == "envoy" else mesh.address(service)
+        channel = grpc.insecure_channel(address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path
