@@ -48,8 +48,8 @@ buf-breaking: venv
 	else echo "buf breaking: main has no protos yet, skipped"; fi
 
 lint: venv
-	$(BIN)/ruff check services tests sagemaker_scripts scripts
-	$(BIN)/ruff format --check services tests sagemaker_scripts scripts
+	$(BIN)/ruff check services tests sagemaker_scripts scripts benchmarks
+	$(BIN)/ruff format --check services tests sagemaker_scripts scripts benchmarks
 
 typecheck: venv
 	$(BIN)/mypy

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-
 from sentiloop.testing import start_mesh
 from sentiloop.v1 import feedback_pb2 as pb
 from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
@@ -92,8 +91,7 @@ def main() -> None:
     for name, values in samples.items():
         median = statistics.median(values)
         print(
-            f"  {name:<16} {median:8.3f} {percentile(values, 0.99):8.3f}"
-            f" {median / baseline:22.2f}"
+            f"  {name:<16} {median:8.3f} {percentile(values, 0.99):8.3f} {median / baseline:22.2f}"
         )
 
 

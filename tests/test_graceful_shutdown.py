@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import grpc
-
 from sentiloop.core.config import env_name
 from sentiloop.feedback.store import FeedbackStore
 from sentiloop.testing import free_port
@@ -21,7 +20,11 @@ from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
 
 
 def start_feedback(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SENTILOOP_DATA_DIR": str(data_dir), env_name("feedback", "PORT"): str(port)}
+    env = {
+        **os.environ,
+        "SENTILOOP_DATA_DIR": str(data_dir),
+        env_name("feedback", "PORT"): str(port),
+    }
     process = subprocess.Popen([sys.executable, "-m", "sentiloop.serve", "feedback"], env=env)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
@@ -56,7 +59,9 @@ def test_sigterm_finishes_in_flight_calls(tmp_path: Path) -> None:
     assert acknowledged, "no call finished"
     refused = {code for code in outcomes.values() if code != "OK"}
     assert refused <= {"UNAVAILABLE", "CANCELLED"}, refused
-    stored = {r.text for r in FeedbackStore(tmp_path / "feedback" / "feedback.db", 100).list(limit=1000)}
+    stored = {
+        r.text for r in FeedbackStore(tmp_path / "feedback" / "feedback.db", 100).list(limit=1000)
+    }
     assert acknowledged <= stored
 
 
