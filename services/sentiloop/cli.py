@@ -1,4 +1,4 @@
-"""The `sentiloop` command."""
+"""The `sentiloop` command: runs the mesh, and talks to it over gRPC through Envoy."""
 
 from __future__ import annotations
 
@@ -7,14 +7,41 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 from sentiloop.core.config import load_settings
+
+
+def _envoy_address(args: argparse.Namespace) -> str:
+    return str(args.address or f"127.0.0.1:{load_settings().envoy_port}")
+
+
+def _grpc_call(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
+    import grpc
+
+    with grpc.insecure_channel(_envoy_address(args)) as channel:
+        try:
+            return call(channel)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            raise SystemExit(1) from None
+
+
+def _print_message(message: Any) -> None:
+    from google.protobuf import json_format
+
+    print(
+        json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
+    )
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from sentiloop.core.supervisor import run_mesh
 
-    return run_mesh(load_settings(), startup_timeout=args.timeout)
+    return run_mesh(
+        load_settings(), startup_timeout=args.timeout, bootstrap_if_empty=args.bootstrap_if_empty
+    )
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -40,6 +67,181 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch_job(channel: Any, job_name: str, show: Callable[[str], None] = print) -> Any:
+    """Follows a training job's status stream with a progress bar; returns the last update."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
+    last = None
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    ) as progress:
+        task = progress.add_task(job_name, total=None, detail="")
+        for update in stub.WatchTrainingJob(
+            model_init_pb2.WatchTrainingJobRequest(job_name=job_name)
+        ):
+            last = update
+            job = update.job
+            total = job.progress.total_steps or None
+            detail = job.secondary_status or job.status
+            if job.progress.step:
+                detail += f"  loss {job.progress.loss:.4f}"
+            progress.update(task, total=total, completed=job.progress.step, detail=detail)
+    if last is not None:
+        job = last.job
+        show(
+            f"{job.job_name}: {job.status}"
+            + (f" ({job.failure_reason})" if job.failure_reason else "")
+        )
+        if last.test_metrics.ByteSize():
+            m = last.test_metrics
+            show(f"test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}")
+    return last
+
+
+def wait_for_endpoint(channel: Any, timeout: float = 600.0) -> int:
+    import time
+
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = stub.GetEndpointStatus(model_init_pb2.GetEndpointStatusRequest())
+        if status.status == "InService" and status.model_version:
+            print(f"deployed: model {status.model_version} is in service")
+            return 0
+        if status.status == "Failed":
+            break
+        time.sleep(0.5)
+    print(f"the endpoint is not in service: {status}", file=sys.stderr)
+    return 1
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    def call(channel: Any) -> int:
+        stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
+        if args.if_empty:
+            endpoint = stub.GetEndpointStatus(model_init_pb2.GetEndpointStatusRequest())
+            if endpoint.model_version:
+                print(f"model {endpoint.model_version} is deployed ({endpoint.status})")
+                return 0
+            jobs = stub.ListTrainingJobs(model_init_pb2.ListTrainingJobsRequest(page_size=20))
+            running = [
+                j
+                for j in jobs.jobs
+                if j.status == "InProgress" or (j.status == "Completed" and j.auto_deploy)
+            ]
+            if running:
+                print(f"training job {running[0].job_name} is on its way to deployment")
+                last = watch_job(channel, running[0].job_name) if args.watch else None
+                return 0 if last is None or last.job.status == "Completed" else 1
+        answer = stub.Bootstrap(
+            model_init_pb2.BootstrapRequest(auto_deploy=args.auto_deploy, preset=args.preset or "")
+        )
+        print(answer.message)
+        if args.watch:
+            last = watch_job(channel, answer.job_name)
+            if last is None or last.job.status != "Completed":
+                return 1
+            if args.auto_deploy:
+                return wait_for_endpoint(channel)
+        return 0
+
+    return int(_grpc_call(args, call))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    if args.watch:
+        last = _grpc_call(args, lambda channel: watch_job(channel, args.job_name))
+        return 0 if last is not None and last.job.status == "Completed" else 1
+    answer = _grpc_call(
+        args,
+        lambda channel: model_init_pb2_grpc.ModelInitServiceStub(channel).GetTrainingStatus(
+            model_init_pb2.GetTrainingStatusRequest(job_name=args.job_name)
+        ),
+    )
+    _print_message(answer.job)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: model_init_pb2_grpc.ModelInitServiceStub(channel).Deploy(
+            model_init_pb2.DeployRequest(job_name=args.job_name)
+        ),
+    )
+    print(answer.message)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import inference_pb2, inference_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: inference_pb2_grpc.InferenceServiceStub(channel).PredictBatch(
+            inference_pb2.PredictBatchRequest(texts=args.texts)
+        ),
+    )
+    for prediction in answer.predictions:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(prediction.scores.items()))
+        print(f"{prediction.label:<8} {prediction.confidence:.3f}  {prediction.text}")
+        print(
+            f"         model {prediction.model_version}, id {prediction.prediction_id} ({scores})"
+        )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import registry_pb2, registry_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: registry_pb2_grpc.ModelRegistryServiceStub(channel).ListModels(
+            registry_pb2.ListModelsRequest()
+        ),
+    )
+    if not answer.models:
+        print("no model versions yet (sentiloop bootstrap --auto-deploy --watch)")
+    for model in answer.models:
+        marker = "*" if model.is_active else " "
+        print(
+            f"{marker} {model.version:<5} {model.status:<10} accuracy {model.accuracy:.4f}"
+            f"  macro-F1 {model.test_metrics.macro_f1:.4f}  {model.source:<10}"
+            f" {model.training_job_name}"
+            + (f"  [{model.endpoint_status}]" if model.is_active else "")
+        )
+    return 0
+
+
+def _cmd_endpoint(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: model_init_pb2_grpc.ModelInitServiceStub(channel).GetEndpointStatus(
+            model_init_pb2.GetEndpointStatusRequest()
+        ),
+    )
+    _print_message(answer)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentiloop",
@@ -47,23 +249,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="start every service and Envoy; Ctrl-C stops them")
-    up.add_argument(
-        "--timeout",
-        type=float,
-        default=120.0,
-        help="seconds to wait for the mesh to become healthy",
-    )
-    up.set_defaults(func=_cmd_up)
+    def command(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
 
-    health = commands.add_parser("health", help="show the health of every service")
+    def with_address(sub: Any) -> Any:
+        sub.add_argument(
+            "--address", help="Envoy's gRPC address (default 127.0.0.1:$SENTILOOP_ENVOY_PORT)"
+        )
+        return sub
+
+    up = command("up", "start every service and Envoy; Ctrl-C stops them", _cmd_up)
+    up.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the mesh to be healthy"
+    )
+    up.add_argument(
+        "--bootstrap-if-empty",
+        action="store_true",
+        help="when no model is deployed, train and deploy one (what `make run` does)",
+    )
+
+    health = command("health", "show the health of every service", _cmd_health)
     health.add_argument(
         "--url", help="Envoy's URL (default http://127.0.0.1:$SENTILOOP_ENVOY_PORT)"
     )
-    health.set_defaults(func=_cmd_health)
 
-    envoy_config = commands.add_parser("envoy-config", help="print the Envoy configuration")
-    envoy_config.set_defaults(func=_cmd_envoy_config)
+    command("envoy-config", "print the Envoy configuration", _cmd_envoy_config)
+
+    bootstrap = with_address(command("bootstrap", "train a first model", _cmd_bootstrap))
+    bootstrap.add_argument("--auto-deploy", action="store_true", help="deploy when trained")
+    bootstrap.add_argument("--watch", action="store_true", help="show progress until it ends")
+    bootstrap.add_argument("--preset", choices=["minilm", "tiny"], help="model preset")
+    bootstrap.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="only when no model is deployed and none is on its way",
+    )
+
+    status = with_address(command("status", "show a training job", _cmd_status))
+    status.add_argument("job_name")
+    status.add_argument("--watch", action="store_true", help="follow it until it ends")
+
+    deploy = with_address(command("deploy", "deploy a completed training job", _cmd_deploy))
+    deploy.add_argument("job_name")
+
+    predict = with_address(command("predict", "predict the sentiment of texts", _cmd_predict))
+    predict.add_argument("texts", nargs="+", metavar="text")
+
+    with_address(command("models", "list model versions", _cmd_models))
+    with_address(command("endpoint", "show the endpoint's status", _cmd_endpoint))
     return parser
 
 

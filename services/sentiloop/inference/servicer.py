@@ -1,22 +1,174 @@
-"""InferenceService, not built yet (issue #3):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""InferenceService: protobuf <-> the predictor, plus the task that keeps the served
+model in step with the registry's active version."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import timestamp
+from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet
+from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
+from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
+from sentiloop.v1 import registry_pb2
+
+log = logging.getLogger("sentiloop.inference")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def to_proto(prediction: Prediction) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        text=prediction.text,
+        label=prediction.label,
+        confidence=prediction.confidence,
+        scores=prediction.scores,
+        model_version=prediction.model_version,
+        prediction_id=prediction.id,
+    )
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    Predict = not_built_yet("Predict", 3)
-    PredictBatch = not_built_yet("PredictBatch", 3)
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        # One thread runs the model: torch already uses every core for one batch.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+
+    async def _predict(self, texts: list[str]) -> list[Prediction]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._predictor.predict, texts)
+
+    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
+        [prediction] = await self._predict([request.text])
+        return to_proto(prediction)
+
+    async def PredictBatch(
+        self, request: pb.PredictBatchRequest, context: Context
+    ) -> pb.PredictBatchResponse:
+        predictions = await self._predict(list(request.texts))
+        return pb.PredictBatchResponse(
+            predictions=[to_proto(p) for p in predictions],
+            model_version=predictions[0].model_version,
+        )
+
+    async def GetServingStatus(
+        self, request: pb.GetServingStatusRequest, context: Context
+    ) -> pb.GetServingStatusResponse:
+        state = self._predictor.state
+        return pb.GetServingStatusResponse(
+            status=state.status,
+            model_version=state.model_version,
+            target_version=state.target_version,
+            failure_reason=state.failure_reason,
+            loaded_at=timestamp(state.loaded_at),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class RegistryFollower:
+    """Polls the registry's active version and loads it beside the served one, then
+    swaps: requests in flight finish on the version they started with."""
+
+    def __init__(self, predictor: Predictor, clients: Clients, interval: float) -> None:
+        self._predictor = predictor
+        self._clients = clients
+        self._interval = interval
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self._failed: tuple[str, float] | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following the registry failed")
+            await asyncio.sleep(self._interval)
+
+    async def sync_once(self) -> None:
+        try:
+            answer = await self._clients.registry.GetModel(
+                registry_pb2.GetModelRequest(version="active"), timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND and self._predictor.current is None:
+                self._predictor.state = ServingState("NotDeployed")
+            return  # registry unreachable: keep serving what we have
+        version, artifact = answer.model.version, answer.model.path
+        predictor = self._predictor
+        current = predictor.current
+        if current is not None and current.version == version:
+            return
+        loop = asyncio.get_running_loop()
+        if self._failed and self._failed[0] == version and loop.time() - self._failed[1] < 30:
+            return
+        serving = current.version if current else ""
+        predictor.state = ServingState(
+            "Loading", serving, version, loaded_at=predictor.state.loaded_at
+        )
+        log.info("loading model version %s", version, extra={"fields": {"version": version}})
+        try:
+            loaded = await loop.run_in_executor(self._loader, predictor.load, version, artifact)
+        except Exception as error:
+            log.exception("loading model version %s failed", version)
+            self._failed = (version, loop.time())
+            predictor.state = replace(
+                predictor.state,
+                status="Failed",
+                failure_reason=f"loading {version} failed: {error}",
+            )
+            return
+        predictor.current = loaded
+        predictor.state = ServingState("InService", version, version, loaded_at=loaded.loaded_at)
+        log.info("serving model version %s", version, extra={"fields": {"version": version}})
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = InferenceServicer()
+    store = LocalObjectStore(settings.data_dir / "objects")
+    service_dir = settings.service_dir("inference")
+    prediction_log = PredictionLog(service_dir / "predictions.db")
+    predictor = Predictor(store, service_dir / "models", prediction_log, settings.max_text_length)
+    clients = Clients(settings)
+    servicer = InferenceServicer(predictor)
+    follower = RegistryFollower(
+        predictor, clients, float(os.environ.get("SENTILOOP_INFERENCE_POLL_SECONDS", "1.0"))
+    )
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        # Serve the active model from the first request on, when there is one.
+        await follower.sync_once()
+        tasks.append(asyncio.create_task(follower.run()))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        follower.close()
+        servicer.close()
+        await clients.close()
+        prediction_log.close()
+
     return ServiceApp(
         name="inference",
         register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+        startup=startup,
+        shutdown=shutdown,
     )

@@ -1,27 +1,168 @@
-"""ModelInitService, not built yet (issue #3):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""ModelInitService: protobuf <-> ModelInit's domain logic."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import metrics_to_proto, timestamp
+from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet, not_built_yet_stream
+from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
+from sentiloop.model_init.backends import LocalTrainingBackend
+from sentiloop.model_init.datasets import ensure_dataset
+from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
+from sentiloop.model_init.manager import ModelInit, NewTraining
+from sentiloop.v1 import model_init_pb2 as pb
 from sentiloop.v1 import model_init_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def job_to_proto(job: TrainingJob) -> pb.TrainingJob:
+    p = job.progress
+    return pb.TrainingJob(
+        job_name=job.name,
+        status=job.status,
+        secondary_status=job.secondary_status,
+        creation_time=timestamp(job.created_at),
+        end_time=timestamp(job.ended_at),
+        model_artifacts=job.artifact,
+        failure_reason=job.failure_reason,
+        progress=pb.TrainingProgress(
+            step=int(p.get("step", 0)),
+            total_steps=int(p.get("total_steps", 0)),
+            epoch=float(p.get("epoch", 0.0)),
+            loss=float(p.get("loss", 0.0)),
+        ),
+        metrics=job.metrics,
+        auto_deploy=job.auto_deploy,
+        backend=job.backend,
+        preset=job.preset,
+    )
+
+
+def page_size(requested: int) -> int:
+    if requested < 0 or requested > 1000:
+        raise InvalidArgument({"page_size": "must be between 1 and 1000"})
+    return requested or 100
 
 
 class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
-    Bootstrap = not_built_yet("Bootstrap", 3)
-    GetTrainingStatus = not_built_yet("GetTrainingStatus", 3)
-    ListTrainingJobs = not_built_yet("ListTrainingJobs", 3)
-    StopTrainingJob = not_built_yet("StopTrainingJob", 3)
-    Deploy = not_built_yet("Deploy", 3)
-    GetEndpointStatus = not_built_yet("GetEndpointStatus", 3)
-    WatchTrainingJob = not_built_yet_stream("WatchTrainingJob", 3)
+    def __init__(self, model_init: ModelInit, store: LocalObjectStore, default_preset: str) -> None:
+        self._model_init = model_init
+        self._store = store
+        self._default_preset = default_preset
+
+    async def Bootstrap(
+        self, request: pb.BootstrapRequest, context: Context
+    ) -> pb.BootstrapResponse:
+        preset = request.preset or self._default_preset
+        dataset = await asyncio.to_thread(ensure_dataset, self._store)
+        job = await self._model_init.start_training(
+            NewTraining(
+                source="bootstrap",
+                channels=dataset.channels,
+                dataset_hash=dataset.content_hash,
+                hyperparameters={"preset": preset},
+                preset=preset,
+                auto_deploy=request.auto_deploy,
+            )
+        )
+        return pb.BootstrapResponse(
+            message=f"Training job {job.name} started"
+            + (" and will be deployed when it completes" if job.auto_deploy else ""),
+            job_name=job.name,
+            status=job.status,
+            auto_deploy=job.auto_deploy,
+        )
+
+    async def GetTrainingStatus(
+        self, request: pb.GetTrainingStatusRequest, context: Context
+    ) -> pb.GetTrainingStatusResponse:
+        job = await self._model_init.get(check_job_name(request.job_name))
+        return pb.GetTrainingStatusResponse(job=job_to_proto(job))
+
+    async def WatchTrainingJob(
+        self, request: pb.WatchTrainingJobRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTrainingJobResponse]:
+        check_job_name(request.job_name)
+        async for update in self._model_init.watch(request.job_name):
+            yield pb.WatchTrainingJobResponse(
+                job=job_to_proto(update.job),
+                message=update.message,
+                time=timestamp(update.time),
+                done=update.done,
+                test_metrics=metrics_to_proto(update.job.final_metrics.get("test"))
+                if update.done
+                else None,
+            )
+
+    async def ListTrainingJobs(
+        self, request: pb.ListTrainingJobsRequest, context: Context
+    ) -> pb.ListTrainingJobsResponse:
+        jobs = await self._model_init.recent(page_size(request.page_size))
+        return pb.ListTrainingJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+
+    async def StopTrainingJob(
+        self, request: pb.StopTrainingJobRequest, context: Context
+    ) -> pb.StopTrainingJobResponse:
+        job = await self._model_init.stop(check_job_name(request.job_name))
+        return pb.StopTrainingJobResponse(job=job_to_proto(job))
+
+    async def Deploy(self, request: pb.DeployRequest, context: Context) -> pb.DeployResponse:
+        version, status = await self._model_init.deploy(check_job_name(request.job_name))
+        message = f"Training job {request.job_name} deployed as model version {version}"
+        if status.status != "InService":
+            message += f"; the endpoint is {status.status}"
+            if status.failure_reason:
+                message += f": {status.failure_reason}"
+        return pb.DeployResponse(
+            message=message, model_version=version, endpoint_status=status.status
+        )
+
+    async def GetEndpointStatus(
+        self, request: pb.GetEndpointStatusRequest, context: Context
+    ) -> pb.GetEndpointStatusResponse:
+        status = await self._model_init.endpoint_status()
+        return pb.GetEndpointStatusResponse(
+            endpoint_name=self._model_init.endpoint_name,
+            status=status.status,
+            model_version=status.model_version,
+            backend="local",
+            failure_reason=status.failure_reason,
+        )
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = ModelInitServicer()
+    store = LocalObjectStore(settings.data_dir / "objects")
+    jobs = JobStore(settings.service_dir("model_init") / "jobs.db")
+    clients = Clients(settings)
+    backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
+    model_init = ModelInit(jobs, backend, GrpcRegistry(clients), LocalEndpoint(clients))
+    default_preset = os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm")
+    servicer = ModelInitServicer(model_init, store, default_preset)
+
+    async def startup() -> None:
+        await model_init.recover()
+
+    async def shutdown() -> None:
+        # Cancelling the jobs' tasks ends their training processes; the jobs stay
+        # InProgress and resume when the service starts again.
+        await model_init.shutdown()
+        await clients.close()
+        jobs.close()
+
     return ServiceApp(
         name="model_init",
         register=lambda server: pb_grpc.add_ModelInitServiceServicer_to_server(servicer, server),
+        startup=startup,
+        shutdown=shutdown,
     )

@@ -1,28 +1,126 @@
-"""ModelRegistryService, not built yet (issue #3):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""ModelRegistryService: protobuf <-> the model registry."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import grpc
+
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet
+from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
+from sentiloop.v1 import model_init_pb2
+from sentiloop.v1 import registry_pb2 as pb
 from sentiloop.v1 import registry_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
+    return pb.ModelVersion(
+        version=model.version,
+        path=model.path,
+        accuracy=model.accuracy,
+        is_active=model.is_active,
+        source=model.source,
+        endpoint_status=endpoint_status if model.is_active else "",
+        training_job_name=model.training_job_name,
+        dataset_hash=model.dataset_hash,
+        test_metrics=metrics_to_proto(model.test_metrics),
+        validation_metrics=metrics_to_proto(model.validation_metrics),
+        created_at=timestamp(model.created_at),
+        status=model.status,
+    )
 
 
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
-    ListModels = not_built_yet("ListModels", 3)
-    GetModel = not_built_yet("GetModel", 3)
-    RegisterModel = not_built_yet("RegisterModel", 3)
-    ActivateModel = not_built_yet("ActivateModel", 3)
-    Rollback = not_built_yet("Rollback", 3)
-    ListActivations = not_built_yet("ListActivations", 3)
+    def __init__(self, registry: ModelRegistry, clients: Clients) -> None:
+        self._registry = registry
+        self._clients = clients
+
+    async def _endpoint_status(self) -> str:
+        try:
+            answer = await self._clients.model_init.GetEndpointStatus(
+                model_init_pb2.GetEndpointStatusRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return "Unknown"
+        return str(answer.status)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        models = await asyncio.to_thread(self._registry.versions)
+        endpoint_status = await self._endpoint_status() if any(m.is_active for m in models) else ""
+        return pb.ListModelsResponse(
+            models=[to_proto(m, endpoint_status) for m in models], count=len(models)
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
+        model = await asyncio.to_thread(self._registry.get, request.version)
+        endpoint_status = await self._endpoint_status() if model.is_active else ""
+        return pb.GetModelResponse(model=to_proto(model, endpoint_status))
+
+    async def RegisterModel(
+        self, request: pb.RegisterModelRequest, context: Context
+    ) -> pb.RegisterModelResponse:
+        new = NewModel(
+            path=request.path,
+            source=request.source or "manual",
+            training_job_name=request.training_job_name,
+            dataset_hash=request.dataset_hash,
+            test_metrics=metrics_from_proto(request.test_metrics),
+            validation_metrics=metrics_from_proto(request.validation_metrics),
+        )
+        model = await asyncio.to_thread(self._registry.register, new)
+        return pb.RegisterModelResponse(model=to_proto(model))
+
+    async def ActivateModel(
+        self, request: pb.ActivateModelRequest, context: Context
+    ) -> pb.ActivateModelResponse:
+        model, previous = await asyncio.to_thread(
+            self._registry.activate, request.version, request.reason
+        )
+        return pb.ActivateModelResponse(model=to_proto(model), previous_version=previous)
+
+    async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
+        model, rolled_back = await asyncio.to_thread(self._registry.rollback, request.reason)
+        return pb.RollbackResponse(model=to_proto(model), rolled_back_version=rolled_back)
+
+    async def ListActivations(
+        self, request: pb.ListActivationsRequest, context: Context
+    ) -> pb.ListActivationsResponse:
+        activations = await asyncio.to_thread(self._registry.activations)
+        return pb.ListActivationsResponse(
+            activations=[
+                pb.Activation(
+                    version=a.version,
+                    previous_version=a.previous_version,
+                    kind=a.kind,
+                    reason=a.reason,
+                    activated_at=timestamp(a.activated_at),
+                )
+                for a in activations
+            ]
+        )
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = ModelRegistryServicer()
+    registry = ModelRegistry(settings.service_dir("registry") / "registry.db")
+    clients = Clients(settings)
+    servicer = ModelRegistryServicer(registry, clients)
+
+    async def shutdown() -> None:
+        await clients.close()
+        registry.close()
+
     return ServiceApp(
         name="registry",
         register=lambda server: pb_grpc.add_ModelRegistryServiceServicer_to_server(
             servicer, server
         ),
+        shutdown=shutdown,
     )

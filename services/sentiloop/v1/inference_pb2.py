@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xe1\x01\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x19\n\x17GetServingStatusRequest\"\xa0\x01\n\x18GetServingStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0etarget_version\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xdd\x02\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*\x12z\n\x10GetServingStatus\x12%.sentiloop.v1.GetServingStatusRequest\x1a&.sentiloop.v1.GetServingStatusResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/statusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,16 +39,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\202\323\344\223\002\r\"\010/predict:\001*'
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._serialized_options = b'\202\323\344\223\002\023\"\016/predict/batch:\001*'
-  _globals['_PREDICTREQUEST']._serialized_start=76
-  _globals['_PREDICTREQUEST']._serialized_end=106
-  _globals['_PREDICTRESPONSE']._serialized_start=109
-  _globals['_PREDICTRESPONSE']._serialized_end=327
-  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_start=282
-  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_end=327
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=329
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=365
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=367
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=464
-  _globals['_INFERENCESERVICE']._serialized_start=467
-  _globals['_INFERENCESERVICE']._serialized_end=692
+  _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._serialized_options = b'\202\323\344\223\002\021\022\017/predict/status'
+  _globals['_PREDICTREQUEST']._serialized_start=109
+  _globals['_PREDICTREQUEST']._serialized_end=139
+  _globals['_PREDICTRESPONSE']._serialized_start=142
+  _globals['_PREDICTRESPONSE']._serialized_end=360
+  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_start=315
+  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_end=360
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=362
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=398
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=400
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=497
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_start=499
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_end=524
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_start=527
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_end=687
+  _globals['_INFERENCESERVICE']._serialized_start=690
+  _globals['_INFERENCESERVICE']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

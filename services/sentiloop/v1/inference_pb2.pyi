@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -155,3 +156,60 @@ class PredictBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictBatchResponse: _TypeAlias = PredictBatchResponse  # noqa: Y015
+
+@_typing.final
+class GetServingStatusRequest(_message.Message):
+    """Asks for the serving status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingStatusRequest: _TypeAlias = GetServingStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetServingStatusResponse(_message.Message):
+    """What the inference service serves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_VERSION_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """"NotDeployed" (no active model), "Loading", "InService" or "Failed"."""
+    model_version: _builtins.str
+    """The version answering predictions now ("" when none)."""
+    target_version: _builtins.str
+    """The active version of the registry, being loaded while `status` is "Loading"."""
+    failure_reason: _builtins.str
+    """Why loading the active version failed, when it did."""
+    @_builtins.property
+    def loaded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the served version was loaded."""
+
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        target_version: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+        loaded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "loaded_at", b"loaded_at", "model_version", b"model_version", "status", b"status", "target_version", b"target_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServingStatusResponse: _TypeAlias = GetServingStatusResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class InferenceServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.FromString,
                 _registered_method=True)
+        self.GetServingStatus = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/GetServingStatus',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -68,6 +73,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServingStatus(self, request, context):
+        """Reports which model version is served and whether it is ready: the local
+        endpoint's status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +93,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.PredictBatch,
                     request_deserializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.SerializeToString,
+            ),
+            'GetServingStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingStatus,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +156,33 @@ class InferenceService:
             '/sentiloop.v1.InferenceService/PredictBatch',
             sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.SerializeToString,
             sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/GetServingStatus',
+            sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

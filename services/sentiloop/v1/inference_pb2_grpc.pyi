@@ -41,6 +41,10 @@ class InferenceServiceStub:
     """
     PredictBatch: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictBatchRequest, _inference_pb2.PredictBatchResponse]
     """Predicts the sentiment of many texts with one model version."""
+    GetServingStatus: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetServingStatusRequest, _inference_pb2.GetServingStatusResponse]
+    """Reports which model version is served and whether it is ready: the local
+    endpoint's status.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -55,6 +59,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """
     PredictBatch: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictBatchRequest, _inference_pb2.PredictBatchResponse]  # type: ignore[assignment]
     """Predicts the sentiment of many texts with one model version."""
+    GetServingStatus: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetServingStatusRequest, _inference_pb2.GetServingStatusResponse]  # type: ignore[assignment]
+    """Reports which model version is served and whether it is ready: the local
+    endpoint's status.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InferenceService predicts the sentiment of short texts with the active model
@@ -78,5 +86,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.PredictBatchResponse, _abc.Awaitable[_inference_pb2.PredictBatchResponse]]:
         """Predicts the sentiment of many texts with one model version."""
+
+    @_abc_1.abstractmethod
+    def GetServingStatus(
+        self,
+        request: _inference_pb2.GetServingStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetServingStatusResponse, _abc.Awaitable[_inference_pb2.GetServingStatusResponse]]:
+        """Reports which model version is served and whether it is ready: the local
+        endpoint's status.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

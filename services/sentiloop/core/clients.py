@@ -1,0 +1,72 @@
+"""gRPC clients for calling the other services of the mesh. Calls carry the
+current request id, so one request can be followed across services in the logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from sentiloop.core.config import Settings
+from sentiloop.core.logs import request_id_var
+from sentiloop.v1 import (
+    feedback_pb2_grpc,
+    inference_pb2_grpc,
+    model_init_pb2_grpc,
+    notification_pb2_grpc,
+    registry_pb2_grpc,
+)
+
+
+class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        request_id = request_id_var.get()
+        if request_id:
+            metadata = list(client_call_details.metadata or [])
+            metadata.append(("x-request-id", request_id))
+            client_call_details = client_call_details._replace(metadata=metadata)
+        return await continuation(client_call_details, request)
+
+
+class Clients:
+    """Lazily opened channels to the other services, by service name."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        channel = self._channels.get(service)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                self._settings.address(service), interceptors=[_RequestIdInterceptor()]
+            )
+            self._channels[service] = channel
+        return channel
+
+    @property
+    def registry(self) -> registry_pb2_grpc.ModelRegistryServiceAsyncStub:
+        return registry_pb2_grpc.ModelRegistryServiceStub(self.channel("registry"))
+
+    @property
+    def model_init(self) -> model_init_pb2_grpc.ModelInitServiceAsyncStub:
+        return model_init_pb2_grpc.ModelInitServiceStub(self.channel("model_init"))
+
+    @property
+    def inference(self) -> inference_pb2_grpc.InferenceServiceAsyncStub:
+        return inference_pb2_grpc.InferenceServiceStub(self.channel("inference"))
+
+    @property
+    def feedback(self) -> feedback_pb2_grpc.FeedbackServiceAsyncStub:
+        return feedback_pb2_grpc.FeedbackServiceStub(self.channel("feedback"))
+
+    @property
+    def notification(self) -> notification_pb2_grpc.NotificationServiceAsyncStub:
+        return notification_pb2_grpc.NotificationServiceStub(self.channel("notification"))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

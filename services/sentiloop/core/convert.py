@@ -1,0 +1,80 @@
+"""Conversions between plain Python values and the shared protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sentiloop.v1 import common_pb2
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def list_value(rows: list[list[int]]) -> struct_pb2.ListValue:
+    value = struct_pb2.ListValue()
+    for row in rows:
+        value.append(row)  # type: ignore[arg-type]
+    return value
+
+
+def metrics_to_proto(metrics: dict[str, Any] | None) -> common_pb2.ClassificationMetrics:
+    """From the metrics.json shape train.py writes for one split."""
+    if not metrics:
+        return common_pb2.ClassificationMetrics()
+    labels = list(metrics.get("confusion_matrix_labels", []))
+    per_class = metrics.get("per_class", {})
+    return common_pb2.ClassificationMetrics(
+        accuracy=float(metrics.get("accuracy", 0.0)),
+        macro_f1=float(metrics.get("macro_f1", 0.0)),
+        per_class=[
+            common_pb2.ClassMetrics(
+                label=label,
+                precision=float(per_class[label].get("precision", 0.0)),
+                recall=float(per_class[label].get("recall", 0.0)),
+                f1=float(per_class[label].get("f1", 0.0)),
+                support=int(per_class[label].get("support", 0)),
+            )
+            for label in labels
+            if label in per_class
+        ],
+        confusion_matrix=list_value(
+            [[int(x) for x in row] for row in metrics.get("confusion_matrix", [])]
+        ),
+        confusion_matrix_labels=labels,
+        total_samples=int(metrics.get("total_samples", 0)),
+        correct_predictions=int(metrics.get("correct_predictions", 0)),
+    )
+
+
+def metrics_from_proto(metrics: common_pb2.ClassificationMetrics) -> dict[str, Any]:
+    if not metrics.ByteSize():
+        return {}
+    return {
+        "accuracy": metrics.accuracy,
+        "macro_f1": metrics.macro_f1,
+        "per_class": {
+            c.label: {
+                "precision": c.precision,
+                "recall": c.recall,
+                "f1": c.f1,
+                "support": c.support,
+            }
+            for c in metrics.per_class
+        },
+        "confusion_matrix": [
+            [int(x) for x in row]  # type: ignore[union-attr, arg-type]
+            for row in metrics.confusion_matrix
+        ],
+        "confusion_matrix_labels": list(metrics.confusion_matrix_labels),
+        "total_samples": metrics.total_samples,
+        "correct_predictions": metrics.correct_predictions,
+    }

@@ -1,0 +1,175 @@
+"""Serving the active model in-process through sagemaker_scripts/inference.py, with a
+log of every prediction (domain logic; no grpc here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sentiloop.core import sqlite
+from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.objectstore import ObjectStore
+from sentiloop.core.scripts import load_script
+from sentiloop.core.validation import check_text
+
+PREDICTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id            TEXT PRIMARY KEY,
+    text          TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    confidence    REAL NOT NULL,
+    scores        TEXT NOT NULL,
+    created_at    TEXT NOT NULL
+);
+"""
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: str
+    model: Any
+    loaded_at: datetime
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    text: str
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ServingState:
+    status: str  # NotDeployed | Loading | InService | Failed
+    model_version: str = ""
+    target_version: str = ""
+    failure_reason: str = ""
+    loaded_at: datetime | None = None
+
+
+class PredictionLog:
+    """Every prediction, so feedback can cite its id. Synchronous=NORMAL: in WAL mode
+    that survives a crash of the process, and keeps an fsync off each prediction."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite.connect(path)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(PREDICTIONS_SCHEMA)
+
+    def record(self, predictions: list[Prediction]) -> None:
+        now = datetime.now(UTC).isoformat()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        p.id,
+                        p.text,
+                        p.model_version,
+                        p.label,
+                        p.confidence,
+                        json.dumps(p.scores),
+                        now,
+                    )
+                    for p in predictions
+                ],
+            )
+
+    def get(self, prediction_id: str) -> Prediction:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM predictions WHERE id = ?", (prediction_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"prediction {prediction_id!r} does not exist")
+        return Prediction(
+            id=row["id"],
+            text=row["text"],
+            label=row["label"],
+            confidence=row["confidence"],
+            scores=json.loads(row["scores"]),
+            model_version=row["model_version"],
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Predictor:
+    def __init__(
+        self, store: ObjectStore, cache_dir: Path, log: PredictionLog, max_text_length: int
+    ) -> None:
+        self._store = store
+        self._cache_dir = cache_dir
+        self._log = log
+        self._max_text_length = max_text_length
+        # Swapped atomically: a request keeps the version it started with.
+        self.current: LoadedVersion | None = None
+        self.state = ServingState("NotDeployed")
+        self._inference = load_script("inference")
+
+    def load(self, version: str, artifact: str) -> LoadedVersion:
+        """Fetches and unpacks the artifact, then loads it (slow; runs off the event loop)."""
+        folder = self._cache_dir / version
+        if not (folder / "config.json").is_file():
+            staging = self._cache_dir / f".{version}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            try:
+                archive = staging / "model.tar.gz"
+                self._store.download(self._store.key_of(artifact), archive)
+                with tarfile.open(archive) as tar:
+                    tar.extractall(staging / "model", filter="data")
+                shutil.rmtree(folder, ignore_errors=True)
+                (staging / "model").rename(folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        model = self._inference.model_fn(str(folder))
+        return LoadedVersion(version=version, model=model, loaded_at=datetime.now(UTC))
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        if not texts:
+            raise InvalidArgument({"texts": "must hold at least one text"})
+        if len(texts) > MAX_BATCH:
+            raise InvalidArgument({"texts": f"holds {len(texts)} texts; the limit is {MAX_BATCH}"})
+        field = "text" if len(texts) == 1 else "texts"
+        problems = {
+            (field if field == "text" else f"texts[{i}]"): problem
+            for i, text in enumerate(texts)
+            if (problem := check_text(text, self._max_text_length))
+        }
+        if problems:
+            raise InvalidArgument(problems)
+        loaded = self.current
+        if loaded is None:
+            raise Unavailable(
+                "no model is deployed yet: bootstrap one with"
+                " POST /model-init/bootstrap?auto_deploy=true"
+            )
+        outputs = self._inference.predict_texts(loaded.model, texts)
+        predictions = [
+            Prediction(
+                id=uuid.uuid4().hex,
+                text=text,
+                label=out["label"],
+                confidence=float(out["confidence"]),
+                scores={k: float(v) for k, v in out["scores"].items()},
+                model_version=loaded.version,
+            )
+            for text, out in zip(texts, outputs, strict=True)
+        ]
+        self._log.record(predictions)
+        return predictions

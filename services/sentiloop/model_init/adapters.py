@@ -1,0 +1,94 @@
+"""ModelInit's ports implemented over the mesh's gRPC contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from sentiloop.core.clients import Clients
+from sentiloop.core.convert import metrics_to_proto
+from sentiloop.core.errors import NotFound, Unavailable
+from sentiloop.model_init.jobs import TrainingJob
+from sentiloop.model_init.manager import EndpointStatus
+from sentiloop.v1 import inference_pb2, registry_pb2
+
+
+def _mesh_error(service: str, error: grpc.aio.AioRpcError) -> Exception:
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return NotFound(error.details() or "not found")
+    return Unavailable(f"the {service} service failed: {error.code().name} {error.details()}")
+
+
+class GrpcRegistry:
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    async def register(self, job: TrainingJob) -> str:
+        request = registry_pb2.RegisterModelRequest(
+            path=job.artifact,
+            source=job.source if job.source in ("bootstrap", "retraining") else "manual",
+            training_job_name=job.name,
+            dataset_hash=job.dataset_hash,
+            test_metrics=metrics_to_proto(job.final_metrics.get("test")),
+            validation_metrics=metrics_to_proto(job.final_metrics.get("validation")),
+        )
+        try:
+            answer = await self._clients.registry.RegisterModel(request, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            raise _mesh_error("registry", error) from error
+        return str(answer.model.version)
+
+    async def activate(self, version: str, reason: str) -> None:
+        try:
+            await self._clients.registry.ActivateModel(
+                registry_pb2.ActivateModelRequest(version=version, reason=reason), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _mesh_error("registry", error) from error
+
+
+class LocalEndpoint:
+    """The local 'endpoint' is the InferenceService: it serves whatever version the
+    registry has active, so deploying is activating, and its status is what the
+    inference service reports."""
+
+    name = "sentiloop-local"
+
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    async def deploy(self, version: str, artifact: str) -> None:
+        return None
+
+    async def _serving(self) -> inference_pb2.GetServingStatusResponse | None:
+        try:
+            return await self._clients.inference.GetServingStatus(
+                inference_pb2.GetServingStatusRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def status(self) -> EndpointStatus:
+        serving = await self._serving()
+        if serving is None:
+            return EndpointStatus("Unknown", failure_reason="the inference service is unreachable")
+        if serving.status == "Loading":
+            state = "Updating" if serving.model_version else "Creating"
+            return EndpointStatus(state, serving.model_version)
+        return EndpointStatus(serving.status, serving.model_version, serving.failure_reason)
+
+    async def wait_in_service(self, version: str, timeout: float) -> EndpointStatus:
+        deadline = time.monotonic() + timeout
+        status = await self.status()
+        while time.monotonic() < deadline:
+            serving = await self._serving()
+            if serving is not None:
+                if serving.model_version == version and serving.status == "InService":
+                    return EndpointStatus("InService", version)
+                if serving.target_version == version and serving.status == "Failed":
+                    return EndpointStatus("Failed", serving.model_version, serving.failure_reason)
+            await asyncio.sleep(0.2)
+        status = await self.status()
+        return status

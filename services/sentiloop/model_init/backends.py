@@ -1,0 +1,195 @@
+"""Training backends: one contract, run by a local subprocess here and by SageMaker
+training jobs on AWS (issue #5). Both run the same sagemaker_scripts/train.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sentiloop.core.objectstore import ObjectStore
+from sentiloop.core.processes import dying_with_parent
+from sentiloop.core.scripts import load_script, scripts_dir
+from sentiloop.model_init.jobs import TrainingJob
+
+log = logging.getLogger("sentiloop.training")
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    """What a backend reports while a job runs; ``completed`` or ``failed`` comes last."""
+
+    kind: str  # status | progress | metric | completed | failed
+    status: str = ""
+    progress: dict[str, float] = field(default_factory=dict)
+    name: str = ""
+    value: float = 0.0
+    artifact: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+Report = Callable[[TrainingEvent], Awaitable[None]]
+
+
+class TrainingBackend(Protocol):
+    name: str
+
+    async def run(self, job: TrainingJob, report: Report) -> None:
+        """Runs the job to its end, reporting as it goes."""
+        ...
+
+    async def stop(self, job_name: str) -> None: ...
+
+
+def artifact_key(job_name: str) -> str:
+    """SageMaker's layout: <output path>/<job name>/output/model.tar.gz."""
+    return f"models/{job_name}/output/model.tar.gz"
+
+
+class LocalTrainingBackend:
+    """Runs train.py in a subprocess with SageMaker's environment contract: channels
+    downloaded from the object store into input/data/<channel>, the model written to
+    SM_MODEL_DIR, then packed as model.tar.gz into the object store."""
+
+    name = "local"
+
+    def __init__(self, store: ObjectStore, work_dir: Path) -> None:
+        self._store = store
+        self._work_dir = work_dir
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._stopped: set[str] = set()
+        self._train = load_script("train")
+
+    async def run(self, job: TrainingJob, report: Report) -> None:
+        root = self._work_dir / job.name
+        await report(TrainingEvent("status", status="Downloading"))
+        try:
+            paths = await asyncio.to_thread(self._prepare, job, root)
+        except Exception as error:  # a missing or unreadable dataset ends the job, not us
+            await report(TrainingEvent("failed", reason=f"could not prepare the job: {error}"))
+            return
+        env = {
+            **os.environ,
+            "SM_CHANNEL_TRAIN": str(paths["train"]),
+            "SM_CHANNEL_VALIDATION": str(paths["validation"]),
+            "SM_MODEL_DIR": str(paths["model"]),
+            "SM_OUTPUT_DATA_DIR": str(paths["output"]),
+            "SENTILOOP_HYPERPARAMETERS_FILE": str(paths["hyperparameters"]),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if "test" in paths:
+            env["SM_CHANNEL_TEST"] = str(paths["test"])
+        # Spawned from the event loop's (main) thread: the death signal is tied to the
+        # spawning thread, so training never outlives this service.
+        process = await asyncio.create_subprocess_exec(
+            *dying_with_parent([sys.executable, str(scripts_dir() / "train.py")]),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
+        self._processes[job.name] = process
+        failure_reason = ""
+        try:
+            assert process.stdout is not None
+            with (root / "train.log").open("ab") as log_file:
+                async for raw in process.stdout:
+                    log_file.write(raw)
+                    log_file.flush()
+                    parsed = self._train.parse_line(raw.decode("utf-8", errors="replace"))
+                    if parsed is None:
+                        continue
+                    if parsed["kind"] == "progress":
+                        progress = {k: parsed[k] for k in ("step", "total_steps", "epoch", "loss")}
+                        await report(TrainingEvent("progress", progress=progress))
+                    elif parsed["kind"] == "metric":
+                        await report(
+                            TrainingEvent("metric", name=parsed["name"], value=parsed["value"])
+                        )
+                    elif parsed["status"] == "Failed":
+                        failure_reason = parsed.get("reason") or ""
+                    else:
+                        await report(TrainingEvent("status", status=parsed["status"]))
+            code = await process.wait()
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            raise
+        finally:
+            self._processes.pop(job.name, None)
+        if job.name in self._stopped:
+            self._stopped.discard(job.name)
+            await report(TrainingEvent("failed", status="Stopped", reason="stopped on request"))
+            return
+        if code != 0:
+            await report(TrainingEvent("failed", reason=self._failure(paths, code, failure_reason)))
+            return
+        metrics_file = paths["model"] / "metrics.json"
+        if not metrics_file.is_file():
+            await report(TrainingEvent("failed", reason="train.py exited without writing a model"))
+            return
+        metrics = json.loads(metrics_file.read_text())
+        artifact = await asyncio.to_thread(self._upload, job.name, paths["model"])
+        await report(TrainingEvent("completed", artifact=artifact, metrics=metrics))
+
+    async def stop(self, job_name: str) -> None:
+        process = self._processes.get(job_name)
+        if process is not None and process.returncode is None:
+            self._stopped.add(job_name)
+            process.send_signal(signal.SIGTERM)
+
+    def _prepare(self, job: TrainingJob, root: Path) -> dict[str, Path]:
+        if root.exists():  # a rerun after a restart starts clean
+            shutil.rmtree(root)
+        paths: dict[str, Path] = {
+            "model": root / "model",
+            "output": root / "output" / "data",
+            "hyperparameters": root / "input" / "config" / "hyperparameters.json",
+        }
+        for path in (paths["model"], paths["output"], paths["hyperparameters"].parent):
+            path.mkdir(parents=True, exist_ok=True)
+        paths["hyperparameters"].write_text(json.dumps(job.hyperparameters))
+        for channel, prefix in job.channels.items():
+            folder = root / "input" / "data" / channel
+            keys = [k for k in self._store.list(prefix) if k.endswith(".csv")]
+            if not keys:
+                raise FileNotFoundError(f"channel {channel!r}: no CSV under {prefix!r}")
+            for key in keys:
+                self._store.download(key, folder / Path(key).name)
+            paths[channel] = folder
+        return paths
+
+    def _failure(self, paths: dict[str, Path], code: int, reason: str) -> str:
+        failure_file = paths["output"].parent / "failure"
+        if not reason and failure_file.is_file():
+            reason = (
+                failure_file.read_text().strip().splitlines()[0]
+                if failure_file.read_text().strip()
+                else ""
+            )
+        if code < 0:
+            name = signal.Signals(-code).name
+            return f"training process was killed by {name}" + (f": {reason}" if reason else "")
+        return reason or f"training process exited with code {code}"
+
+    def _upload(self, job_name: str, model_dir: Path) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "model.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                for item in sorted(model_dir.iterdir()):
+                    tar.add(item, arcname=item.name)
+            return self._store.put_file(artifact_key(job_name), archive)

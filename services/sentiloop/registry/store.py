@@ -1,0 +1,229 @@
+"""Model versions, which one is active, and the history of activations (domain logic)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sentiloop.core import sqlite
+from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    number             INTEGER PRIMARY KEY AUTOINCREMENT,
+    path               TEXT NOT NULL,
+    source             TEXT NOT NULL,
+    training_job_name  TEXT NOT NULL DEFAULT '',
+    dataset_hash       TEXT NOT NULL DEFAULT '',
+    test_metrics       TEXT NOT NULL DEFAULT '{}',
+    validation_metrics TEXT NOT NULL DEFAULT '{}',
+    created_at         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    version          TEXT NOT NULL,
+    previous_version TEXT NOT NULL DEFAULT '',
+    kind             TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    activated_at     TEXT NOT NULL
+);
+"""
+
+SOURCES = ("bootstrap", "retraining", "manual")
+ACTIVE_ALIAS = "active"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    path: str
+    source: str
+    training_job_name: str
+    dataset_hash: str
+    test_metrics: dict[str, Any]
+    validation_metrics: dict[str, Any]
+    created_at: datetime
+    is_active: bool = False
+    status: str = "registered"
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.test_metrics.get("accuracy", 0.0))
+
+
+@dataclass(frozen=True)
+class Activation:
+    version: str
+    previous_version: str
+    kind: str
+    reason: str
+    activated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewModel:
+    path: str
+    source: str
+    training_job_name: str = ""
+    dataset_hash: str = ""
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    validation_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def version_name(number: int) -> str:
+    return f"v{number}"
+
+
+class ModelRegistry:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite.connect(path)
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def register(self, new: NewModel) -> ModelVersion:
+        problems = {}
+        if not new.path.strip():
+            problems["path"] = "is required"
+        if new.source not in SOURCES:
+            problems["source"] = f"{new.source!r} is not one of {', '.join(SOURCES)}"
+        if problems:
+            raise InvalidArgument(problems)
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO versions (path, source, training_job_name, dataset_hash,"
+                " test_metrics, validation_metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.path,
+                    new.source,
+                    new.training_job_name,
+                    new.dataset_hash,
+                    json.dumps(new.test_metrics),
+                    json.dumps(new.validation_metrics),
+                    datetime.now(UTC).isoformat(),
+                ),
+            )
+            number = int(cursor.lastrowid or 0)
+            return self._get_locked(version_name(number))
+
+    def versions(self) -> list[ModelVersion]:
+        with self._lock:
+            active = self._active_locked()
+            rows = self._db.execute("SELECT * FROM versions ORDER BY number DESC").fetchall()
+            return [self._from_row(row, active) for row in rows]
+
+    def get(self, version: str) -> ModelVersion:
+        with self._lock:
+            return self._get_locked(version)
+
+    def active(self) -> ModelVersion | None:
+        with self._lock:
+            active = self._active_locked()
+            return self._get_locked(active) if active else None
+
+    def activate(
+        self, version: str, reason: str = "", kind: str = "activate"
+    ) -> tuple[ModelVersion, str]:
+        """Makes ``version`` active; returns it and the version active before."""
+        with self._lock:
+            target = self._get_locked(version)
+            previous = self._active_locked()
+            self._record_locked(target.version, previous, kind, reason)
+            return self._get_locked(target.version), previous
+
+    def rollback(self, reason: str = "") -> tuple[ModelVersion, str]:
+        """Returns to the version that was active before the current one became active
+        (undoing activations one at a time, like an undo stack)."""
+        with self._lock:
+            current = self._db.execute(
+                "SELECT * FROM activations ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if current is None or not current["previous_version"]:
+                raise FailedPrecondition("there is no earlier model version to roll back to")
+            target = current["previous_version"]
+            # The undo stack below the target: what was active before it became active.
+            became_active = self._db.execute(
+                "SELECT previous_version FROM activations WHERE version = ? AND id < ?"
+                " ORDER BY id DESC LIMIT 1",
+                (target, current["id"]),
+            ).fetchone()
+            below = became_active["previous_version"] if became_active else ""
+            self._db.execute(
+                "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
+                " VALUES (?, ?, 'rollback', ?, ?)",
+                (target, below, reason, datetime.now(UTC).isoformat()),
+            )
+            return self._get_locked(target), current["version"]
+
+    def activations(self) -> list[Activation]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM activations ORDER BY id DESC").fetchall()
+        return [
+            Activation(
+                version=row["version"],
+                previous_version=row["previous_version"],
+                kind=row["kind"],
+                reason=row["reason"],
+                activated_at=datetime.fromisoformat(row["activated_at"]),
+            )
+            for row in rows
+        ]
+
+    def _record_locked(self, version: str, previous: str, kind: str, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (version, previous, kind, reason, datetime.now(UTC).isoformat()),
+        )
+
+    def _active_locked(self) -> str:
+        row = self._db.execute(
+            "SELECT version FROM activations ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return str(row["version"]) if row else ""
+
+    def _get_locked(self, version: str) -> ModelVersion:
+        active = self._active_locked()
+        if version == ACTIVE_ALIAS:
+            if not active:
+                raise NotFound("no model version is active yet")
+            version = active
+        number = version[1:] if version.startswith("v") else ""
+        if not number.isdigit() or len(number) > 12:
+            raise InvalidArgument({"version": f"{version!r} is not a version name like 'v3'"})
+        row = self._db.execute("SELECT * FROM versions WHERE number = ?", (int(number),)).fetchone()
+        if row is None:
+            raise NotFound(f"model version {version!r} does not exist")
+        return self._from_row(row, active)
+
+    def _from_row(self, row: sqlite3.Row, active: str) -> ModelVersion:
+        version = version_name(row["number"])
+        activated = self._db.execute(
+            "SELECT 1 FROM activations WHERE version = ? LIMIT 1", (version,)
+        ).fetchone()
+        if version == active:
+            status = "active"
+        elif activated:
+            status = "retired"
+        else:
+            status = "registered"
+        return ModelVersion(
+            version=version,
+            path=row["path"],
+            source=row["source"],
+            training_job_name=row["training_job_name"],
+            dataset_hash=row["dataset_hash"],
+            test_metrics=json.loads(row["test_metrics"]),
+            validation_metrics=json.loads(row["validation_metrics"]),
+            created_at=datetime.fromisoformat(row["created_at"]),
+            is_active=version == active,
+            status=status,
+        )
