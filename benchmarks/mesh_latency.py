@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+
 from sentiloop.testing import start_mesh
 from sentiloop.v1 import feedback_pb2 as pb
 from sentiloop.v1 import feedback_pb2_grpc as pb_grpc

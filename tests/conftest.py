@@ -6,6 +6,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
 from sentiloop.testing import RunningMesh, pid_alive, start_mesh
 
 

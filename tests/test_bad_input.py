@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from sentiloop.testing import RunningMesh
 
 OVERSIZED = "x" * 5001  # the default limit is 5000 characters
@@ -70,6 +71,7 @@ def test_invalid_argument_over_grpc_carries_field_violations(mesh: RunningMesh) 
     import grpc
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
+
     from sentiloop.v1 import feedback_pb2 as pb
     from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
 

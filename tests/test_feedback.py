@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 import httpx
 import pytest
+
 from sentiloop.testing import RunningMesh
 from sentiloop.v1 import feedback_pb2 as pb
 from sentiloop.v1 import feedback_pb2_grpc as pb_grpc

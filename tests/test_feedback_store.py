@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.feedback.store import FeedbackStore, NewFeedback
 

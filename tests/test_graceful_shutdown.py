@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+
 from sentiloop.core.config import env_name
 from sentiloop.feedback.store import FeedbackStore
 from sentiloop.testing import free_port

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+
 from sentiloop.core.config import SERVICES
 from sentiloop.testing import RunningMesh, pid_alive, start_mesh
 from sentiloop.v1 import health_pb2, health_pb2_grpc
