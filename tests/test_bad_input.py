@@ -38,6 +38,14 @@ CASES = [
     ("DELETE", "/feedback", None, 404, "Could not resolve /feedback"),
     ("GET", "/predict", None, 404, "Could not resolve /predict"),
     ("PUT", "/models", "{}", 404, "Could not resolve /models"),
+    ("POST", "/predict", '{"text": ""}', 400, "text: must not be empty"),
+    ("POST", "/predict", f'{{"text": "{OVERSIZED}"}}', 400, "the limit is 5000"),
+    ("POST", "/predict/batch", '{"texts": []}', 400, "texts: must hold at least one text"),
+    ("POST", "/predict/batch", '{"texts": ["ok", " "]}', 400, "texts[1]: must not be empty"),
+    ("POST", "/models/v1/activate", "{}", 404, "model version 'v1' does not exist"),
+    ("POST", "/models/rollback", "{}", 400, "no earlier model version"),
+    ("GET", "/models/latest", None, 400, "is not a version name"),
+    ("POST", "/model-init/bootstrap", '{"preset": "huge"}', 400, "'huge' is not one of"),
 ]
 
 

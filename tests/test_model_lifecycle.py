@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +126,12 @@ def test_bootstrap_deploy_switch_and_rollback(lifecycle: RunningMesh, client: ht
     assert prediction["label"] in LABELS and prediction["prediction_id"]
     assert abs(sum(prediction["scores"].values()) - 1) < 1e-4
     assert prediction["confidence"] == max(prediction["scores"].values())
+    with sqlite3.connect(lifecycle.data_dir / "inference" / "predictions.db") as db:
+        logged = db.execute(
+            "SELECT text, model_version, label FROM predictions WHERE id = ?",
+            (prediction["prediction_id"],),
+        ).fetchone()
+    assert logged == ("I love this product!", "v1", prediction["label"])
 
     # A second job over gRPC, deployed by hand while a client predicts in a loop.
     with grpc.insecure_channel(lifecycle.envoy_address) as channel:

@@ -29,6 +29,12 @@ log = logging.getLogger("sentiloop.model_init")
 PRESETS = ("minilm", "tiny")
 
 
+def check_preset(preset: str) -> str:
+    if preset and preset not in PRESETS:
+        raise InvalidArgument({"preset": f"{preset!r} is not one of {', '.join(PRESETS)}"})
+    return preset
+
+
 @dataclass(frozen=True)
 class EndpointStatus:
     status: str  # NotDeployed | Creating | Updating | InService | Failed | Unknown
@@ -122,8 +128,7 @@ class ModelInit:
     # ---- training
 
     async def start_training(self, new: NewTraining) -> TrainingJob:
-        if new.preset and new.preset not in PRESETS:
-            raise InvalidArgument({"preset": f"{new.preset!r} is not one of {', '.join(PRESETS)}"})
+        check_preset(new.preset)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         name = f"sentiloop-{new.source}-{stamp}-{secrets.token_hex(2)}"
         job = TrainingJob(

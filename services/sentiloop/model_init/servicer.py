@@ -19,7 +19,7 @@ from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend
 from sentiloop.model_init.datasets import ensure_dataset
 from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
-from sentiloop.model_init.manager import ModelInit, NewTraining
+from sentiloop.model_init.manager import ModelInit, NewTraining, check_preset
 from sentiloop.v1 import model_init_pb2 as pb
 from sentiloop.v1 import model_init_pb2_grpc as pb_grpc
 
@@ -64,7 +64,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
     async def Bootstrap(
         self, request: pb.BootstrapRequest, context: Context
     ) -> pb.BootstrapResponse:
-        preset = request.preset or self._default_preset
+        preset = check_preset(request.preset or self._default_preset)
         dataset = await asyncio.to_thread(ensure_dataset, self._store)
         job = await self._model_init.start_training(
             NewTraining(
