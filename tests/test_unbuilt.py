@@ -7,20 +7,13 @@ import httpx
 import pytest
 
 from sentiloop.testing import RunningMesh
-from sentiloop.v1 import (
-    evaluation_pb2,
-    evaluation_pb2_grpc,
-    notification_pb2,
-    notification_pb2_grpc,
-)
+from sentiloop.v1 import evaluation_pb2, evaluation_pb2_grpc
 
-UNBUILT_JSON = [
+UNBUILT_JSON: list[tuple[str, str, object, str]] = [
     ("POST", "/evaluate", {}, "issue #4"),
     ("GET", "/evaluations", None, "issue #4"),
     ("POST", "/retrain", {}, "issue #4"),
     ("GET", "/retrain/policy", None, "issue #4"),
-    ("GET", "/events", None, "issue #4"),
-    ("POST", "/events", {"type": "x"}, "issue #4"),
 ]
 
 
@@ -42,16 +35,5 @@ def test_unbuilt_rpc_is_unimplemented_over_grpc(mesh: RunningMesh, via: str) -> 
         evaluation_pb2_grpc.EvaluationServiceStub(channel).Evaluate(
             evaluation_pb2.EvaluateRequest(), timeout=5
         )
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue #4" in (raised.value.details() or "")
-
-
-def test_unbuilt_stream_is_unimplemented(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("notification")) as channel:
-        stream = notification_pb2_grpc.NotificationServiceStub(channel).Subscribe(
-            notification_pb2.SubscribeRequest(), timeout=5
-        )
-        with pytest.raises(grpc.RpcError) as raised:
-            list(stream)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "issue #4" in (raised.value.details() or "")

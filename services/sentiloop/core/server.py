@@ -5,6 +5,7 @@ aware logs, domain-error mapping, and graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -133,7 +134,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     _log_call(method, code, started)
-                    request_id_var.reset(token)
+                    # A stream grpc cancels is finalized from another task's context.
+                    with contextlib.suppress(ValueError):
+                        request_id_var.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
@@ -174,6 +177,9 @@ class ServiceApp:
     name: str
     register: Callable[[grpc.aio.Server], None]
     startup: Callable[[], Awaitable[None]] | None = None
+    # Runs before the server stops taking calls and waits for in-flight ones (ends
+    # streams that would otherwise hold shutdown for the whole grace period).
+    before_stop: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
     extra_service_names: list[str] = field(default_factory=list)
 
@@ -221,6 +227,8 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: refusing new calls, letting in-flight calls finish")
     await health_servicer.enter_graceful_shutdown()
+    if app.before_stop is not None:
+        await app.before_stop()
     await server.stop(settings.shutdown_grace_seconds)
     if app.shutdown is not None:
         await app.shutdown()

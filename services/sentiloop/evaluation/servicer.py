@@ -11,6 +11,7 @@ from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc
 
 class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     Evaluate = not_built_yet("Evaluate", 4)
+    CompareModels = not_built_yet("CompareModels", 4)
     ListEvaluations = not_built_yet("ListEvaluations", 4)
 
 

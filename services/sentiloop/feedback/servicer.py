@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
-from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
 from sentiloop.core.server import ServiceApp
+from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
 from sentiloop.feedback.store import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -20,6 +24,7 @@ from sentiloop.feedback.store import (
 )
 from sentiloop.v1 import feedback_pb2 as pb
 from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
+from sentiloop.v1 import inference_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -52,9 +57,32 @@ def page_after(token: str) -> int:
     return int(token)
 
 
+class GrpcPredictionLookup:
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    async def get(self, prediction_id: str) -> LoggedPrediction:
+        try:
+            answer = await self._clients.inference.GetPrediction(
+                inference_pb2.GetPredictionRequest(prediction_id=prediction_id), timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"prediction {prediction_id!r} does not exist") from error
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument({"prediction_id": "is not a prediction id"}) from error
+            raise Unavailable(f"cannot look up the prediction: {error.details()}") from error
+        p = answer.prediction
+        return LoggedPrediction(text=p.text, label=p.label, model_version=p.model_version)
+
+
 class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
-    def __init__(self, store: FeedbackStore) -> None:
+    def __init__(
+        self, store: FeedbackStore, lookup: PredictionLookup, objects: ObjectStore
+    ) -> None:
         self._store = store
+        self._lookup = lookup
+        self._objects = objects
 
     async def SubmitFeedback(
         self, request: pb.SubmitFeedbackRequest, context: Context
@@ -67,6 +95,7 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
             model_version=request.model_version,
             idempotency_key=request.idempotency_key,
         )
+        new = await resolve(new, self._lookup)
         record, duplicate = await asyncio.to_thread(self._store.submit, new)
         message = "Feedback already recorded" if duplicate else "Feedback recorded"
         return pb.SubmitFeedbackResponse(
@@ -88,6 +117,23 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
             total_count=stats.total,
         )
 
+    async def ExportFeedback(
+        self, request: pb.ExportFeedbackRequest, context: Context
+    ) -> pb.ExportFeedbackResponse:
+        content, count, latest_id = await asyncio.to_thread(self._store.export)
+        content_hash = hashlib.sha256(content).hexdigest()
+        key = f"feedback/snapshots/{content_hash}.jsonl"
+        # Content-addressed: an existing snapshot is never rewritten.
+        if not await asyncio.to_thread(self._objects.exists, key):
+            await asyncio.to_thread(self._objects.put_bytes, key, content)
+        return pb.ExportFeedbackResponse(
+            content_hash=content_hash,
+            location=self._objects.uri(key),
+            key=key,
+            record_count=count,
+            latest_id=latest_id,
+        )
+
     async def GetFeedbackStats(
         self, request: pb.GetFeedbackStatsRequest, context: Context
     ) -> pb.GetFeedbackStatsResponse:
@@ -105,9 +151,12 @@ def create_app(settings: Settings) -> ServiceApp:
     store = FeedbackStore(
         settings.service_dir("feedback") / "feedback.db", settings.max_text_length
     )
-    servicer = FeedbackServicer(store)
+    clients = Clients(settings)
+    objects = LocalObjectStore(settings.data_dir / "objects")
+    servicer = FeedbackServicer(store, GrpcPredictionLookup(clients), objects)
 
     async def shutdown() -> None:
+        await clients.close()
         store.close()
 
     return ServiceApp(

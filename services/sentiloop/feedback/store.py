@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -132,6 +133,27 @@ class FeedbackStore:
                 "SELECT * FROM feedback WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
             ).fetchall()
         return [_from_row(row) for row in rows]
+
+    def export(self) -> tuple[bytes, int, int]:
+        """Every record as JSON lines, oldest first: (content, count, newest id)."""
+        records = self.list(after_id=0, limit=2**62)
+        lines = [
+            json.dumps(
+                {
+                    "id": r.id,
+                    "text": r.text,
+                    "user_label": r.user_label,
+                    "model_prediction": r.model_prediction,
+                    "model_version": r.model_version,
+                    "prediction_id": r.prediction_id,
+                    "created_at": r.created_at.isoformat(),
+                },
+                sort_keys=True,
+            )
+            for r in records
+        ]
+        content = "".join(line + "\n" for line in lines).encode()
+        return content, len(records), records[-1].id if records else 0
 
     def stats(self) -> FeedbackStats:
         with self._lock:

@@ -48,6 +48,7 @@ class Prediction:
     confidence: float
     scores: dict[str, float]
     model_version: str
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class PredictionLog:
             )
 
     def get(self, prediction_id: str) -> Prediction:
+        if not prediction_id or len(prediction_id) > 64:
+            raise InvalidArgument({"prediction_id": "is not a prediction id"})
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM predictions WHERE id = ?", (prediction_id,)
@@ -102,6 +105,7 @@ class PredictionLog:
             confidence=row["confidence"],
             scores=json.loads(row["scores"]),
             model_version=row["model_version"],
+            created_at=datetime.fromisoformat(row["created_at"]),
         )
 
     def close(self) -> None:

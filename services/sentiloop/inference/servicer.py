@@ -39,8 +39,9 @@ def to_proto(prediction: Prediction) -> pb.PredictResponse:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, log: PredictionLog) -> None:
         self._predictor = predictor
+        self._log = log
         # One thread runs the model: torch already uses every core for one batch.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
 
@@ -59,6 +60,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return pb.PredictBatchResponse(
             predictions=[to_proto(p) for p in predictions],
             model_version=predictions[0].model_version,
+        )
+
+    async def GetPrediction(
+        self, request: pb.GetPredictionRequest, context: Context
+    ) -> pb.GetPredictionResponse:
+        prediction = await asyncio.to_thread(self._log.get, request.prediction_id)
+        return pb.GetPredictionResponse(
+            prediction=to_proto(prediction), created_at=timestamp(prediction.created_at)
         )
 
     async def GetServingStatus(
@@ -145,7 +154,7 @@ def create_app(settings: Settings) -> ServiceApp:
     prediction_log = PredictionLog(service_dir / "predictions.db")
     predictor = Predictor(store, service_dir / "models", prediction_log, settings.max_text_length)
     clients = Clients(settings)
-    servicer = InferenceServicer(predictor)
+    servicer = InferenceServicer(predictor, prediction_log)
     follower = RegistryFollower(
         predictor, clients, float(os.environ.get("SENTILOOP_INFERENCE_POLL_SECONDS", "1.0"))
     )

@@ -84,6 +84,34 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             auto_deploy=job.auto_deploy,
         )
 
+    async def StartTrainingJob(
+        self, request: pb.StartTrainingJobRequest, context: Context
+    ) -> pb.StartTrainingJobResponse:
+        hyperparameters = dict(request.hyperparameters)
+        preset = check_preset(hyperparameters.get("preset") or self._default_preset)
+        hyperparameters["preset"] = preset
+        problems = {}
+        if request.source not in ("bootstrap", "retraining"):
+            problems["source"] = f"{request.source!r} is not one of bootstrap, retraining"
+        if not {"train", "validation"} <= set(request.channels):
+            problems["channels"] = "must name at least the train and validation channels"
+        for name, prefix in request.channels.items():
+            if not prefix or ".." in prefix.split("/") or prefix.startswith("/"):
+                problems[f"channels[{name}]"] = f"{prefix!r} is not an object-store prefix"
+        if problems:
+            raise InvalidArgument(problems)
+        job = await self._model_init.start_training(
+            NewTraining(
+                source=request.source,
+                channels=dict(request.channels),
+                dataset_hash=request.dataset_hash,
+                hyperparameters=hyperparameters,
+                preset=preset,
+                auto_deploy=request.auto_deploy,
+            )
+        )
+        return pb.StartTrainingJobResponse(job=job_to_proto(job))
+
     async def GetTrainingStatus(
         self, request: pb.GetTrainingStatusRequest, context: Context
     ) -> pb.GetTrainingStatusResponse:

@@ -1,23 +1,110 @@
-"""NotificationService, not built yet (issue #4):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""NotificationService: protobuf <-> the event log and its fan-out."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import timestamp
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet, not_built_yet_stream
+from sentiloop.notification.broadcast import DEFAULT_QUEUE_SIZE, Broadcaster, EventPublisher
+from sentiloop.notification.events import Event, EventLog, check_page_size
+from sentiloop.notification.hub import Notifications
+from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+QUEUE_SIZE_VARIABLE = "SENTILOOP_NOTIFICATION_QUEUE_SIZE"
+
+
+def to_proto(event: Event) -> pb.Event:
+    attributes = struct_pb2.Struct()
+    attributes.update(event.attributes)
+    return pb.Event(
+        id=event.id,
+        type=event.type,
+        subject=event.subject,
+        message=event.message,
+        attributes=attributes,
+        created_at=timestamp(event.created_at),
+    )
+
+
+def attributes_of(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
 
 
 class NotificationServicer(pb_grpc.NotificationServiceServicer):
-    Publish = not_built_yet("Publish", 4)
-    ListEvents = not_built_yet("ListEvents", 4)
-    Subscribe = not_built_yet_stream("Subscribe", 4)
+    def __init__(self, notifications: Notifications) -> None:
+        self._notifications = notifications
+
+    async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
+        event = await self._notifications.publish(
+            request.type, request.subject, request.message, attributes_of(request.attributes)
+        )
+        return pb.PublishResponse(event=to_proto(event))
+
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: Context
+    ) -> pb.ListEventsResponse:
+        limit = check_page_size(request.page_size)
+        events = await self._notifications.list(request.type_prefix, limit)
+        return pb.ListEventsResponse(events=[to_proto(e) for e in events])
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        async with self._notifications.subscribe(
+            list(request.type_prefixes), request.after_id
+        ) as events:
+            # The response headers tell the client that the subscription is live: an
+            # event published after they arrive is in the stream (Envoy and HTTP
+            # clients see them at once, not only with the first event).
+            await context.send_initial_metadata(())
+            async for event in events:
+                yield pb.SubscribeResponse(event=to_proto(event))
+
+
+def queue_size() -> int:
+    raw = os.environ.get(QUEUE_SIZE_VARIABLE, "")
+    try:
+        size = int(raw) if raw else DEFAULT_QUEUE_SIZE
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise SystemExit(f"configuration error: {QUEUE_SIZE_VARIABLE}={raw!r} is not a size")
+    return size
+
+
+def configured_publishers(settings: Settings) -> list[EventPublisher]:
+    """Fan-out targets besides the in-process broadcaster (SNS comes in a later issue)."""
+    return []
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = NotificationServicer()
+    events = EventLog(settings.service_dir("notification") / "events.db")
+    notifications = Notifications(
+        events, Broadcaster(queue_size()), configured_publishers(settings)
+    )
+    servicer = NotificationServicer(notifications)
+
+    async def before_stop() -> None:
+        # Subscribe streams never end on their own: end them so that stopping the
+        # server does not wait out the whole grace period.
+        notifications.end_streams()
+
+    async def shutdown() -> None:
+        events.close()
+
     return ServiceApp(
         name="notification",
         register=lambda server: pb_grpc.add_NotificationServiceServicer_to_server(servicer, server),
+        before_stop=before_stop,
+        shutdown=shutdown,
     )

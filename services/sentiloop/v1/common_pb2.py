@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sentiloop/v1/common.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x0c\x43lassMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x05\"\xf5\x01\n\x15\x43lassificationMetrics\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x10\n\x08macro_f1\x18\x02 \x01(\x01\x12-\n\tper_class\x18\x03 \x03(\x0b\x32\x1a.sentiloop.v1.ClassMetrics\x12\x34\n\x10\x63onfusion_matrix\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x1f\n\x17\x63onfusion_matrix_labels\x18\x05 \x03(\t\x12\x15\n\rtotal_samples\x18\x06 \x01(\x05\x12\x1b\n\x13\x63orrect_predictions\x18\x07 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sentiloop/v1/common.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"]\n\x0c\x43lassMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x05\"\xe7\x01\n\x0fModelComparison\x12\x10\n\x08\x64\x61ta_set\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x01(\x05\x12\x1a\n\x12\x63\x61ndidate_macro_f1\x18\x03 \x01(\x01\x12\x19\n\x11\x62\x61seline_macro_f1\x18\x04 \x01(\x01\x12\x16\n\x0e\x64\x65lta_macro_f1\x18\x05 \x01(\x01\x12\x14\n\x0c\x64\x65lta_ci_low\x18\x06 \x01(\x01\x12\x15\n\rdelta_ci_high\x18\x07 \x01(\x01\x12\x1a\n\x12\x63\x61ndidate_accuracy\x18\x08 \x01(\x01\x12\x19\n\x11\x62\x61seline_accuracy\x18\t \x01(\x01\"\xbb\x01\n\x0cGateDecision\x12\x10\n\x08\x64\x65\x63ision\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\x04test\x18\x03 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12/\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12\x18\n\x10\x62\x61seline_version\x18\x06 \x01(\t\"\xf5\x01\n\x15\x43lassificationMetrics\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x10\n\x08macro_f1\x18\x02 \x01(\x01\x12-\n\tper_class\x18\x03 \x03(\x0b\x32\x1a.sentiloop.v1.ClassMetrics\x12\x34\n\x10\x63onfusion_matrix\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x1f\n\x17\x63onfusion_matrix_labels\x18\x05 \x03(\t\x12\x15\n\rtotal_samples\x18\x06 \x01(\x05\x12\x1b\n\x13\x63orrect_predictions\x18\x07 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSMETRICS']._serialized_start=73
   _globals['_CLASSMETRICS']._serialized_end=166
-  _globals['_CLASSIFICATIONMETRICS']._serialized_start=169
-  _globals['_CLASSIFICATIONMETRICS']._serialized_end=414
+  _globals['_MODELCOMPARISON']._serialized_start=169
+  _globals['_MODELCOMPARISON']._serialized_end=400
+  _globals['_GATEDECISION']._serialized_start=403
+  _globals['_GATEDECISION']._serialized_end=590
+  _globals['_CLASSIFICATIONMETRICS']._serialized_start=593
+  _globals['_CLASSIFICATIONMETRICS']._serialized_end=838
 # @@protoc_insertion_point(module_scope)

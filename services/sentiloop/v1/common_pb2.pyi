@@ -63,6 +63,106 @@ class ClassMetrics(_message.Message):
 Global___ClassMetrics: _TypeAlias = ClassMetrics  # noqa: Y015
 
 @_typing.final
+class ModelComparison(_message.Message):
+    """The candidate and the baseline model scored on the same samples."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_SET_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MACRO_F1_FIELD_NUMBER: _builtins.int
+    BASELINE_MACRO_F1_FIELD_NUMBER: _builtins.int
+    DELTA_MACRO_F1_FIELD_NUMBER: _builtins.int
+    DELTA_CI_LOW_FIELD_NUMBER: _builtins.int
+    DELTA_CI_HIGH_FIELD_NUMBER: _builtins.int
+    CANDIDATE_ACCURACY_FIELD_NUMBER: _builtins.int
+    BASELINE_ACCURACY_FIELD_NUMBER: _builtins.int
+    data_set: _builtins.str
+    """Which data: "test" (the fixed held-out test set) or "feedback" (held-out feedback)."""
+    samples: _builtins.int
+    """Number of samples both models were scored on."""
+    candidate_macro_f1: _builtins.float
+    """Macro-F1 of the candidate."""
+    baseline_macro_f1: _builtins.float
+    """Macro-F1 of the baseline (the active model)."""
+    delta_macro_f1: _builtins.float
+    """candidate_macro_f1 - baseline_macro_f1."""
+    delta_ci_low: _builtins.float
+    """Lower end of the 95% paired-bootstrap confidence interval of the delta."""
+    delta_ci_high: _builtins.float
+    """Upper end of that interval."""
+    candidate_accuracy: _builtins.float
+    """Accuracy of the candidate."""
+    baseline_accuracy: _builtins.float
+    """Accuracy of the baseline."""
+    def __init__(
+        self,
+        *,
+        data_set: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        candidate_macro_f1: _builtins.float = ...,
+        baseline_macro_f1: _builtins.float = ...,
+        delta_macro_f1: _builtins.float = ...,
+        delta_ci_low: _builtins.float = ...,
+        delta_ci_high: _builtins.float = ...,
+        candidate_accuracy: _builtins.float = ...,
+        baseline_accuracy: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_accuracy", b"baseline_accuracy", "baseline_macro_f1", b"baseline_macro_f1", "candidate_accuracy", b"candidate_accuracy", "candidate_macro_f1", b"candidate_macro_f1", "data_set", b"data_set", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_macro_f1", b"delta_macro_f1", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelComparison: _TypeAlias = ModelComparison  # noqa: Y015
+
+@_typing.final
+class GateDecision(_message.Message):
+    """The promotion gate's verdict on a candidate model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    decision: _builtins.str
+    """"promoted", "rejected" or "forced"."""
+    reason: _builtins.str
+    """Why, in words."""
+    tolerance: _builtins.float
+    """The largest macro-F1 loss on the test set the gate tolerates (0.01 = 1 point)."""
+    baseline_version: _builtins.str
+    """The version the candidate was compared with ("" when none was active)."""
+    @_builtins.property
+    def test(self) -> Global___ModelComparison:
+        """Both models on the fixed test set."""
+
+    @_builtins.property
+    def feedback(self) -> Global___ModelComparison:
+        """Both models on held-out feedback."""
+
+    def __init__(
+        self,
+        *,
+        decision: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        test: Global___ModelComparison | None = ...,
+        feedback: Global___ModelComparison | None = ...,
+        tolerance: _builtins.float = ...,
+        baseline_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "test", b"test"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "decision", b"decision", "feedback", b"feedback", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateDecision: _TypeAlias = GateDecision  # noqa: Y015
+
+@_typing.final
 class ClassificationMetrics(_message.Message):
     """Classification quality of one model on one labelled data set."""
 

@@ -103,6 +103,74 @@ class EvaluateResponse(_message.Message):
 Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015
 
 @_typing.final
+class CompareModelsRequest(_message.Message):
+    """Asks to compare two models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATE_PATH_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    FEEDBACK_KEY_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    candidate_path: _builtins.str
+    """The candidate's artifact location (it need not be registered)."""
+    baseline_version: _builtins.str
+    """The baseline version; empty for the active one."""
+    feedback_key: _builtins.str
+    """Object-store key of held-out feedback (a CSV text,label); empty for none."""
+    seed: _builtins.int
+    """Seed of the bootstrap resampling."""
+    def __init__(
+        self,
+        *,
+        candidate_path: _builtins.str = ...,
+        baseline_version: _builtins.str = ...,
+        feedback_key: _builtins.str = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "candidate_path", b"candidate_path", "feedback_key", b"feedback_key", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelsRequest: _TypeAlias = CompareModelsRequest  # noqa: Y015
+
+@_typing.final
+class CompareModelsResponse(_message.Message):
+    """Both models on the same data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    baseline_version: _builtins.str
+    """The baseline version compared with."""
+    @_builtins.property
+    def test(self) -> _common_pb2.ModelComparison:
+        """On the fixed test set."""
+
+    @_builtins.property
+    def feedback(self) -> _common_pb2.ModelComparison:
+        """On the held-out feedback (unset when none was given)."""
+
+    def __init__(
+        self,
+        *,
+        test: _common_pb2.ModelComparison | None = ...,
+        feedback: _common_pb2.ModelComparison | None = ...,
+        baseline_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "test", b"test"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "feedback", b"feedback", "test", b"test"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelsResponse: _TypeAlias = CompareModelsResponse  # noqa: Y015
+
+@_typing.final
 class ListEvaluationsRequest(_message.Message):
     """Asks for stored reports."""
 

@@ -41,6 +41,11 @@ class EvaluationServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_evaluation__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_evaluation__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.CompareModels = channel.unary_unary(
+                '/sentiloop.v1.EvaluationService/CompareModels',
+                request_serializer=sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsResponse.FromString,
+                _registered_method=True)
         self.ListEvaluations = channel.unary_unary(
                 '/sentiloop.v1.EvaluationService/ListEvaluations',
                 request_serializer=sentiloop_dot_v1_dot_evaluation__pb2.ListEvaluationsRequest.SerializeToString,
@@ -60,6 +65,14 @@ class EvaluationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareModels(self, request, context):
+        """Scores a candidate model and a baseline version on the same held-out data, with
+        paired-bootstrap confidence intervals of the difference (the promotion gate's input).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvaluations(self, request, context):
         """Lists stored reports, newest first, optionally for one version.
         """
@@ -74,6 +87,11 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=sentiloop_dot_v1_dot_evaluation__pb2.EvaluateRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_evaluation__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'CompareModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareModels,
+                    request_deserializer=sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsResponse.SerializeToString,
             ),
             'ListEvaluations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvaluations,
@@ -110,6 +128,33 @@ class EvaluationService:
             '/sentiloop.v1.EvaluationService/Evaluate',
             sentiloop_dot_v1_dot_evaluation__pb2.EvaluateRequest.SerializeToString,
             sentiloop_dot_v1_dot_evaluation__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.EvaluationService/CompareModels',
+            sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsRequest.SerializeToString,
+            sentiloop_dot_v1_dot_evaluation__pb2.CompareModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class EvaluationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EvaluationServiceAsyncStub: ...
     Evaluate: _grpc.UnaryUnaryMultiCallable[_evaluation_pb2.EvaluateRequest, _evaluation_pb2.EvaluateResponse]
     """Scores the active model (or a named version) and stores the report."""
+    CompareModels: _grpc.UnaryUnaryMultiCallable[_evaluation_pb2.CompareModelsRequest, _evaluation_pb2.CompareModelsResponse]
+    """Scores a candidate model and a baseline version on the same held-out data, with
+    paired-bootstrap confidence intervals of the difference (the promotion gate's input).
+    """
     ListEvaluations: _grpc.UnaryUnaryMultiCallable[_evaluation_pb2.ListEvaluationsRequest, _evaluation_pb2.ListEvaluationsResponse]
     """Lists stored reports, newest first, optionally for one version."""
 
@@ -49,6 +53,10 @@ class EvaluationServiceAsyncStub(EvaluationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Evaluate: _aio.UnaryUnaryMultiCallable[_evaluation_pb2.EvaluateRequest, _evaluation_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Scores the active model (or a named version) and stores the report."""
+    CompareModels: _aio.UnaryUnaryMultiCallable[_evaluation_pb2.CompareModelsRequest, _evaluation_pb2.CompareModelsResponse]  # type: ignore[assignment]
+    """Scores a candidate model and a baseline version on the same held-out data, with
+    paired-bootstrap confidence intervals of the difference (the promotion gate's input).
+    """
     ListEvaluations: _aio.UnaryUnaryMultiCallable[_evaluation_pb2.ListEvaluationsRequest, _evaluation_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
     """Lists stored reports, newest first, optionally for one version."""
 
@@ -64,6 +72,16 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_pb2.EvaluateResponse, _abc.Awaitable[_evaluation_pb2.EvaluateResponse]]:
         """Scores the active model (or a named version) and stores the report."""
+
+    @_abc_1.abstractmethod
+    def CompareModels(
+        self,
+        request: _evaluation_pb2.CompareModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evaluation_pb2.CompareModelsResponse, _abc.Awaitable[_evaluation_pb2.CompareModelsResponse]]:
+        """Scores a candidate model and a baseline version on the same held-out data, with
+        paired-bootstrap confidence intervals of the difference (the promotion gate's input).
+        """
 
     @_abc_1.abstractmethod
     def ListEvaluations(

@@ -69,7 +69,10 @@ Global___FeedbackRecord: _TypeAlias = FeedbackRecord  # noqa: Y015
 
 @_typing.final
 class SubmitFeedbackRequest(_message.Message):
-    """Feedback on one prediction, in the original REST API's shape."""
+    """Feedback on one prediction: either `prediction_id` + `user_label` (text, model
+    version and model prediction then come from the prediction log), or the original
+    REST API's `text` + `model_prediction` + `user_label`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -80,7 +83,7 @@ class SubmitFeedbackRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The text the feedback is about (required)."""
+    """The text the feedback is about (required unless `prediction_id` is given)."""
     model_prediction: _builtins.str
     """The label the model predicted (optional): "positive", "negative" or "neutral"."""
     user_label: _builtins.str
@@ -200,6 +203,61 @@ class ListFeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ExportFeedbackRequest(_message.Message):
+    """Asks for a snapshot of the feedback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFeedbackRequest: _TypeAlias = ExportFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ExportFeedbackResponse(_message.Message):
+    """The snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    LATEST_ID_FIELD_NUMBER: _builtins.int
+    content_hash: _builtins.str
+    """sha256 of the snapshot's content."""
+    location: _builtins.str
+    """Where the snapshot is (a JSONL file, one record per line, oldest first)."""
+    key: _builtins.str
+    """Its object-store key."""
+    record_count: _builtins.int
+    """Number of records in it."""
+    latest_id: _builtins.int
+    """The newest record's id in it."""
+    def __init__(
+        self,
+        *,
+        content_hash: _builtins.str = ...,
+        location: _builtins.str = ...,
+        key: _builtins.str = ...,
+        record_count: _builtins.int = ...,
+        latest_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "key", b"key", "latest_id", b"latest_id", "location", b"location", "record_count", b"record_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFeedbackResponse: _TypeAlias = ExportFeedbackResponse  # noqa: Y015
 
 @_typing.final
 class GetFeedbackStatsRequest(_message.Message):

@@ -46,6 +46,11 @@ class FeedbackServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackResponse.FromString,
                 _registered_method=True)
+        self.ExportFeedback = channel.unary_unary(
+                '/sentiloop.v1.FeedbackService/ExportFeedback',
+                request_serializer=sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackResponse.FromString,
+                _registered_method=True)
         self.GetFeedbackStats = channel.unary_unary(
                 '/sentiloop.v1.FeedbackService/GetFeedbackStats',
                 request_serializer=sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
@@ -73,6 +78,15 @@ class FeedbackServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportFeedback(self, request, context):
+        """Writes every stored record as an immutable, content-hashed snapshot to the
+        object store (training and evaluation read it); an unchanged store gives the
+        same snapshot again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetFeedbackStats(self, request, context):
         """Counts stored feedback per label and how much of it disagrees with the
         model's prediction.
@@ -93,6 +107,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.ListFeedback,
                     request_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+            'ExportFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportFeedback,
+                    request_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackResponse.SerializeToString,
             ),
             'GetFeedbackStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFeedbackStats,
@@ -156,6 +175,33 @@ class FeedbackService:
             '/sentiloop.v1.FeedbackService/ListFeedback',
             sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackRequest.SerializeToString,
             sentiloop_dot_v1_dot_feedback__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.FeedbackService/ExportFeedback',
+            sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackRequest.SerializeToString,
+            sentiloop_dot_v1_dot_feedback__pb2.ExportFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,11 @@ class FeedbackServiceStub:
     """
     ListFeedback: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.ListFeedbackRequest, _feedback_pb2.ListFeedbackResponse]
     """Lists stored feedback, oldest first, a page at a time."""
+    ExportFeedback: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.ExportFeedbackRequest, _feedback_pb2.ExportFeedbackResponse]
+    """Writes every stored record as an immutable, content-hashed snapshot to the
+    object store (training and evaluation read it); an unchanged store gives the
+    same snapshot again.
+    """
     GetFeedbackStats: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.GetFeedbackStatsRequest, _feedback_pb2.GetFeedbackStatsResponse]
     """Counts stored feedback per label and how much of it disagrees with the
     model's prediction.
@@ -59,6 +64,11 @@ class FeedbackServiceAsyncStub(FeedbackServiceStub):
     """
     ListFeedback: _aio.UnaryUnaryMultiCallable[_feedback_pb2.ListFeedbackRequest, _feedback_pb2.ListFeedbackResponse]  # type: ignore[assignment]
     """Lists stored feedback, oldest first, a page at a time."""
+    ExportFeedback: _aio.UnaryUnaryMultiCallable[_feedback_pb2.ExportFeedbackRequest, _feedback_pb2.ExportFeedbackResponse]  # type: ignore[assignment]
+    """Writes every stored record as an immutable, content-hashed snapshot to the
+    object store (training and evaluation read it); an unchanged store gives the
+    same snapshot again.
+    """
     GetFeedbackStats: _aio.UnaryUnaryMultiCallable[_feedback_pb2.GetFeedbackStatsRequest, _feedback_pb2.GetFeedbackStatsResponse]  # type: ignore[assignment]
     """Counts stored feedback per label and how much of it disagrees with the
     model's prediction.
@@ -86,6 +96,17 @@ class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feedback_pb2.ListFeedbackResponse, _abc.Awaitable[_feedback_pb2.ListFeedbackResponse]]:
         """Lists stored feedback, oldest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ExportFeedback(
+        self,
+        request: _feedback_pb2.ExportFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feedback_pb2.ExportFeedbackResponse, _abc.Awaitable[_feedback_pb2.ExportFeedbackResponse]]:
+        """Writes every stored record as an immutable, content-hashed snapshot to the
+        object store (training and evaluation read it); an unchanged store gives the
+        same snapshot again.
+        """
 
     @_abc_1.abstractmethod
     def GetFeedbackStats(

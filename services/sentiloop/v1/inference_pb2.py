@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x19\n\x17GetServingStatusRequest\"\xa0\x01\n\x18GetServingStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0etarget_version\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xdd\x02\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*\x12z\n\x10GetServingStatus\x12%.sentiloop.v1.GetServingStatusRequest\x1a&.sentiloop.v1.GetServingStatusResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"-\n\x14GetPredictionRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\"z\n\x15GetPredictionResponse\x12\x31\n\nprediction\x18\x01 \x01(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17GetServingStatusRequest\"\xa0\x01\n\x18GetServingStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0etarget_version\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xdd\x03\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*\x12~\n\rGetPrediction\x12\".sentiloop.v1.GetPredictionRequest\x1a#.sentiloop.v1.GetPredictionResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/predictions/{prediction_id}\x12z\n\x10GetServingStatus\x12%.sentiloop.v1.GetServingStatusRequest\x1a&.sentiloop.v1.GetServingStatusResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/statusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\202\323\344\223\002\r\"\010/predict:\001*'
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._serialized_options = b'\202\323\344\223\002\023\"\016/predict/batch:\001*'
+  _globals['_INFERENCESERVICE'].methods_by_name['GetPrediction']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['GetPrediction']._serialized_options = b'\202\323\344\223\002\036\022\034/predictions/{prediction_id}'
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._serialized_options = b'\202\323\344\223\002\021\022\017/predict/status'
   _globals['_PREDICTREQUEST']._serialized_start=109
@@ -51,10 +53,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTBATCHREQUEST']._serialized_end=398
   _globals['_PREDICTBATCHRESPONSE']._serialized_start=400
   _globals['_PREDICTBATCHRESPONSE']._serialized_end=497
-  _globals['_GETSERVINGSTATUSREQUEST']._serialized_start=499
-  _globals['_GETSERVINGSTATUSREQUEST']._serialized_end=524
-  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_start=527
-  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_end=687
-  _globals['_INFERENCESERVICE']._serialized_start=690
-  _globals['_INFERENCESERVICE']._serialized_end=1039
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=499
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=544
+  _globals['_GETPREDICTIONRESPONSE']._serialized_start=546
+  _globals['_GETPREDICTIONRESPONSE']._serialized_end=668
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_start=670
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_end=695
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_start=698
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_end=858
+  _globals['_INFERENCESERVICE']._serialized_start=861
+  _globals['_INFERENCESERVICE']._serialized_end=1338
 # @@protoc_insertion_point(module_scope)

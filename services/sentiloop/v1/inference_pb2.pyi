@@ -158,6 +158,58 @@ class PredictBatchResponse(_message.Message):
 Global___PredictBatchResponse: _TypeAlias = PredictBatchResponse  # noqa: Y015
 
 @_typing.final
+class GetPredictionRequest(_message.Message):
+    """Asks for one logged prediction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """The prediction's id, as Predict returned it."""
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prediction_id", b"prediction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionRequest: _TypeAlias = GetPredictionRequest  # noqa: Y015
+
+@_typing.final
+class GetPredictionResponse(_message.Message):
+    """One logged prediction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prediction(self) -> Global___PredictResponse:
+        """The prediction as it was answered."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        prediction: Global___PredictResponse | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "prediction", b"prediction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "prediction", b"prediction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionResponse: _TypeAlias = GetPredictionResponse  # noqa: Y015
+
+@_typing.final
 class GetServingStatusRequest(_message.Message):
     """Asks for the serving status."""
 

@@ -46,6 +46,11 @@ class InferenceServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.FromString,
                 _registered_method=True)
+        self.GetPrediction = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/GetPrediction',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetPredictionRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetPredictionResponse.FromString,
+                _registered_method=True)
         self.GetServingStatus = channel.unary_unary(
                 '/sentiloop.v1.InferenceService/GetServingStatus',
                 request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
@@ -73,6 +78,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPrediction(self, request, context):
+        """Returns a logged prediction, so feedback can cite it. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServingStatus(self, request, context):
         """Reports which model version is served and whether it is ready: the local
         endpoint's status.
@@ -93,6 +105,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.PredictBatch,
                     request_deserializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.SerializeToString,
+            ),
+            'GetPrediction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrediction,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetPredictionRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.GetPredictionResponse.SerializeToString,
             ),
             'GetServingStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServingStatus,
@@ -156,6 +173,33 @@ class InferenceService:
             '/sentiloop.v1.InferenceService/PredictBatch',
             sentiloop_dot_v1_dot_inference__pb2.PredictBatchRequest.SerializeToString,
             sentiloop_dot_v1_dot_inference__pb2.PredictBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrediction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/GetPrediction',
+            sentiloop_dot_v1_dot_inference__pb2.GetPredictionRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.GetPredictionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class InferenceServiceStub:
     """
     PredictBatch: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictBatchRequest, _inference_pb2.PredictBatchResponse]
     """Predicts the sentiment of many texts with one model version."""
+    GetPrediction: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetPredictionRequest, _inference_pb2.GetPredictionResponse]
+    """Returns a logged prediction, so feedback can cite it. NOT_FOUND for an unknown id."""
     GetServingStatus: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetServingStatusRequest, _inference_pb2.GetServingStatusResponse]
     """Reports which model version is served and whether it is ready: the local
     endpoint's status.
@@ -59,6 +61,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """
     PredictBatch: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictBatchRequest, _inference_pb2.PredictBatchResponse]  # type: ignore[assignment]
     """Predicts the sentiment of many texts with one model version."""
+    GetPrediction: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetPredictionRequest, _inference_pb2.GetPredictionResponse]  # type: ignore[assignment]
+    """Returns a logged prediction, so feedback can cite it. NOT_FOUND for an unknown id."""
     GetServingStatus: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetServingStatusRequest, _inference_pb2.GetServingStatusResponse]  # type: ignore[assignment]
     """Reports which model version is served and whether it is ready: the local
     endpoint's status.
@@ -86,6 +90,14 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.PredictBatchResponse, _abc.Awaitable[_inference_pb2.PredictBatchResponse]]:
         """Predicts the sentiment of many texts with one model version."""
+
+    @_abc_1.abstractmethod
+    def GetPrediction(
+        self,
+        request: _inference_pb2.GetPredictionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetPredictionResponse, _abc.Awaitable[_inference_pb2.GetPredictionResponse]]:
+        """Returns a logged prediction, so feedback can cite it. NOT_FOUND for an unknown id."""
 
     @_abc_1.abstractmethod
     def GetServingStatus(

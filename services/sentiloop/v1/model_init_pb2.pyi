@@ -209,6 +209,112 @@ class BootstrapResponse(_message.Message):
 Global___BootstrapResponse: _TypeAlias = BootstrapResponse  # noqa: Y015
 
 @_typing.final
+class StartTrainingJobRequest(_message.Message):
+    """A training job to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ChannelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    DATASET_HASH_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    AUTO_DEPLOY_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Why: "bootstrap" or "retraining"."""
+    dataset_hash: _builtins.str
+    """Content hash of the training data (lineage)."""
+    auto_deploy: _builtins.bool
+    """Deploy the model as soon as the job completes."""
+    @_builtins.property
+    def channels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Data channel name ("train", "validation", "test") to object-store key prefix."""
+
+    @_builtins.property
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Hyperparameters for train.py (the preset among them)."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        channels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dataset_hash: _builtins.str = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        auto_deploy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "channels", b"channels", "dataset_hash", b"dataset_hash", "hyperparameters", b"hyperparameters", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainingJobRequest: _TypeAlias = StartTrainingJobRequest  # noqa: Y015
+
+@_typing.final
+class StartTrainingJobResponse(_message.Message):
+    """The started job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___TrainingJob:
+        """The job."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainingJobResponse: _TypeAlias = StartTrainingJobResponse  # noqa: Y015
+
+@_typing.final
 class GetTrainingStatusRequest(_message.Message):
     """Asks for a job's state."""
 

@@ -41,6 +41,11 @@ class ModelInitServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_model__init__pb2.BootstrapRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.BootstrapResponse.FromString,
                 _registered_method=True)
+        self.StartTrainingJob = channel.unary_unary(
+                '/sentiloop.v1.ModelInitService/StartTrainingJob',
+                request_serializer=sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobResponse.FromString,
+                _registered_method=True)
         self.GetTrainingStatus = channel.unary_unary(
                 '/sentiloop.v1.ModelInitService/GetTrainingStatus',
                 request_serializer=sentiloop_dot_v1_dot_model__init__pb2.GetTrainingStatusRequest.SerializeToString,
@@ -81,6 +86,13 @@ class ModelInitServiceServicer:
     def Bootstrap(self, request, context):
         """Builds or reuses the dataset and starts a training job; answers at once
         with the job's name. With `auto_deploy` the model is deployed when the job completes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTrainingJob(self, request, context):
+        """Starts a training job on given data channels (what retraining uses).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +148,11 @@ def add_ModelInitServiceServicer_to_server(servicer, server):
                     servicer.Bootstrap,
                     request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.BootstrapRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_model__init__pb2.BootstrapResponse.SerializeToString,
+            ),
+            'StartTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTrainingJob,
+                    request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobResponse.SerializeToString,
             ),
             'GetTrainingStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTrainingStatus,
@@ -197,6 +214,33 @@ class ModelInitService:
             '/sentiloop.v1.ModelInitService/Bootstrap',
             sentiloop_dot_v1_dot_model__init__pb2.BootstrapRequest.SerializeToString,
             sentiloop_dot_v1_dot_model__init__pb2.BootstrapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.ModelInitService/StartTrainingJob',
+            sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobRequest.SerializeToString,
+            sentiloop_dot_v1_dot_model__init__pb2.StartTrainingJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class ModelInitServiceStub:
     """Builds or reuses the dataset and starts a training job; answers at once
     with the job's name. With `auto_deploy` the model is deployed when the job completes.
     """
+    StartTrainingJob: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.StartTrainingJobRequest, _model_init_pb2.StartTrainingJobResponse]
+    """Starts a training job on given data channels (what retraining uses)."""
     GetTrainingStatus: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.GetTrainingStatusRequest, _model_init_pb2.GetTrainingStatusResponse]
     """Returns the current state of a training job. NOT_FOUND for an unknown job."""
     WatchTrainingJob: _grpc.UnaryStreamMultiCallable[_model_init_pb2.WatchTrainingJobRequest, _model_init_pb2.WatchTrainingJobResponse]
@@ -65,6 +67,8 @@ class ModelInitServiceAsyncStub(ModelInitServiceStub):
     """Builds or reuses the dataset and starts a training job; answers at once
     with the job's name. With `auto_deploy` the model is deployed when the job completes.
     """
+    StartTrainingJob: _aio.UnaryUnaryMultiCallable[_model_init_pb2.StartTrainingJobRequest, _model_init_pb2.StartTrainingJobResponse]  # type: ignore[assignment]
+    """Starts a training job on given data channels (what retraining uses)."""
     GetTrainingStatus: _aio.UnaryUnaryMultiCallable[_model_init_pb2.GetTrainingStatusRequest, _model_init_pb2.GetTrainingStatusResponse]  # type: ignore[assignment]
     """Returns the current state of a training job. NOT_FOUND for an unknown job."""
     WatchTrainingJob: _aio.UnaryStreamMultiCallable[_model_init_pb2.WatchTrainingJobRequest, _model_init_pb2.WatchTrainingJobResponse]  # type: ignore[assignment]
@@ -94,6 +98,14 @@ class ModelInitServiceServicer(metaclass=_abc_1.ABCMeta):
         """Builds or reuses the dataset and starts a training job; answers at once
         with the job's name. With `auto_deploy` the model is deployed when the job completes.
         """
+
+    @_abc_1.abstractmethod
+    def StartTrainingJob(
+        self,
+        request: _model_init_pb2.StartTrainingJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_init_pb2.StartTrainingJobResponse, _abc.Awaitable[_model_init_pb2.StartTrainingJobResponse]]:
+        """Starts a training job on given data channels (what retraining uses)."""
 
     @_abc_1.abstractmethod
     def GetTrainingStatus(

@@ -38,6 +38,7 @@ class ModelVersion(_message.Message):
     VALIDATION_METRICS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The version name, e.g. "v3"."""
     path: _builtins.str
@@ -68,6 +69,10 @@ class ModelVersion(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the version was registered."""
 
+    @_builtins.property
+    def gate(self) -> _common_pb2.GateDecision:
+        """The promotion gate's verdict, for versions that went through it."""
+
     def __init__(
         self,
         *,
@@ -83,10 +88,11 @@ class ModelVersion(_message.Message):
         validation_metrics: _common_pb2.ClassificationMetrics | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         status: _builtins.str = ...,
+        gate: _common_pb2.GateDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gate", b"gate", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "is_active", b"is_active", "path", b"path", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "gate", b"gate", "is_active", b"is_active", "path", b"path", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +201,7 @@ class RegisterModelRequest(_message.Message):
     DATASET_HASH_FIELD_NUMBER: _builtins.int
     TEST_METRICS_FIELD_NUMBER: _builtins.int
     VALIDATION_METRICS_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Where the model artifact lives."""
     source: _builtins.str
@@ -211,6 +218,10 @@ class RegisterModelRequest(_message.Message):
     def validation_metrics(self) -> _common_pb2.ClassificationMetrics:
         """Validation-set metrics from training."""
 
+    @_builtins.property
+    def gate(self) -> _common_pb2.GateDecision:
+        """The promotion gate's verdict, if the model went through it."""
+
     def __init__(
         self,
         *,
@@ -220,10 +231,11 @@ class RegisterModelRequest(_message.Message):
         dataset_hash: _builtins.str = ...,
         test_metrics: _common_pb2.ClassificationMetrics | None = ...,
         validation_metrics: _common_pb2.ClassificationMetrics | None = ...,
+        gate: _common_pb2.GateDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_hash", b"dataset_hash", "path", b"path", "source", b"source", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_hash", b"dataset_hash", "gate", b"gate", "path", b"path", "source", b"source", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

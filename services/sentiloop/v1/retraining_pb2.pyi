@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from sentiloop.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -59,6 +60,10 @@ class RetrainResponse(_message.Message):
     VALIDATION_ACCURACY_FIELD_NUMBER: _builtins.int
     CONFUSION_MATRIX_FIELD_NUMBER: _builtins.int
     CONFUSION_MATRIX_LABELS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PROMOTED_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_SAMPLES_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """A human-readable summary."""
     training_job_name: _builtins.str
@@ -67,6 +72,12 @@ class RetrainResponse(_message.Message):
     """Test-set accuracy of the candidate."""
     validation_accuracy: _builtins.float
     """Validation-set accuracy of the candidate."""
+    model_version: _builtins.str
+    """The version the candidate was registered as ("" while training)."""
+    promoted: _builtins.bool
+    """Whether the candidate now serves."""
+    feedback_samples: _builtins.int
+    """Labelled feedback samples the run trained on (held-out ones excluded)."""
     @_builtins.property
     def confusion_matrix(self) -> _struct_pb2.ListValue:
         """Confusion matrix of the candidate on the test set: a list of rows (true
@@ -77,6 +88,10 @@ class RetrainResponse(_message.Message):
     def confusion_matrix_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The label order of `confusion_matrix`."""
 
+    @_builtins.property
+    def gate(self) -> _common_pb2.GateDecision:
+        """The promotion gate's verdict with both models' numbers."""
+
     def __init__(
         self,
         *,
@@ -86,10 +101,14 @@ class RetrainResponse(_message.Message):
         validation_accuracy: _builtins.float = ...,
         confusion_matrix: _struct_pb2.ListValue | None = ...,
         confusion_matrix_labels: _abc.Iterable[_builtins.str] | None = ...,
+        model_version: _builtins.str = ...,
+        promoted: _builtins.bool = ...,
+        gate: _common_pb2.GateDecision | None = ...,
+        feedback_samples: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["confusion_matrix", b"confusion_matrix"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confusion_matrix", b"confusion_matrix", "gate", b"gate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confusion_matrix", b"confusion_matrix", "confusion_matrix_labels", b"confusion_matrix_labels", "message", b"message", "test_accuracy", b"test_accuracy", "training_job_name", b"training_job_name", "validation_accuracy", b"validation_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confusion_matrix", b"confusion_matrix", "confusion_matrix_labels", b"confusion_matrix_labels", "feedback_samples", b"feedback_samples", "gate", b"gate", "message", b"message", "model_version", b"model_version", "promoted", b"promoted", "test_accuracy", b"test_accuracy", "training_job_name", b"training_job_name", "validation_accuracy", b"validation_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

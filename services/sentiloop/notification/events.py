@@ -1,0 +1,232 @@
+"""The event log (domain logic; no grpc here): every transition of the loop is an
+event, stored durably in SQLite (WAL, fsync on commit) before it is acknowledged."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sentiloop.core import sqlite
+from sentiloop.core.errors import InvalidArgument
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    type       TEXT NOT NULL,
+    subject    TEXT NOT NULL DEFAULT '',
+    message    TEXT NOT NULL DEFAULT '',
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id);
+"""
+
+# The event types the services of the loop emit. Others are accepted when they
+# have the same shape (lower-case dotted words); these are the documented ones.
+KNOWN_TYPES = (
+    "training.started",
+    "training.completed",
+    "training.failed",
+    "model.registered",
+    "model.promoted",
+    "model.rejected",
+    "model.deployed",
+    "model.rolled_back",
+    "retraining.triggered",
+)
+
+TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+PREFIX_PATTERN = re.compile(r"^[a-z0-9_.]+$")
+MAX_TYPE_LENGTH = 100
+MAX_SUBJECT_LENGTH = 500
+MAX_MESSAGE_LENGTH = 5000
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+MAX_TYPE_PREFIXES = 20
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    subject: str
+    message: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def matches(self, type_prefixes: Sequence[str]) -> bool:
+        """True when no prefixes are given or the type starts with one of them."""
+        return not type_prefixes or self.type.startswith(tuple(type_prefixes))
+
+
+def _attributes_json(attributes: dict[str, Any]) -> str:
+    return json.dumps(attributes, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def validate_event(
+    type: str, subject: str, message: str, attributes: dict[str, Any]
+) -> tuple[str, str]:
+    """Raises InvalidArgument naming every bad field; returns (type, attributes as JSON)."""
+    problems: dict[str, str] = {}
+    clean_type = type
+    if not clean_type:
+        problems["type"] = "is required"
+    elif len(clean_type) > MAX_TYPE_LENGTH:
+        problems["type"] = f"must be at most {MAX_TYPE_LENGTH} characters"
+    elif not TYPE_PATTERN.match(clean_type):
+        problems["type"] = (
+            f"{clean_type!r} is not an event type: use lower-case dotted words,"
+            " e.g. 'training.completed'"
+        )
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        problems["subject"] = f"must be at most {MAX_SUBJECT_LENGTH} characters"
+    if len(message) > MAX_MESSAGE_LENGTH:
+        problems["message"] = f"must be at most {MAX_MESSAGE_LENGTH} characters"
+    encoded = "{}"
+    try:
+        encoded = _attributes_json(attributes)
+    except (TypeError, ValueError) as error:
+        problems["attributes"] = f"must be JSON values: {error}"
+    else:
+        if len(encoded.encode()) > MAX_ATTRIBUTES_BYTES:
+            problems["attributes"] = (
+                f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON"
+                f" (got {len(encoded.encode())})"
+            )
+    if problems:
+        raise InvalidArgument(problems)
+    return clean_type, encoded
+
+
+def check_type_prefix(prefix: str, field_name: str = "type_prefix") -> str:
+    """A type prefix to filter on ("" for all): lower-case letters, digits, '_' and '.'."""
+    if prefix and (len(prefix) > MAX_TYPE_LENGTH or not PREFIX_PATTERN.match(prefix)):
+        raise InvalidArgument(
+            {
+                field_name: f"{prefix[:MAX_TYPE_LENGTH]!r} is not a type prefix: use at most"
+                f" {MAX_TYPE_LENGTH} lower-case letters, digits, '_' and '.', e.g. 'training.'"
+            }
+        )
+    return prefix
+
+
+def check_type_prefixes(prefixes: Sequence[str]) -> list[str]:
+    if len(prefixes) > MAX_TYPE_PREFIXES:
+        raise InvalidArgument({"type_prefixes": f"at most {MAX_TYPE_PREFIXES} prefixes"})
+    problems: dict[str, str] = {}
+    for index, prefix in enumerate(prefixes):
+        name = f"type_prefixes[{index}]"
+        if not prefix:
+            problems[name] = "must not be empty (leave type_prefixes out for every event)"
+            continue
+        try:
+            check_type_prefix(prefix, name)
+        except InvalidArgument as error:
+            problems.update(error.violations)
+    if problems:
+        raise InvalidArgument(problems)
+    return list(prefixes)
+
+
+def check_page_size(requested: int) -> int:
+    if requested < 0 or requested > MAX_PAGE_SIZE:
+        raise InvalidArgument({"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def _prefix_filter(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
+    """SQL matching a type prefix literally ('_' and '%' are no wildcards here)."""
+    if not prefixes:
+        return "1", []
+    clauses = " OR ".join("substr(type, 1, ?) = ?" for _ in prefixes)
+    params: list[Any] = []
+    for prefix in prefixes:
+        params += [len(prefix), prefix]
+    return f"({clauses})", params
+
+
+class EventLog:
+    """The durable, append-only event log. Thread-safe; blocking (call it off the loop)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite.connect(path)
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def publish(
+        self,
+        type: str,
+        subject: str = "",
+        message: str = "",
+        attributes: dict[str, Any] | None = None,
+    ) -> Event:
+        """Validates and stores the event (on disk before it returns)."""
+        clean_type, encoded = validate_event(type, subject, message, attributes or {})
+        created_at = datetime.now(UTC)
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO events (type, subject, message, attributes, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (clean_type, subject, message, encoded, created_at.isoformat()),
+            )
+            event_id = cursor.lastrowid
+        assert event_id is not None
+        return Event(
+            id=event_id,
+            type=clean_type,
+            subject=subject,
+            message=message,
+            attributes=json.loads(encoded),
+            created_at=created_at,
+        )
+
+    def after(
+        self, event_id: int, type_prefixes: Sequence[str] = (), limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[Event]:
+        """Events with an id above ``event_id``, oldest first (for replay)."""
+        where, params = _prefix_filter(type_prefixes)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM events WHERE id > ? AND {where} ORDER BY id LIMIT ?",
+                (event_id, *params, limit),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def list(self, type_prefix: str = "", limit: int = DEFAULT_PAGE_SIZE) -> list[Event]:
+        """The newest events first."""
+        check_type_prefix(type_prefix)
+        where, params = _prefix_filter([type_prefix] if type_prefix else [])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
+                (*params, check_page_size(limit)),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def latest_id(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(id), 0) AS latest FROM events").fetchone()
+        return int(row["latest"])
+
+
+def _from_row(row: sqlite3.Row) -> Event:
+    return Event(
+        id=row["id"],
+        type=row["type"],
+        subject=row["subject"],
+        message=row["message"],
+        attributes=json.loads(row["attributes"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )

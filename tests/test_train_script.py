@@ -1,0 +1,379 @@
+"""sagemaker_scripts/train.py under SageMaker's contract, and inference.py on what it wrote.
+
+Training runs use the "tiny" preset (a randomly initialised 2-layer BERT, a few seconds on a
+CPU): only the mechanics are under test here, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from sentiloop.data.vader import build_dataset
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "sagemaker_scripts"
+LIMITS = {"train": 64, "validation": 32, "test": 32}
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"sm_{name}", SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load("train")
+inference = _load("inference")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    model_dir: Path
+    output_data_dir: Path
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_data_dir.parent / "failure"
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(json.loads((self.model_dir / "metrics.json").read_text()))
+
+
+def run_train(
+    root: Path,
+    data: Path,
+    hyperparameters: dict[str, Any],
+    extra_args: list[str] | None = None,
+    test_channel: bool = True,
+) -> Run:
+    """train.py as SageMaker starts it: paths only through SM_* variables."""
+    root.mkdir(parents=True, exist_ok=True)
+    hps_file = root / "hyperparameters.json"
+    # SageMaker writes every value as a string (its SDK JSON-encodes them first).
+    hps_file.write_text(json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SENTILOOP_", "CUDA"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        SM_CHANNEL_TRAIN=str(data / "train"),
+        SM_CHANNEL_VALIDATION=str(data / "validation"),
+        SM_MODEL_DIR=str(root / "model"),
+        SM_OUTPUT_DATA_DIR=str(root / "output" / "data"),
+    )
+    if test_channel:
+        env["SM_CHANNEL_TEST"] = str(data / "test")
+    command = [sys.executable, str(SCRIPTS / "train.py"), "--hyperparameters-file", str(hps_file)]
+    done = subprocess.run(
+        [*command, *(extra_args or [])],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return Run(done.returncode, done.stdout, done.stderr, root / "model", root / "output" / "data")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    build_dataset(folder, limit_per_split=LIMITS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Run:
+    run = run_train(tmp_path_factory.mktemp("job"), data, {"preset": "tiny", "seed": 7})
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run
+
+
+def test_progress_lines_parse(tiny_run: Run) -> None:
+    parsed = [p for p in map(train.parse_line, tiny_run.stdout.splitlines()) if p is not None]
+    statuses = [p["status"] for p in parsed if p["kind"] == "status"]
+    assert statuses == [
+        "Starting",
+        "Downloading",
+        "Training",
+        "Evaluating",
+        "Uploading",
+        "Completed",
+    ]
+    progress = [p for p in parsed if p["kind"] == "progress"]
+    assert progress[-1]["step"] == progress[-1]["total_steps"] == 30  # tiny: max_steps 30
+    assert [p["step"] for p in progress] == sorted({p["step"] for p in progress})
+    assert all(p["loss"] > 0 and p["epoch"] > 0 for p in progress)
+    assert progress[-1]["epoch"] == pytest.approx(30 / 4)  # 64 examples in batches of 16
+    metrics = {p["name"]: p["value"] for p in parsed if p["kind"] == "metric"}
+    assert set(metrics) == {
+        "validation_accuracy",
+        "validation_macro_f1",
+        "test_accuracy",
+        "test_macro_f1",
+        "train_loss",
+    }
+    stored = tiny_run.metrics()
+    assert metrics["test_accuracy"] == pytest.approx(stored["test"]["accuracy"], abs=1e-6)
+    assert metrics["train_loss"] == pytest.approx(stored["train_loss"], abs=1e-6)
+
+    # SageMaker's metric_definitions find the same values in the same log.
+    for definition in train.METRIC_DEFINITIONS:
+        found = re.findall(definition["Regex"], tiny_run.stdout)
+        assert found, definition
+        if definition["Name"] in metrics:
+            assert float(found[-1]) == pytest.approx(metrics[definition["Name"]])
+    losses = re.findall(
+        next(d["Regex"] for d in train.METRIC_DEFINITIONS if d["Name"] == "loss"), tiny_run.stdout
+    )
+    assert len(losses) == len(progress)
+
+
+def test_parse_line_grammar() -> None:
+    assert train.parse_line("[sentiloop] status=Training\n") == {
+        "kind": "status",
+        "status": "Training",
+        "reason": None,
+    }
+    assert train.parse_line("2026-01-01 algo-1 | [sentiloop] status=Failed reason=bad: x=1") == {
+        "kind": "status",
+        "status": "Failed",
+        "reason": "bad: x=1",
+    }
+    assert train.parse_line(
+        "[sentiloop] progress step=3 total_steps=10 epoch=0.3000 loss=1.5e-03"
+    ) == {"kind": "progress", "step": 3, "total_steps": 10, "epoch": 0.3, "loss": 0.0015}
+    assert train.parse_line("[sentiloop] metric test_macro_f1=0.75") == {
+        "kind": "metric",
+        "name": "test_macro_f1",
+        "value": 0.75,
+    }
+    for other in ("", "hello", "[sentiloop] status=Sleeping", "[sentiloop] metric x=abc"):
+        assert train.parse_line(other) is None
+
+
+def test_metrics_json_is_complete_and_consistent(tiny_run: Run) -> None:
+    metrics = tiny_run.metrics()
+    assert metrics == json.loads((tiny_run.output_data_dir / "metrics.json").read_text())
+    assert metrics["dataset_sizes"] == LIMITS
+    assert metrics["hyperparameters"]["preset"] == "tiny"
+    assert metrics["hyperparameters"]["seed"] == 7
+    assert metrics["total_steps"] == 30 and metrics["train_seconds"] > 0
+    for split in ("validation", "test"):
+        report = metrics[split]
+        matrix = report["confusion_matrix"]
+        assert report["confusion_matrix_labels"] == LABELS
+        assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+        assert sum(map(sum, matrix)) == report["total_samples"] == LIMITS[split]
+        assert report["correct_predictions"] == sum(matrix[i][i] for i in range(3))
+        assert report["accuracy"] == pytest.approx(report["correct_predictions"] / LIMITS[split])
+        assert 0 <= report["macro_f1"] <= 1
+        assert set(report["per_class"]) == set(LABELS)
+        for i, label in enumerate(LABELS):
+            assert report["per_class"][label]["support"] == sum(matrix[i])
+            assert set(report["per_class"][label]) == {"precision", "recall", "f1", "support"}
+
+
+def test_model_folder(tiny_run: Run) -> None:
+    names = {p.name for p in tiny_run.model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json"} <= names
+    assert {"metrics.json", "code"} <= names
+    assert (tiny_run.model_dir / "code" / "inference.py").is_file()
+    assert json.loads((tiny_run.model_dir / "labels.json").read_text()) == LABELS
+    config = json.loads((tiny_run.model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert config["num_hidden_layers"] == 2 and config["hidden_size"] == 32
+    root = tiny_run.model_dir.parent
+    pickles = [p for p in root.rglob("*") if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
+    assert not pickles
+    assert not tiny_run.failure_file.exists()
+
+
+def test_inference_handler_end_to_end(tiny_run: Run) -> None:
+    model = inference.model_fn(str(tiny_run.model_dir))
+    texts = ["i love it!", "it broke after a day and support never answered my emails.", "ok."]
+    data = inference.input_fn(json.dumps({"texts": texts}).encode(), "application/json")
+    assert data == texts
+    predictions = inference.predict_fn(data, model)
+    body = json.loads(inference.output_fn(predictions, "application/json"))
+    assert len(body["predictions"]) == 3
+    for prediction in body["predictions"]:
+        assert prediction["label"] in LABELS
+        assert set(prediction["scores"]) == set(LABELS)
+        assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction["confidence"] == max(prediction["scores"].values())
+        assert prediction["scores"][prediction["label"]] == prediction["confidence"]
+    # Length-sorted batching gives back the request order: same answers one by one.
+    for text, batched in zip(texts, predictions, strict=True):
+        single = inference.predict_texts(model, [text])[0]
+        assert single["label"] == batched["label"]
+        for label in LABELS:
+            assert single["scores"][label] == pytest.approx(batched["scores"][label], abs=1e-5)
+    one = inference.input_fn('{"text": "great player."}', "application/json; charset=utf-8")
+    assert one == ["great player."]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        ('{"text": "x"}', "text/csv", "unsupported content type"),
+        ("{not json", "application/json", "not valid JSON"),
+        ('{"texts": []}', "application/json", "non-empty list"),
+        ('{"texts": ["ok", 3]}', "application/json", '"texts"[1] must be a non-empty string'),
+        ('{"text": "   "}', "application/json", "non-empty string"),
+        ('["a"]', "application/json", '"text" or "texts"'),
+        (b"\xff\xfe", "application/json", "not UTF-8"),
+    ],
+)
+def test_input_fn_rejects_bad_requests(body: str | bytes, content_type: str, words: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)):
+        inference.input_fn(body, content_type)
+
+
+def test_same_seed_same_model(tmp_path: Path, data: Path, tiny_run: Run) -> None:
+    again = run_train(tmp_path, data, {"preset": "tiny", "seed": 7})
+    assert again.returncode == 0, again.stderr
+
+    def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+
+    assert comparable(again.metrics()) == comparable(tiny_run.metrics())
+    digest = [
+        hashlib.sha256((run.model_dir / "model.safetensors").read_bytes()).hexdigest()
+        for run in (again, tiny_run)
+    ]
+    assert digest[0] == digest[1]
+
+
+def test_retrain_from_an_earlier_model(tmp_path: Path, data: Path, tiny_run: Run) -> None:
+    """init_model_dir continues from a trained model; arguments override the file; without
+    a test channel metrics.json has validation only; sample_weight/source columns work."""
+    weighted = tmp_path / "weighted"
+    (weighted / "train").mkdir(parents=True)
+    rows = (data / "train" / "train.csv").read_text().splitlines()
+    lines = [rows[0] + ",sample_weight,source"]
+    lines += [
+        f"{row},{i % 3},{'feedback' if i % 2 else 'original'}" for i, row in enumerate(rows[1:])
+    ]
+    (weighted / "train" / "train.csv").write_text("\n".join(lines) + "\n")
+    (weighted / "validation").symlink_to(data / "validation")
+    run = run_train(
+        tmp_path / "job",
+        weighted,
+        {"preset": "tiny", "max_steps": 30, "feedback_weight": 2},
+        extra_args=["--init_model_dir", str(tiny_run.model_dir), "--max_steps", "3"],
+        test_channel=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    metrics = run.metrics()
+    assert metrics["total_steps"] == 3
+    assert metrics["hyperparameters"]["init_model_dir"] == str(tiny_run.model_dir)
+    assert metrics["hyperparameters"]["feedback_weight"] == 2.0
+    assert metrics["feedback_rows"]["train"] == 32
+    assert "validation" in metrics and "test" not in metrics
+    assert "test_accuracy" not in run.stdout
+
+
+def test_sample_weights_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text(
+        "label,text,sample_weight,source\n"
+        "Positive,good,2.5,\nNEGATIVE,bad,,feedback\nneutral,meh,0,feedback\n"
+    )
+    split = train.read_channel(tmp_path, "train", feedback_weight=3.0)
+    assert split.texts == ["good", "bad", "meh"]
+    assert split.labels == [2, 0, 1]
+    assert split.weights == [2.5, 3.0, 0.0]
+    assert split.feedback_rows == 2
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "hyperparameters", "reason"),
+    [
+        ("text,label\nfine,great\n", {}, "unknown label 'great'"),
+        ("text,sentiment\nfine,positive\n", {}, "missing column(s) label"),
+        ("", {}, "is empty"),
+        ("text,label\n", {}, "has no examples"),
+        ("text,label\n,positive\n", {}, "empty text"),
+        ("text,label,sample_weight\nok,positive,-1\n", {}, "sample_weight '-1'"),
+        ("text,label\nok,positive\n", {"epochs": "many"}, "hyperparameter epochs='many'"),
+        (
+            "text,label\nok,positive\n",
+            {"learning_rat": 1},
+            "unknown hyperparameter(s): learning_rat",
+        ),
+    ],
+)
+def test_bad_input_fails_with_a_reason(
+    tmp_path: Path, data: Path, csv_text: str, hyperparameters: dict[str, Any], reason: str
+) -> None:
+    bad = tmp_path / "data"
+    (bad / "train").mkdir(parents=True)
+    (bad / "train" / "train.csv").write_text(csv_text)
+    (bad / "validation").symlink_to(data / "validation")
+    run = run_train(
+        tmp_path / "job", bad, {"preset": "tiny", **hyperparameters}, test_channel=False
+    )
+    assert run.returncode != 0
+    failed = [line for line in run.stdout.splitlines() if "status=Failed" in line]
+    assert len(failed) == 1
+    parsed = train.parse_line(failed[0])
+    assert parsed is not None and parsed["status"] == "Failed"
+    assert reason in parsed["reason"]
+    assert reason in run.failure_file.read_text()
+    assert not (run.model_dir / "model.safetensors").exists()
+
+
+def test_missing_hyperparameters_file_fails(tmp_path: Path, data: Path) -> None:
+    run = run_train(tmp_path, data, {}, extra_args=["--hyperparameters-file", "nowhere.json"])
+    assert run.returncode == 1
+    assert "cannot read hyperparameters file nowhere.json" in run.failure_file.read_text()
+
+
+def test_hyperparameter_resolution() -> None:
+    resolve = train.resolve_hyperparameters
+    hps = resolve({"preset": "tiny", "epochs": "2", "max_steps": ""}, {})
+    assert hps["preset"] == "tiny" and hps["epochs"] == 2.0 and hps["max_steps"] is None
+    assert hps["learning_rate"] == 1e-3 and hps["batch_size"] == 16
+    hps = resolve({"batch_size": "8", "seed": "3"}, {"batch_size": "4"})
+    assert hps["preset"] == "minilm" and hps["batch_size"] == 4 and hps["seed"] == 3
+    assert hps["base_model"]  # the packaged MiniLM folder (or its hub id)
+    with pytest.raises(train.TrainingError, match="preset"):
+        resolve({"preset": "huge"}, {})
+    with pytest.raises(train.TrainingError, match="warmup_ratio"):
+        resolve({}, {"warmup_ratio": "1.5"})
+
+
+def test_compute_metrics_by_hand() -> None:
+    report = train.compute_metrics([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], LABELS)
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["correct_predictions"] == 4 and report["total_samples"] == 6
+    negative = report["per_class"]["negative"]
+    assert (negative["precision"], negative["recall"], negative["support"]) == (0.5, 0.5, 2)
+    positive = report["per_class"]["positive"]
+    assert positive["precision"] == 1.0 and positive["recall"] == pytest.approx(2 / 3)
+    f1s = [0.5, 2 * 0.5 * 1 / 1.5, 2 * 1 * (2 / 3) / (1 + 2 / 3)]
+    assert report["macro_f1"] == pytest.approx(sum(f1s) / 3)
+    never = train.compute_metrics([0, 0], [0, 0], LABELS)
+    assert never["per_class"]["neutral"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+    }
