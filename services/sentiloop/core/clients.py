@@ -10,6 +10,7 @@ import grpc
 from sentiloop.core.config import Settings
 from sentiloop.core.logs import request_id_var
 from sentiloop.v1 import (
+    evaluation_pb2_grpc,
     feedback_pb2_grpc,
     inference_pb2_grpc,
     model_init_pb2_grpc,
@@ -61,6 +62,10 @@ class Clients:
     @property
     def feedback(self) -> feedback_pb2_grpc.FeedbackServiceAsyncStub:
         return feedback_pb2_grpc.FeedbackServiceStub(self.channel("feedback"))
+
+    @property
+    def evaluation(self) -> evaluation_pb2_grpc.EvaluationServiceAsyncStub:
+        return evaluation_pb2_grpc.EvaluationServiceStub(self.channel("evaluation"))
 
     @property
     def notification(self) -> notification_pb2_grpc.NotificationServiceAsyncStub:

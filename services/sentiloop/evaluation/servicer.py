@@ -1,23 +1,195 @@
-"""EvaluationService, not built yet (issue #4):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""EvaluationService: scores model versions on collected feedback and the held-out
+test set, keeps the reports, and compares a candidate with the active model."""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import grpc
+
+from sentiloop.core.artifacts import unpack_artifact
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import metrics_to_proto, timestamp
+from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
+from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet
+from sentiloop.evaluation.reports import Report, ReportStore
+from sentiloop.evaluation.scoring import (
+    Comparison,
+    Labelled,
+    compare,
+    metrics,
+    predict_labels,
+    read_feedback_jsonl,
+    read_labelled_csv,
+)
+from sentiloop.model_init.datasets import ensure_dataset
+from sentiloop.v1 import common_pb2, feedback_pb2, registry_pb2
+from sentiloop.v1 import evaluation_pb2 as pb
 from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MODEL_CACHE_SIZE = 3
+
+
+def comparison_to_proto(comparison: Comparison | None) -> common_pb2.ModelComparison | None:
+    return common_pb2.ModelComparison(**asdict(comparison)) if comparison else None
+
+
+def report_to_proto(report: Report) -> pb.EvaluateResponse:
+    feedback = report.feedback
+    return pb.EvaluateResponse(
+        accuracy=float(feedback.get("accuracy", 0.0)),
+        total_samples=int(feedback.get("total_samples", 0)),
+        correct_predictions=int(feedback.get("correct_predictions", 0)),
+        feedback_count=report.feedback_count,
+        model_version=report.model_version,
+        feedback_metrics=metrics_to_proto(feedback),
+        test_metrics=metrics_to_proto(report.test),
+        evaluation_id=report.id,
+        created_at=timestamp(report.created_at),
+    )
+
+
+class Models:
+    """A few loaded models by artifact location (the active one and a candidate)."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Any) -> None:
+        self._store = store
+        self._cache_dir = cache_dir
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, artifact: str) -> Any:
+        if artifact not in self._loaded:
+            folder = unpack_artifact(self._store, artifact, self._cache_dir)
+            if len(self._loaded) >= MODEL_CACHE_SIZE:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[artifact] = load_script("inference").model_fn(str(folder))
+        return self._loaded[artifact]
 
 
 class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
-    Evaluate = not_built_yet("Evaluate", 4)
-    CompareModels = not_built_yet("CompareModels", 4)
-    ListEvaluations = not_built_yet("ListEvaluations", 4)
+    def __init__(
+        self, clients: Clients, store: ObjectStore, models: Models, reports: ReportStore
+    ) -> None:
+        self._clients = clients
+        self._store = store
+        self._models = models
+        self._reports = reports
+        # Model work runs on one thread: torch already uses every core.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, partial(func, *args)
+        )
+
+    async def _model(self, version: str) -> registry_pb2.ModelVersion:
+        try:
+            answer = await self._clients.registry.GetModel(
+                registry_pb2.GetModelRequest(version=version or "active"), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(error.details() or "no such model version") from error
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument({"model_version": error.details() or "invalid"}) from error
+            raise Unavailable(f"the registry failed: {error.details()}") from error
+        return answer.model
+
+    def _test_set(self) -> Labelled:
+        dataset = ensure_dataset(self._store)
+        return read_labelled_csv(self._store.get_bytes(dataset.channels["test"] + "test.csv"))
+
+    async def _feedback(self) -> tuple[Labelled, int]:
+        try:
+            snapshot = await self._clients.feedback.ExportFeedback(
+                feedback_pb2.ExportFeedbackRequest(), timeout=30
+            )
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(f"cannot read the feedback: {error.details()}") from error
+        content = await asyncio.to_thread(self._store.get_bytes, snapshot.key)
+        return read_feedback_jsonl(content), snapshot.record_count
+
+    def _score(self, artifact: str, data: Labelled) -> dict[str, Any]:
+        model = self._models.get(artifact)
+        return metrics(data.labels, predict_labels(model, data.texts))
+
+    async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
+        model = await self._model(request.model_version)
+        feedback, count = await self._feedback()
+        test = await asyncio.to_thread(self._test_set)
+        on_feedback = await self._run(self._score, model.path, feedback)
+        on_test = await self._run(self._score, model.path, test)
+        report = await asyncio.to_thread(
+            self._reports.add, model.version, on_feedback, on_test, count
+        )
+        return report_to_proto(report)
+
+    async def CompareModels(
+        self, request: pb.CompareModelsRequest, context: Context
+    ) -> pb.CompareModelsResponse:
+        if not request.candidate_path:
+            raise InvalidArgument({"candidate_path": "is required"})
+        baseline = await self._model(request.baseline_version)
+        test = await asyncio.to_thread(self._test_set)
+        holdout = None
+        if request.feedback_key:
+            content = await asyncio.to_thread(self._store.get_bytes, request.feedback_key)
+            holdout = read_labelled_csv(content)
+
+        def both(data: Labelled) -> tuple[list[int], list[int]]:
+            candidate = predict_labels(self._models.get(request.candidate_path), data.texts)
+            base = predict_labels(self._models.get(baseline.path), data.texts)
+            return candidate, base
+
+        seed = request.seed or 13
+        candidate, base = await self._run(both, test)
+        on_test = compare("test", test.labels, candidate, base, seed)
+        on_feedback = None
+        if holdout is not None:
+            candidate, base = await self._run(both, holdout)
+            on_feedback = compare("feedback", holdout.labels, candidate, base, seed)
+        return pb.CompareModelsResponse(
+            test=comparison_to_proto(on_test),
+            feedback=comparison_to_proto(on_feedback),
+            baseline_version=baseline.version,
+        )
+
+    async def ListEvaluations(
+        self, request: pb.ListEvaluationsRequest, context: Context
+    ) -> pb.ListEvaluationsResponse:
+        if request.page_size < 0 or request.page_size > 1000:
+            raise InvalidArgument({"page_size": "must be between 1 and 1000"})
+        reports = await asyncio.to_thread(
+            self._reports.recent, request.model_version, request.page_size or 100
+        )
+        return pb.ListEvaluationsResponse(evaluations=[report_to_proto(r) for r in reports])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = EvaluationServicer()
+    store = LocalObjectStore(settings.data_dir / "objects")
+    service_dir = settings.service_dir("evaluation")
+    reports = ReportStore(service_dir / "evaluations.db")
+    clients = Clients(settings)
+    servicer = EvaluationServicer(clients, store, Models(store, service_dir / "models"), reports)
+
+    async def shutdown() -> None:
+        servicer.close()
+        await clients.close()
+        reports.close()
+
     return ServiceApp(
         name="evaluation",
         register=lambda server: pb_grpc.add_EvaluationServiceServicer_to_server(servicer, server),
+        shutdown=shutdown,
     )

@@ -4,8 +4,6 @@ log of every prediction (domain logic; no grpc here)."""
 from __future__ import annotations
 
 import json
-import shutil
-import tarfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiloop.core import sqlite
+from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -128,19 +127,7 @@ class Predictor:
 
     def load(self, version: str, artifact: str) -> LoadedVersion:
         """Fetches and unpacks the artifact, then loads it (slow; runs off the event loop)."""
-        folder = self._cache_dir / version
-        if not (folder / "config.json").is_file():
-            staging = self._cache_dir / f".{version}-{uuid.uuid4().hex[:8]}"
-            staging.mkdir(parents=True)
-            try:
-                archive = staging / "model.tar.gz"
-                self._store.download(self._store.key_of(artifact), archive)
-                with tarfile.open(archive) as tar:
-                    tar.extractall(staging / "model", filter="data")
-                shutil.rmtree(folder, ignore_errors=True)
-                (staging / "model").rename(folder)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        folder = unpack_artifact(self._store, artifact, self._cache_dir)
         model = self._inference.model_fn(str(folder))
         return LoadedVersion(version=version, model=model, loaded_at=datetime.now(UTC))
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients
 from sentiloop.core.convert import metrics_to_proto
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.model_init.jobs import TrainingJob
 from sentiloop.model_init.manager import EndpointStatus
-from sentiloop.v1 import inference_pb2, registry_pb2
+from sentiloop.v1 import common_pb2, inference_pb2, registry_pb2
 
 
 def _mesh_error(service: str, error: grpc.aio.AioRpcError) -> Exception:
@@ -25,8 +27,19 @@ class GrpcRegistry:
     def __init__(self, clients: Clients) -> None:
         self._clients = clients
 
-    async def register(self, job: TrainingJob) -> str:
+    async def register(self, job: TrainingJob, gate: dict[str, Any]) -> str:
+        # A version registered earlier for this job (before a restart) is reused.
+        try:
+            listed = await self._clients.registry.ListModels(
+                registry_pb2.ListModelsRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _mesh_error("registry", error) from error
+        for model in listed.models:
+            if model.training_job_name == job.name:
+                return str(model.version)
         request = registry_pb2.RegisterModelRequest(
+            gate=json_format.ParseDict(gate, common_pb2.GateDecision()) if gate else None,
             path=job.artifact,
             source=job.source if job.source in ("bootstrap", "retraining") else "manual",
             training_job_name=job.name,

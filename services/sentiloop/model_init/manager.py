@@ -42,8 +42,12 @@ class EndpointStatus:
     failure_reason: str = ""
 
 
+class Notify(Protocol):
+    async def __call__(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+
+
 class RegistryPort(Protocol):
-    async def register(self, job: TrainingJob) -> str: ...
+    async def register(self, job: TrainingJob, gate: dict[str, Any]) -> str: ...
     async def activate(self, version: str, reason: str) -> None: ...
 
 
@@ -80,8 +84,10 @@ class ModelInit:
         backend: TrainingBackend,
         registry: RegistryPort,
         endpoint: EndpointPort,
+        notify: Notify | None = None,
         deploy_timeout: float = 300.0,
     ) -> None:
+        self._notify_port = notify
         self._jobs = jobs
         self._backend = backend
         self._registry = registry
@@ -90,6 +96,10 @@ class ModelInit:
         self._watchers: dict[str, set[asyncio.Queue[JobUpdate]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._deploy_lock = asyncio.Lock()
+
+    async def _notify(self, type: str, subject: str, message: str, **attributes: Any) -> None:
+        if self._notify_port is not None:
+            await self._notify_port(type, subject, message, **attributes)
 
     # ---- lifecycle
 
@@ -146,6 +156,9 @@ class ModelInit:
         )
         await asyncio.to_thread(self._jobs.create, job)
         log.info("training job %s started", name, extra={"fields": {"job": name}})
+        await self._notify(
+            "training.started", name, f"{new.source} training started", preset=new.preset
+        )
         self._spawn(self._run(job))
         return job
 
@@ -166,6 +179,19 @@ class ModelInit:
         if current.status == IN_PROGRESS:  # a backend that ended without a verdict
             current = await self._apply(
                 current, TrainingEvent("failed", reason="the training backend gave no result")
+            )
+        if current.status == COMPLETED:
+            test = current.final_metrics.get("test", {})
+            await self._notify(
+                "training.completed",
+                current.name,
+                "training completed",
+                test_accuracy=test.get("accuracy"),
+                test_macro_f1=test.get("macro_f1"),
+            )
+        else:
+            await self._notify(
+                "training.failed", current.name, current.failure_reason, status=current.status
             )
         if current.status == COMPLETED and current.auto_deploy:
             await self._auto_deploy(current)
@@ -248,7 +274,11 @@ class ModelInit:
 
     # ---- deployment
 
-    async def deploy(self, job_name: str) -> tuple[str, EndpointStatus]:
+    async def deploy(
+        self, job_name: str, gate: dict[str, Any] | None = None, register_only: bool = False
+    ) -> tuple[str, EndpointStatus | None]:
+        """Registers the job's model as a version (once), then unless ``register_only``
+        activates it and waits until the endpoint serves it."""
         job = await asyncio.to_thread(self._jobs.get, job_name)
         if job.status != COMPLETED:
             raise FailedPrecondition(
@@ -256,14 +286,20 @@ class ModelInit:
             )
         async with self._deploy_lock:
             job = await asyncio.to_thread(self._jobs.get, job_name)
-            version = job.deployed_version or await self._registry.register(job)
+            version = job.deployed_version or await self._registry.register(job, gate or {})
             if not job.deployed_version:
                 job = replace(job, deployed_version=version)
                 await self._update(job, f"registered as model version {version}")
+                await self._notify("model.registered", version, f"training job {job_name}")
+            if register_only:
+                return version, None
             await self._registry.activate(version, f"deploy of training job {job_name}")
             await self._endpoint.deploy(version, job.artifact)
         status = await self._endpoint.wait_in_service(version, self._deploy_timeout)
         await self._update(job, f"deployed as {version}: endpoint {status.status}")
+        await self._notify(
+            "model.deployed", version, f"endpoint {status.status}", job_name=job_name
+        )
         return version, status
 
     async def _auto_deploy(self, job: TrainingJob) -> None:

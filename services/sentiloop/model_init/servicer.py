@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
@@ -20,6 +21,7 @@ from sentiloop.model_init.backends import LocalTrainingBackend
 from sentiloop.model_init.datasets import ensure_dataset
 from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
 from sentiloop.model_init.manager import ModelInit, NewTraining, check_preset
+from sentiloop.notification.notify import Notifier
 from sentiloop.v1 import model_init_pb2 as pb
 from sentiloop.v1 import model_init_pb2_grpc as pb_grpc
 
@@ -146,7 +148,19 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
         return pb.StopTrainingJobResponse(job=job_to_proto(job))
 
     async def Deploy(self, request: pb.DeployRequest, context: Context) -> pb.DeployResponse:
-        version, status = await self._model_init.deploy(check_job_name(request.job_name))
+        gate = (
+            json_format.MessageToDict(request.gate, preserving_proto_field_name=True)
+            if request.HasField("gate")
+            else None
+        )
+        version, status = await self._model_init.deploy(
+            check_job_name(request.job_name), gate, request.register_only
+        )
+        if status is None:
+            return pb.DeployResponse(
+                message=f"Training job {request.job_name} registered as model version {version}",
+                model_version=version,
+            )
         message = f"Training job {request.job_name} deployed as model version {version}"
         if status.status != "InService":
             message += f"; the endpoint is {status.status}"
@@ -174,7 +188,9 @@ def create_app(settings: Settings) -> ServiceApp:
     jobs = JobStore(settings.service_dir("model_init") / "jobs.db")
     clients = Clients(settings)
     backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
-    model_init = ModelInit(jobs, backend, GrpcRegistry(clients), LocalEndpoint(clients))
+    model_init = ModelInit(
+        jobs, backend, GrpcRegistry(clients), LocalEndpoint(clients), Notifier(clients).emit
+    )
     default_preset = os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm")
     servicer = ModelInitServicer(model_init, store, default_preset)
 

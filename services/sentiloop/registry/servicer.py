@@ -6,13 +6,15 @@ import asyncio
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.server import ServiceApp
+from sentiloop.notification.notify import Notifier
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
-from sentiloop.v1 import model_init_pb2
+from sentiloop.v1 import common_pb2, model_init_pb2
 from sentiloop.v1 import registry_pb2 as pb
 from sentiloop.v1 import registry_pb2_grpc as pb_grpc
 
@@ -33,6 +35,7 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
         validation_metrics=metrics_to_proto(model.validation_metrics),
         created_at=timestamp(model.created_at),
         status=model.status,
+        gate=json_format.ParseDict(model.gate, common_pb2.GateDecision()) if model.gate else None,
     )
 
 
@@ -40,6 +43,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     def __init__(self, registry: ModelRegistry, clients: Clients) -> None:
         self._registry = registry
         self._clients = clients
+        self._notify = Notifier(clients).emit
 
     async def _endpoint_status(self) -> str:
         try:
@@ -74,6 +78,9 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             dataset_hash=request.dataset_hash,
             test_metrics=metrics_from_proto(request.test_metrics),
             validation_metrics=metrics_from_proto(request.validation_metrics),
+            gate=json_format.MessageToDict(request.gate, preserving_proto_field_name=True)
+            if request.HasField("gate")
+            else {},
         )
         model = await asyncio.to_thread(self._registry.register, new)
         return pb.RegisterModelResponse(model=to_proto(model))
@@ -88,6 +95,13 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
         model, rolled_back = await asyncio.to_thread(self._registry.rollback, request.reason)
+        await self._notify(
+            "model.rolled_back",
+            model.version,
+            f"rolled back from {rolled_back} to {model.version}",
+            rolled_back_version=rolled_back,
+            reason=request.reason,
+        )
         return pb.RollbackResponse(model=to_proto(model), rolled_back_version=rolled_back)
 
     async def ListActivations(

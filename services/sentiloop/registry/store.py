@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS versions (
     dataset_hash       TEXT NOT NULL DEFAULT '',
     test_metrics       TEXT NOT NULL DEFAULT '{}',
     validation_metrics TEXT NOT NULL DEFAULT '{}',
+    gate               TEXT NOT NULL DEFAULT '{}',
     created_at         TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS activations (
@@ -50,6 +51,7 @@ class ModelVersion:
     created_at: datetime
     is_active: bool = False
     status: str = "registered"
+    gate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -73,6 +75,7 @@ class NewModel:
     dataset_hash: str = ""
     test_metrics: dict[str, Any] = field(default_factory=dict)
     validation_metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
 
 
 def version_name(number: int) -> str:
@@ -84,6 +87,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._db = sqlite.connect(path)
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(versions)")}
+        if "gate" not in columns:  # a registry created before gate decisions existed
+            self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -100,7 +106,8 @@ class ModelRegistry:
         with self._lock:
             cursor = self._db.execute(
                 "INSERT INTO versions (path, source, training_job_name, dataset_hash,"
-                " test_metrics, validation_metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " test_metrics, validation_metrics, gate, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.path,
                     new.source,
@@ -108,6 +115,7 @@ class ModelRegistry:
                     new.dataset_hash,
                     json.dumps(new.test_metrics),
                     json.dumps(new.validation_metrics),
+                    json.dumps(new.gate),
                     datetime.now(UTC).isoformat(),
                 ),
             )
@@ -209,10 +217,13 @@ class ModelRegistry:
         activated = self._db.execute(
             "SELECT 1 FROM activations WHERE version = ? LIMIT 1", (version,)
         ).fetchone()
+        gate = json.loads(row["gate"])
         if version == active:
             status = "active"
         elif activated:
             status = "retired"
+        elif gate.get("decision") == "rejected":
+            status = "rejected"
         else:
             status = "registered"
         return ModelVersion(
@@ -226,4 +237,5 @@ class ModelRegistry:
             created_at=datetime.fromisoformat(row["created_at"]),
             is_active=version == active,
             status=status,
+            gate=gate,
         )

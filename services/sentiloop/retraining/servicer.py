@@ -1,22 +1,271 @@
-"""RetrainingService, not built yet (issue #4):
-every RPC answers UNIMPLEMENTED naming that issue."""
+"""RetrainingService: protobuf <-> the retrainer, and the mesh port over gRPC."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import list_value
+from sentiloop.core.errors import NotFound, Unavailable
+from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.unbuilt import not_built_yet
+from sentiloop.evaluation.scoring import Comparison
+from sentiloop.model_init.datasets import StoredDataset, ensure_dataset
+from sentiloop.notification.notify import Notifier
+from sentiloop.retraining.runs import RunStore
+from sentiloop.retraining.service import JobResult, Outcome, Policy, Retrainer
+from sentiloop.retraining.snapshot import Snapshot, build_snapshot
+from sentiloop.v1 import (
+    common_pb2,
+    evaluation_pb2,
+    feedback_pb2,
+    model_init_pb2,
+    registry_pb2,
+)
+from sentiloop.v1 import retraining_pb2 as pb
 from sentiloop.v1 import retraining_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _failed(service: str, error: grpc.aio.AioRpcError) -> Unavailable:
+    return Unavailable(f"the {service} service failed: {error.code().name} {error.details()}")
+
+
+def _comparison(message: common_pb2.ModelComparison) -> Comparison:
+    return Comparison(
+        **json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    )
+
+
+class GrpcMesh:
+    """The retrainer's view of the mesh."""
+
+    def __init__(self, clients: Clients, store: ObjectStore) -> None:
+        self._clients = clients
+        self._store = store
+        self.notify = Notifier(clients).emit
+
+    async def feedback_total(self) -> int:
+        try:
+            stats = await self._clients.feedback.GetFeedbackStats(
+                feedback_pb2.GetFeedbackStatsRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("feedback", error) from error
+        return int(stats.total)
+
+    async def export_feedback(self) -> bytes:
+        try:
+            snapshot = await self._clients.feedback.ExportFeedback(
+                feedback_pb2.ExportFeedbackRequest(), timeout=60
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("feedback", error) from error
+        return await asyncio.to_thread(self._store.get_bytes, snapshot.key)
+
+    async def active_model(self) -> tuple[str, str] | None:
+        try:
+            answer = await self._clients.registry.GetModel(
+                registry_pb2.GetModelRequest(version="active"), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _failed("registry", error) from error
+        return answer.model.version, answer.model.path
+
+    async def base_dataset(self) -> StoredDataset:
+        return await asyncio.to_thread(ensure_dataset, self._store)
+
+    async def snapshot(self, base: StoredDataset, feedback: bytes, holdout: float) -> Snapshot:
+        return await asyncio.to_thread(build_snapshot, self._store, base, feedback, holdout)
+
+    async def start_training(
+        self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
+    ) -> str:
+        try:
+            answer = await self._clients.model_init.StartTrainingJob(
+                model_init_pb2.StartTrainingJobRequest(
+                    source="retraining",
+                    channels=channels,
+                    dataset_hash=dataset_hash,
+                    hyperparameters=hyperparameters,
+                ),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("model_init", error) from error
+        return str(answer.job.job_name)
+
+    async def wait_for_job(self, job_name: str) -> JobResult:
+        last = None
+        # The stream can break when ModelInitService restarts; the job goes on, so
+        # watch again (the first message of a new watch is the current state).
+        for _ in range(30):
+            try:
+                async for update in self._clients.model_init.WatchTrainingJob(
+                    model_init_pb2.WatchTrainingJobRequest(job_name=job_name)
+                ):
+                    last = update
+                if last is not None and last.done:
+                    break
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NotFound(f"training job {job_name!r} disappeared") from error
+            await asyncio.sleep(2)
+        if last is None or not last.done:
+            raise Unavailable(f"lost track of training job {job_name}")
+        job = last.job
+        return JobResult(
+            status=job.status,
+            failure_reason=job.failure_reason,
+            artifact=job.model_artifacts,
+            test_metrics=json_format.MessageToDict(
+                last.test_metrics, preserving_proto_field_name=True
+            ),
+            validation_accuracy=float(job.metrics.get("validation_accuracy", 0.0)),
+        )
+
+    async def compare(
+        self, candidate: str, baseline: str, feedback_key: str, seed: int
+    ) -> tuple[Comparison, Comparison | None]:
+        try:
+            answer = await self._clients.evaluation.CompareModels(
+                evaluation_pb2.CompareModelsRequest(
+                    candidate_path=candidate,
+                    baseline_version=baseline,
+                    feedback_key=feedback_key,
+                    seed=seed,
+                ),
+                timeout=1800,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("evaluation", error) from error
+        feedback = _comparison(answer.feedback) if answer.HasField("feedback") else None
+        return _comparison(answer.test), feedback
+
+    async def register(self, job_name: str, gate: dict[str, Any], activate: bool) -> str:
+        try:
+            answer = await self._clients.model_init.Deploy(
+                model_init_pb2.DeployRequest(
+                    job_name=job_name,
+                    register_only=not activate,
+                    gate=json_format.ParseDict(gate, common_pb2.GateDecision()),
+                ),
+                timeout=900,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("model_init", error) from error
+        return str(answer.model_version)
+
+
+def outcome_to_proto(outcome: Outcome) -> pb.RetrainResponse:
+    test = outcome.test_metrics
+    decision = outcome.decision
+    return pb.RetrainResponse(
+        message=outcome.message,
+        training_job_name=outcome.job_name,
+        test_accuracy=float(test.get("accuracy", 0.0)),
+        validation_accuracy=outcome.validation_accuracy,
+        confusion_matrix=list_value(
+            [[int(x) for x in row] for row in test.get("confusion_matrix", [])]
+        ),
+        confusion_matrix_labels=test.get("confusion_matrix_labels", []),
+        model_version=outcome.model_version,
+        promoted=bool(decision and decision.promoted),
+        gate=json_format.ParseDict(decision.as_dict(), common_pb2.GateDecision())
+        if decision
+        else None,
+        feedback_samples=outcome.feedback_samples,
+    )
 
 
 class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
-    Retrain = not_built_yet("Retrain", 4)
-    GetPolicy = not_built_yet("GetPolicy", 4)
+    def __init__(self, retrainer: Retrainer) -> None:
+        self._retrainer = retrainer
+
+    async def Retrain(self, request: pb.RetrainRequest, context: Context) -> pb.RetrainResponse:
+        outcome = await self._retrainer.retrain(
+            wait=not request.return_immediately,
+            force=request.force_promotion,
+            recipe=request.recipe,
+            seed=request.seed,
+        )
+        return outcome_to_proto(outcome)
+
+    async def GetPolicy(
+        self, request: pb.GetPolicyRequest, context: Context
+    ) -> pb.GetPolicyResponse:
+        policy = self._retrainer.policy
+        return pb.GetPolicyResponse(
+            enabled=policy.enabled,
+            min_new_feedback=policy.min_new_feedback,
+            cooldown_seconds=policy.cooldown_seconds,
+            new_feedback_since_last_run=await self._retrainer.new_feedback_since_last_run(),
+            running_job_name=await self._retrainer.running_job(),
+        )
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"configuration error: {name}={raw!r} is not true or false")
+
+
+def load_policy() -> Policy:
+    return Policy(
+        enabled=_flag("SENTILOOP_RETRAIN_AUTO", False),
+        min_new_feedback=int(os.environ.get("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", "50")),
+        cooldown_seconds=int(os.environ.get("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", "600")),
+        holdout_fraction=float(os.environ.get("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", "0.2")),
+        tolerance=float(os.environ.get("SENTILOOP_GATE_TOLERANCE", "0.01")),
+        preset=os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm"),
+        feedback_weight=float(os.environ.get("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", "4")),
+        epochs=float(os.environ.get("SENTILOOP_RETRAIN_EPOCHS", "2")),
+        learning_rate=float(os.environ.get("SENTILOOP_RETRAIN_LEARNING_RATE", "3e-5")),
+    )
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    servicer = RetrainingServicer()
+    store = LocalObjectStore(settings.data_dir / "objects")
+    runs = RunStore(settings.service_dir("retraining") / "runs.db")
+    clients = Clients(settings)
+    retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy())
+    servicer = RetrainingServicer(retrainer)
+    interval = float(os.environ.get("SENTILOOP_RETRAIN_POLL_SECONDS", "2"))
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        await retrainer.recover()
+        tasks.append(asyncio.create_task(retrainer.run_policy(interval)))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await retrainer.shutdown()
+        await clients.close()
+        runs.close()
+
     return ServiceApp(
         name="retraining",
         register=lambda server: pb_grpc.add_RetrainingServiceServicer_to_server(servicer, server),
+        startup=startup,
+        shutdown=shutdown,
     )

@@ -525,16 +525,26 @@ class DeployRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_NAME_FIELD_NUMBER: _builtins.int
+    REGISTER_ONLY_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
     job_name: _builtins.str
     """The job's name."""
+    register_only: _builtins.bool
+    """Register the model version only; do not activate or serve it."""
+    @_builtins.property
+    def gate(self) -> _common_pb2.GateDecision:
+        """The promotion gate's verdict, recorded with the version."""
+
     def __init__(
         self,
         *,
         job_name: _builtins.str = ...,
+        register_only: _builtins.bool = ...,
+        gate: _common_pb2.GateDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_name", b"job_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "job_name", b"job_name", "register_only", b"register_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,21 +28,31 @@ class RetrainRequest(_message.Message):
 
     RETURN_IMMEDIATELY_FIELD_NUMBER: _builtins.int
     FORCE_PROMOTION_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     return_immediately: _builtins.bool
     """Answer as soon as the training job has started, with its name, instead of
     waiting for the results.
     """
     force_promotion: _builtins.bool
     """Promote the candidate even if the gate rejects it (recorded as forced)."""
+    recipe: _builtins.str
+    """The training recipe: "default" (fine-tune the active model, feedback weighted up)
+    or "naive" (train the base model on the merged data, feedback unweighted).
+    """
+    seed: _builtins.int
+    """Training seed (default 13)."""
     def __init__(
         self,
         *,
         return_immediately: _builtins.bool = ...,
         force_promotion: _builtins.bool = ...,
+        recipe: _builtins.str = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force_promotion", b"force_promotion", "return_immediately", b"return_immediately"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force_promotion", b"force_promotion", "recipe", b"recipe", "return_immediately", b"return_immediately", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,6 +151,7 @@ class GetPolicyResponse(_message.Message):
     MIN_NEW_FEEDBACK_FIELD_NUMBER: _builtins.int
     COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     NEW_FEEDBACK_SINCE_LAST_RUN_FIELD_NUMBER: _builtins.int
+    RUNNING_JOB_NAME_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Whether retraining starts automatically."""
     min_new_feedback: _builtins.int
@@ -149,6 +160,8 @@ class GetPolicyResponse(_message.Message):
     """Minimum seconds between two automatic runs."""
     new_feedback_since_last_run: _builtins.int
     """Labelled samples that arrived since the last run."""
+    running_job_name: _builtins.str
+    """The training job of the run in progress ("" when none)."""
     def __init__(
         self,
         *,
@@ -156,10 +169,11 @@ class GetPolicyResponse(_message.Message):
         min_new_feedback: _builtins.int = ...,
         cooldown_seconds: _builtins.int = ...,
         new_feedback_since_last_run: _builtins.int = ...,
+        running_job_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run", "running_job_name", b"running_job_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,123 @@
+"""Scoring models on labelled data, and comparing two of them on the same samples
+(domain logic; no grpc here)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sentiloop.core.scripts import load_script
+from sentiloop.core.validation import LABELS
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Labelled:
+    texts: list[str]
+    labels: list[int]  # indices into LABELS
+
+
+def labelled(pairs: Sequence[tuple[str, str]]) -> Labelled:
+    index = {label: i for i, label in enumerate(LABELS)}
+    return Labelled(
+        texts=[text for text, _ in pairs], labels=[index[label.lower()] for _, label in pairs]
+    )
+
+
+def read_labelled_csv(content: bytes) -> Labelled:
+    rows = csv.DictReader(io.StringIO(content.decode("utf-8")))
+    return labelled([(row["text"], row["label"]) for row in rows])
+
+
+def read_feedback_jsonl(content: bytes) -> Labelled:
+    """A feedback snapshot; the latest label per text wins."""
+    latest: dict[str, str] = {}
+    for line in content.decode("utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[record["text"]] = record["user_label"]
+    return labelled(list(latest.items()))
+
+
+def predict_labels(model: Any, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    index = {label: i for i, label in enumerate(LABELS)}
+    outputs = load_script("inference").predict_texts(model, texts)
+    return [index[out["label"]] for out in outputs]
+
+
+def metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
+    """The same metrics train.py reports, computed by the same function."""
+    result: dict[str, Any] = load_script("train").compute_metrics(y_true, y_pred, LABELS)
+    return result
+
+
+def _macro_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 of each row of (resamples x samples) label arrays, vectorised."""
+    f1s = []
+    for c in range(k):
+        tp = ((pred == c) & (truth == c)).sum(axis=-1)
+        predicted = (pred == c).sum(axis=-1)
+        actual = (truth == c).sum(axis=-1)
+        denominator = predicted + actual
+        f1s.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
+    mean: np.ndarray = np.mean(f1s, axis=0)
+    return mean
+
+
+@dataclass(frozen=True)
+class Comparison:
+    data_set: str
+    samples: int
+    candidate_macro_f1: float
+    baseline_macro_f1: float
+    delta_macro_f1: float
+    delta_ci_low: float
+    delta_ci_high: float
+    candidate_accuracy: float
+    baseline_accuracy: float
+
+
+def compare(
+    data_set: str,
+    truth: Sequence[int],
+    candidate: Sequence[int],
+    baseline: Sequence[int],
+    seed: int = 13,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Comparison:
+    """Both models on the same samples, with a 95% paired-bootstrap interval of the
+    macro-F1 difference: each resample draws the same samples for both models, so
+    the interval reflects how much the difference depends on which samples were drawn."""
+    y = np.asarray(truth)
+    a = np.asarray(candidate)
+    b = np.asarray(baseline)
+    k = len(LABELS)
+    n = len(y)
+    if n == 0:
+        return Comparison(data_set, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    f1_a = float(_macro_f1(y, a, k))
+    f1_b = float(_macro_f1(y, b, k))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n))
+    deltas = _macro_f1(y[draws], a[draws], k) - _macro_f1(y[draws], b[draws], k)
+    low, high = np.quantile(deltas, [0.025, 0.975])
+    return Comparison(
+        data_set=data_set,
+        samples=n,
+        candidate_macro_f1=f1_a,
+        baseline_macro_f1=f1_b,
+        delta_macro_f1=f1_a - f1_b,
+        delta_ci_low=float(low),
+        delta_ci_high=float(high),
+        candidate_accuracy=float((a == y).mean()),
+        baseline_accuracy=float((b == y).mean()),
+    )

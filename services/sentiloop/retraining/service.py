@@ -1,0 +1,275 @@
+"""Retraining: snapshot the data, train a candidate, put it through the promotion
+gate, register it either way and promote it only when the gate says so (domain
+logic; the mesh is reached through the MeshPort)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sentiloop.core.errors import FailedPrecondition, InvalidArgument
+from sentiloop.evaluation.scoring import Comparison
+from sentiloop.model_init.datasets import StoredDataset
+from sentiloop.retraining.gate import DEFAULT_TOLERANCE, Decision, decide
+from sentiloop.retraining.runs import Run, RunStore
+from sentiloop.retraining.snapshot import Snapshot
+
+log = logging.getLogger("sentiloop.retraining")
+
+MIN_FEEDBACK = 10
+RECIPES = ("default", "naive")
+
+
+@dataclass(frozen=True)
+class Policy:
+    enabled: bool
+    min_new_feedback: int
+    cooldown_seconds: int
+    holdout_fraction: float = 0.2
+    tolerance: float = DEFAULT_TOLERANCE
+    preset: str = "minilm"
+    # The default recipe: fine-tune the active model on original + feedback data with
+    # feedback weighted up (measured in benchmarks/feedback_loop.py).
+    feedback_weight: float = 4.0
+    epochs: float = 2.0
+    learning_rate: float = 3e-5
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: str
+    failure_reason: str
+    artifact: str
+    test_metrics: dict[str, Any]
+    validation_accuracy: float
+
+
+class MeshPort(Protocol):
+    async def feedback_total(self) -> int: ...
+    async def export_feedback(self) -> bytes: ...
+    async def active_model(self) -> tuple[str, str] | None: ...
+    async def base_dataset(self) -> StoredDataset: ...
+    async def snapshot(self, base: StoredDataset, feedback: bytes, holdout: float) -> Snapshot: ...
+    async def start_training(
+        self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
+    ) -> str: ...
+    async def wait_for_job(self, job_name: str) -> JobResult: ...
+    async def compare(
+        self, candidate: str, baseline: str, feedback_key: str, seed: int
+    ) -> tuple[Comparison, Comparison | None]: ...
+    async def register(self, job_name: str, gate: dict[str, Any], activate: bool) -> str: ...
+    async def notify(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    message: str
+    job_name: str
+    finished: bool
+    test_metrics: dict[str, Any]
+    validation_accuracy: float = 0.0
+    model_version: str = ""
+    decision: Decision | None = None
+    feedback_samples: int = 0
+
+
+class Retrainer:
+    def __init__(self, runs: RunStore, mesh: MeshPort, policy: Policy) -> None:
+        self._runs = runs
+        self._mesh = mesh
+        self.policy = policy
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def retrain(
+        self,
+        trigger: str = "manual",
+        wait: bool = True,
+        force: bool = False,
+        recipe: str = "",
+        seed: int = 0,
+    ) -> Outcome:
+        recipe = recipe or "default"
+        if recipe not in RECIPES:
+            raise InvalidArgument({"recipe": f"{recipe!r} is not one of {', '.join(RECIPES)}"})
+        seed = seed or 13
+        total = await self._mesh.feedback_total()
+        if total < MIN_FEEDBACK:
+            raise FailedPrecondition(
+                f"retraining needs at least {MIN_FEEDBACK} labelled feedback samples;"
+                f" there are {total}"
+            )
+        active = await self._mesh.active_model()
+        if active is None:
+            raise FailedPrecondition("no model is active yet: bootstrap one before retraining")
+        run = await asyncio.to_thread(self._runs.begin, trigger, total, recipe, seed, force)
+        try:
+            job_name, snapshot = await self._start(run, active)
+        except BaseException as error:
+            await asyncio.to_thread(self._runs.finish, run.id, "failed", {"error": str(error)})
+            raise
+        finished = asyncio.ensure_future(self._finish(run.id, job_name, snapshot, active[0]))
+        self._tasks.add(finished)
+        finished.add_done_callback(self._tasks.discard)
+        if not wait:
+            return Outcome(
+                message=f"Retraining started: training job {job_name}; watch it with"
+                f" GET /model-init/watch/{job_name}",
+                job_name=job_name,
+                finished=False,
+                test_metrics={},
+                feedback_samples=snapshot.feedback_train,
+            )
+        # Shielded: a caller that goes away does not abandon the run half way.
+        return await asyncio.shield(finished)
+
+    async def _start(self, run: Run, active: tuple[str, str]) -> tuple[str, Snapshot]:
+        base = await self._mesh.base_dataset()
+        feedback = await self._mesh.export_feedback()
+        snapshot = await self._mesh.snapshot(base, feedback, self.policy.holdout_fraction)
+        hyperparameters = {"preset": self.policy.preset, "seed": str(run.seed)}
+        if run.recipe == "default":
+            hyperparameters |= {
+                "init_model_dir": active[1],
+                "feedback_weight": str(self.policy.feedback_weight),
+                "epochs": str(self.policy.epochs),
+                "learning_rate": str(self.policy.learning_rate),
+            }
+        job_name = await self._mesh.start_training(
+            snapshot.channels, snapshot.content_hash, hyperparameters
+        )
+        await asyncio.to_thread(self._runs.set_job, run.id, job_name)
+        await self._mesh.notify(
+            "retraining.triggered",
+            job_name,
+            f"retraining ({run.trigger}) on {snapshot.feedback_train} feedback samples",
+            trigger=run.trigger,
+            recipe=run.recipe,
+            feedback_total=run.feedback_total,
+            feedback_holdout=snapshot.feedback_holdout,
+            dataset_hash=snapshot.content_hash,
+        )
+        return job_name, snapshot
+
+    async def _finish(
+        self, run_id: int, job_name: str, snapshot: Snapshot, baseline: str
+    ) -> Outcome:
+        run = await asyncio.to_thread(self._runs.get, run_id)
+        try:
+            outcome = await self._gate(run, job_name, snapshot, baseline)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("retraining run %s failed", run_id)
+            await asyncio.to_thread(self._runs.finish, run_id, "failed", {"error": str(error)})
+            raise
+        status = "completed" if outcome.model_version else "failed"
+        await asyncio.to_thread(
+            self._runs.finish, run_id, status, {"message": outcome.message, "job": job_name}
+        )
+        return outcome
+
+    async def _gate(self, run: Run, job_name: str, snapshot: Snapshot, baseline: str) -> Outcome:
+        result = await self._mesh.wait_for_job(job_name)
+        if result.status != "Completed":
+            return Outcome(
+                message=f"Retraining failed: training job {job_name} {result.status}:"
+                f" {result.failure_reason}",
+                job_name=job_name,
+                finished=True,
+                test_metrics={},
+                feedback_samples=snapshot.feedback_train,
+            )
+        test, feedback = await self._mesh.compare(
+            result.artifact, baseline, snapshot.holdout_key, run.seed
+        )
+        decision = decide(test, feedback, baseline, self.policy.tolerance, force=run.force)
+        version = await self._mesh.register(job_name, decision.as_dict(), decision.promoted)
+        event = {"promoted": "model.promoted", "forced": "model.promoted"}.get(
+            decision.decision, "model.rejected"
+        )
+        await self._mesh.notify(
+            event,
+            version,
+            decision.reason,
+            decision=decision.decision,
+            baseline_version=baseline,
+            test_delta_macro_f1=test.delta_macro_f1,
+            feedback_delta_macro_f1=feedback.delta_macro_f1 if feedback else None,
+        )
+        verdict = {
+            "promoted": f"promoted: it now serves as {version}",
+            "forced": f"promoted by force: it now serves as {version}",
+            "rejected": f"rejected by the gate; {baseline} keeps serving",
+        }[decision.decision]
+        return Outcome(
+            message=f"Retraining completed; the candidate {version} was {verdict}"
+            f" ({decision.reason})",
+            job_name=job_name,
+            finished=True,
+            test_metrics=result.test_metrics,
+            validation_accuracy=result.validation_accuracy,
+            model_version=version,
+            decision=decision,
+            feedback_samples=snapshot.feedback_train,
+        )
+
+    async def recover(self) -> None:
+        """A run that a restart interrupted ends as failed, which frees the lock; its
+        training job finishes on its own and can be deployed by hand."""
+        run = await asyncio.to_thread(self._runs.running)
+        if run is not None:
+            await asyncio.to_thread(
+                self._runs.finish,
+                run.id,
+                "failed",
+                {"error": f"interrupted by a restart (training job {run.job_name or 'none'})"},
+            )
+
+    # ---- the automatic policy
+
+    async def new_feedback_since_last_run(self) -> int:
+        total = await self._mesh.feedback_total()
+        last = await asyncio.to_thread(self._runs.last)
+        return total - (last.feedback_total if last else 0)
+
+    async def check_policy(self) -> bool:
+        """Starts a run when the policy says so; True when it did."""
+        if not self.policy.enabled:
+            return False
+        if await asyncio.to_thread(self._runs.running) is not None:
+            return False
+        if await self.new_feedback_since_last_run() < self.policy.min_new_feedback:
+            return False
+        last_auto = await asyncio.to_thread(self._runs.last_automatic)
+        if last_auto is not None:
+            elapsed = (datetime.now(UTC) - last_auto.started_at).total_seconds()
+            if elapsed < self.policy.cooldown_seconds:
+                return False
+        try:
+            await self.retrain(trigger="policy", wait=False)
+        except Exception as error:
+            log.warning("automatic retraining did not start: %s", error)
+            return False
+        return True
+
+    async def run_policy(self, interval: float) -> None:
+        while True:
+            try:
+                await self.check_policy()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking the retraining policy failed")
+            await asyncio.sleep(interval)
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def running_job(self) -> str:
+        run = await asyncio.to_thread(self._runs.running)
+        return run.job_name if run else ""
