@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/sentiloop up --bootstrap-if-empty
+	SENTILOOP_RETRAIN_AUTO=$${SENTILOOP_RETRAIN_AUTO:-true} $(BIN)/sentiloop up --bootstrap-if-empty
 
 # Python messages, gRPC stubs, typed stubs, and the descriptor set Envoy transcodes with.
 protos: venv

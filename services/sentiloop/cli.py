@@ -242,6 +242,148 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import feedback_pb2, feedback_pb2_grpc
+
+    if args.stats:
+        answer = _grpc_call(
+            args,
+            lambda channel: feedback_pb2_grpc.FeedbackServiceStub(channel).GetFeedbackStats(
+                feedback_pb2.GetFeedbackStatsRequest()
+            ),
+        )
+        _print_message(answer)
+        return 0
+    if not args.label or not (args.text or args.prediction_id):
+        print("error: give --label and either a text or --prediction-id", file=sys.stderr)
+        return 2
+    answer = _grpc_call(
+        args,
+        lambda channel: feedback_pb2_grpc.FeedbackServiceStub(channel).SubmitFeedback(
+            feedback_pb2.SubmitFeedbackRequest(
+                text=args.text or "",
+                user_label=args.label,
+                model_prediction=args.model_prediction or "",
+                prediction_id=args.prediction_id or "",
+            )
+        ),
+    )
+    print(
+        f"{answer.message}: #{answer.feedback.id} {answer.feedback.user_label} "
+        f"{answer.feedback.text!r}"
+    )
+    return 0
+
+
+def _print_gate(gate: Any) -> None:
+    if not gate.decision:
+        return
+    print(f"gate: {gate.decision} against {gate.baseline_version or 'no model'}: {gate.reason}")
+    for comparison in (gate.test, gate.feedback):
+        if comparison.samples:
+            print(
+                f"  {comparison.data_set:<8} {comparison.samples:>5} samples  macro-F1"
+                f" {comparison.baseline_macro_f1:.4f} -> {comparison.candidate_macro_f1:.4f}"
+                f" ({comparison.delta_macro_f1 * 100:+.1f} points, 95% CI"
+                f" {comparison.delta_ci_low * 100:+.1f} to {comparison.delta_ci_high * 100:+.1f})"
+            )
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    import time
+
+    from sentiloop.v1 import registry_pb2, registry_pb2_grpc, retraining_pb2, retraining_pb2_grpc
+
+    def call(channel: Any) -> int:
+        stub = retraining_pb2_grpc.RetrainingServiceStub(channel)
+        request = retraining_pb2.RetrainRequest(
+            return_immediately=args.watch, force_promotion=args.force, recipe=args.recipe or ""
+        )
+        answer = stub.Retrain(request)
+        print(answer.message)
+        if args.watch:
+            last = watch_job(channel, answer.training_job_name)
+            if last is None or last.job.status != "Completed":
+                return 1
+            print("comparing the candidate with the active model ...")
+            while stub.GetPolicy(retraining_pb2.GetPolicyRequest()).running_job_name:
+                time.sleep(1)
+            models = registry_pb2_grpc.ModelRegistryServiceStub(channel).ListModels(
+                registry_pb2.ListModelsRequest()
+            )
+            for model in models.models:
+                if model.training_job_name == answer.training_job_name:
+                    print(f"candidate registered as {model.version} ({model.status})")
+                    _print_gate(model.gate)
+                    return 0
+            print("the run ended without registering a candidate", file=sys.stderr)
+            return 1
+        _print_gate(answer.gate)
+        return 0
+
+    return int(_grpc_call(args, call))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import evaluation_pb2, evaluation_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: evaluation_pb2_grpc.EvaluationServiceStub(channel).Evaluate(
+            evaluation_pb2.EvaluateRequest(model_version=args.version or "")
+        ),
+    )
+    print(f"model {answer.model_version}")
+    for name, m in (("feedback", answer.feedback_metrics), ("test set", answer.test_metrics)):
+        print(
+            f"  {name:<9} {m.total_samples:>5} samples  accuracy {m.accuracy:.4f}"
+            f"  macro-F1 {m.macro_f1:.4f}"
+        )
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import notification_pb2, notification_pb2_grpc
+
+    def show(event: Any) -> None:
+        stamp = event.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp}  #{event.id:<5} {event.type:<22} {event.subject}  {event.message}")
+        sys.stdout.flush()
+
+    def call(channel: Any) -> int:
+        stub = notification_pb2_grpc.NotificationServiceStub(channel)
+        if args.follow:
+            prefixes = [args.type] if args.type else []
+            request = notification_pb2.SubscribeRequest(type_prefixes=prefixes, after_id=-1)
+            for response in stub.Subscribe(request):
+                show(response.event)
+            return 0
+        listed = stub.ListEvents(
+            notification_pb2.ListEventsRequest(type_prefix=args.type or "", page_size=args.limit)
+        )
+        for event in reversed(listed.events):
+            show(event)
+        return 0
+
+    try:
+        return int(_grpc_call(args, call))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import registry_pb2, registry_pb2_grpc
+
+    answer = _grpc_call(
+        args,
+        lambda channel: registry_pb2_grpc.ModelRegistryServiceStub(channel).Rollback(
+            registry_pb2.RollbackRequest(reason=args.reason or "rolled back with the CLI")
+        ),
+    )
+    print(f"rolled back from {answer.rolled_back_version} to {answer.model.version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentiloop",
@@ -298,6 +440,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", metavar="text")
 
     with_address(command("models", "list model versions", _cmd_models))
+
+    feedback = with_address(command("feedback", "say what the right label was", _cmd_feedback))
+    feedback.add_argument("text", nargs="?", help="the text (or use --prediction-id)")
+    feedback.add_argument("--label", help="the right label: positive, negative or neutral")
+    feedback.add_argument("--prediction-id", help="the prediction the feedback is about")
+    feedback.add_argument("--model-prediction", help="what the model said (with a text)")
+    feedback.add_argument("--stats", action="store_true", help="show feedback counts instead")
+
+    retrain = with_address(command("retrain", "retrain on the feedback so far", _cmd_retrain))
+    retrain.add_argument("--watch", action="store_true", help="show progress, then the verdict")
+    retrain.add_argument("--force", action="store_true", help="promote even if the gate says no")
+    retrain.add_argument("--recipe", choices=["default", "naive"], help="training recipe")
+
+    evaluate = with_address(
+        command("evaluate", "score a model on feedback and test", _cmd_evaluate)
+    )
+    evaluate.add_argument("--version", help="model version (default: the active one)")
+
+    events = with_address(command("events", "show the event log", _cmd_events))
+    events.add_argument("--follow", action="store_true", help="keep streaming new events")
+    events.add_argument("--type", help="only events whose type starts with this")
+    events.add_argument("--limit", type=int, default=50, help="how many (without --follow)")
+
+    rollback = with_address(command("rollback", "return to the previous model", _cmd_rollback))
+    rollback.add_argument("--reason")
     with_address(command("endpoint", "show the endpoint's status", _cmd_endpoint))
     return parser
 

@@ -137,13 +137,9 @@ class Retrainer:
                 "epochs": str(self.policy.epochs),
                 "learning_rate": str(self.policy.learning_rate),
             }
-        job_name = await self._mesh.start_training(
-            snapshot.channels, snapshot.content_hash, hyperparameters
-        )
-        await asyncio.to_thread(self._runs.set_job, run.id, job_name)
         await self._mesh.notify(
             "retraining.triggered",
-            job_name,
+            f"run-{run.id}",
             f"retraining ({run.trigger}) on {snapshot.feedback_train} feedback samples",
             trigger=run.trigger,
             recipe=run.recipe,
@@ -151,6 +147,10 @@ class Retrainer:
             feedback_holdout=snapshot.feedback_holdout,
             dataset_hash=snapshot.content_hash,
         )
+        job_name = await self._mesh.start_training(
+            snapshot.channels, snapshot.content_hash, hyperparameters
+        )
+        await asyncio.to_thread(self._runs.set_job, run.id, job_name)
         return job_name, snapshot
 
     async def _finish(

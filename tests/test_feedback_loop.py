@@ -1,0 +1,321 @@
+"""The loop end to end on the real mesh (tiny preset): predictions, feedback citing
+them, evaluation, retraining with the promotion gate, events, automatic triggering."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from sentiloop.testing import RunningMesh, start_mesh
+from sentiloop.v1 import (
+    notification_pb2,
+    notification_pb2_grpc,
+    retraining_pb2,
+    retraining_pb2_grpc,
+)
+
+TINY = {"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"}
+REVIEWS = [
+    ("I love this product, it works perfectly", "positive"),
+    ("Terrible quality, it broke after one day", "negative"),
+    ("It is a phone case", "neutral"),
+    ("Absolutely fantastic value for the money", "positive"),
+    ("Worst purchase I have ever made", "negative"),
+    ("The box arrived on Tuesday", "neutral"),
+]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def bootstrap(client: httpx.Client) -> str:
+    job = client.post("/model-init/bootstrap?auto_deploy=true", json={}).json()["job_name"]
+    wait_for(lambda: client.get("/model-init/endpoint-status").json()["status"] == "InService", 180)
+    return str(job)
+
+
+def give_feedback(
+    client: httpx.Client, count: int, tag: str, flip: bool = False
+) -> list[dict[str, Any]]:
+    """Predicts `count` review sentences and answers each prediction with feedback."""
+    records = []
+    for i in range(count):
+        text, label = REVIEWS[i % len(REVIEWS)]
+        if flip:
+            label = {"positive": "negative", "negative": "positive", "neutral": "positive"}[label]
+        prediction = client.post("/predict", json={"text": f"{text} ({tag} {i})"}).json()
+        response = client.post(
+            "/feedback", json={"prediction_id": prediction["prediction_id"], "user_label": label}
+        )
+        assert response.status_code == 200, response.text
+        records.append(response.json()["feedback"])
+    return records
+
+
+class EventRecorder:
+    """Collects events from a gRPC Subscribe stream in the background."""
+
+    def __init__(self, address: str) -> None:
+        self.events: list[Any] = []
+        self._channel = grpc.insecure_channel(address)
+        stub = notification_pb2_grpc.NotificationServiceStub(self._channel)
+        self._stream = stub.Subscribe(notification_pb2.SubscribeRequest())
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for response in self._stream:
+                self.events.append(response.event)
+        except grpc.RpcError:
+            pass
+
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._channel.close()
+
+
+@pytest.fixture(scope="module")
+def loop_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    running = start_mesh(tmp_path_factory.mktemp("loop"), extra_env=TINY)
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def client(loop_mesh: RunningMesh) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=loop_mesh.url, timeout=600) as http:
+        yield http
+
+
+def test_retrain_needs_ten_labels_then_runs_the_loop(
+    loop_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    bootstrap(client)
+    early = give_feedback(client, 5, "early")
+    # Feedback that cites a prediction takes its text, version and label from the log.
+    assert early[0]["text"].startswith(REVIEWS[0][0]) and early[0]["model_version"] == "v1"
+    assert early[0]["model_prediction"] in {"positive", "negative", "neutral"}
+    refused = client.post("/retrain", json={})
+    assert refused.status_code == 400
+    assert "at least 10 labelled feedback samples; there are 5" in refused.json()["message"]
+    assert (
+        client.post(
+            "/feedback", json={"prediction_id": "f" * 32, "user_label": "neutral"}
+        ).status_code
+        == 404
+    )
+
+    give_feedback(client, 25, "more")
+    events = EventRecorder(loop_mesh.envoy_address)
+    try:
+        time.sleep(0.5)
+        response = client.post("/retrain", json={})
+        assert response.status_code == 200, response.text
+        result = response.json()
+        for field in (
+            "message",
+            "training_job_name",
+            "test_accuracy",
+            "validation_accuracy",
+            "confusion_matrix",
+            "confusion_matrix_labels",
+        ):
+            assert field in result
+        assert result["confusion_matrix_labels"] == ["negative", "neutral", "positive"]
+        assert len(result["confusion_matrix"]) == 3 and all(
+            len(r) == 3 for r in result["confusion_matrix"]
+        )
+        assert sum(map(sum, result["confusion_matrix"])) == result["gate"]["test"]["samples"]
+        assert result["model_version"] == "v2"
+        gate = result["gate"]
+        assert gate["decision"] in {"promoted", "rejected"} and gate["reason"]
+        assert gate["baseline_version"] == "v1" and gate["tolerance"] == 0.01
+        assert gate["feedback"]["samples"] > 0 and gate["test"]["samples"] > 0
+        assert result["feedback_samples"] + gate["feedback"]["samples"] == 30
+        registered = client.get("/models/v2").json()["model"]
+        assert registered["gate"]["decision"] == gate["decision"]
+        assert registered["source"] == "retraining"
+        job = result["training_job_name"]
+        wait_for(
+            lambda: "model.rejected" in events.types() or "model.promoted" in events.types(), 30
+        )
+    finally:
+        events.close()
+    for_run = [
+        e.type
+        for e in events.events
+        if e.type != "model.deployed" or gate["decision"] == "promoted"
+    ]
+    expected = [
+        "retraining.triggered",
+        "training.started",
+        "training.completed",
+        "model.registered",
+    ]
+    positions = [for_run.index(t) for t in expected]
+    assert positions == sorted(positions), for_run
+    verdict = "model.promoted" if gate["decision"] == "promoted" else "model.rejected"
+    assert for_run.index(verdict) > positions[-1]
+    triggered = next(e for e in events.events if e.type == "retraining.triggered")
+    assert triggered.subject.startswith("run-") and triggered.attributes["trigger"] == "manual"
+    started = next(e for e in events.events if e.type == "training.started")
+    assert started.subject == job
+
+    # The events are stored and listable too, newest first.
+    listed = client.get("/events", params={"type_prefix": "training."}).json()["events"]
+    assert listed[0]["subject"] == job and listed[0]["type"] == "training.completed"
+
+
+def test_the_gate_keeps_a_rejected_candidate_out_then_force_and_rollback(
+    loop_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    active = client.get("/models/active").json()["model"]["version"]
+    give_feedback(client, 12, "flipped", flip=True)
+    result = client.post("/retrain", json={"seed": 7}).json()
+    candidate = result["model_version"]
+    assert result["gate"]["decision"] == "rejected" and result["promoted"] is False
+    assert client.get(f"/models/{candidate}").json()["model"]["status"] == "rejected"
+    assert client.post("/predict", json={"text": "fine"}).json()["model_version"] == active
+
+    forced = client.post("/retrain", json={"force_promotion": True, "seed": 8}).json()
+    assert forced["gate"]["decision"] == "forced" and forced["promoted"] is True
+    assert forced["gate"]["reason"].startswith("forced by an operator")
+    new = forced["model_version"]
+    wait_for(
+        lambda: client.post("/predict", json={"text": "fine"}).json()["model_version"] == new, 60
+    )
+    assert client.get(f"/models/{new}").json()["model"]["gate"]["decision"] == "forced"
+
+    rolled = client.post("/models/rollback", json={"reason": "forced one was wrong"}).json()
+    assert rolled["model"]["version"] == active
+    wait_for(
+        lambda: client.post("/predict", json={"text": "fine"}).json()["model_version"] == active, 60
+    )
+    assert (
+        client.get("/events", params={"type_prefix": "model.rolled_back"}).json()["events"][0][
+            "subject"
+        ]
+        == active
+    )
+
+
+def test_concurrent_retrain_calls_run_exactly_once(loop_mesh: RunningMesh) -> None:
+    with grpc.insecure_channel(loop_mesh.envoy_address) as channel:
+        stub = retraining_pb2_grpc.RetrainingServiceStub(channel)
+
+        def retrain(_: int) -> tuple[str, str]:
+            try:
+                answer = stub.Retrain(retraining_pb2.RetrainRequest(return_immediately=True))
+                return "OK", answer.training_job_name
+            except grpc.RpcError as error:
+                return error.code().name, error.details() or ""
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(retrain, range(6)))
+        started = [job for code, job in outcomes if code == "OK"]
+        refused = [details for code, details in outcomes if code == "ALREADY_EXISTS"]
+        assert len(started) == 1 and len(refused) == 5, outcomes
+        assert all("already in progress" in details for details in refused)
+        wait_for(
+            lambda: not stub.GetPolicy(retraining_pb2.GetPolicyRequest()).running_job_name, 180
+        )
+
+
+def test_evaluate_keeps_the_original_fields_and_history(
+    loop_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    report = client.post("/evaluate", json={}).json()
+    for field in ("accuracy", "total_samples", "correct_predictions", "feedback_count"):
+        assert field in report
+    stats = client.get("/feedback/stats").json()
+    assert report["feedback_count"] == stats["total"]
+    assert 0 < report["total_samples"] <= stats["total"]  # one sample per distinct text
+    assert report["test_metrics"]["total_samples"] > 0
+    assert report["model_version"] == client.get("/models/active").json()["model"]["version"]
+    again = client.post("/evaluate", json={"model_version": "v1"}).json()
+    history = client.get("/evaluations", params={"model_version": "v1"}).json()["evaluations"]
+    assert history[0]["evaluation_id"] == again["evaluation_id"]
+    assert client.post("/evaluate", json={"model_version": "v99"}).status_code == 404
+
+
+def test_feedback_citing_an_id_with_other_text_is_refused(
+    loop_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    prediction = client.post("/predict", json={"text": "Great sound"}).json()
+    response = client.post(
+        "/feedback",
+        json={
+            "prediction_id": prediction["prediction_id"],
+            "text": "Other text",
+            "user_label": "positive",
+        },
+    )
+    assert response.status_code == 400
+    assert "differs from the text of the cited prediction" in response.text
+
+
+@pytest.fixture(scope="module")
+def auto_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    env = TINY | {
+        "SENTILOOP_RETRAIN_AUTO": "true",
+        "SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK": "12",
+        "SENTILOOP_RETRAIN_COOLDOWN_SECONDS": "25",
+        "SENTILOOP_RETRAIN_POLL_SECONDS": "0.5",
+    }
+    running = start_mesh(tmp_path_factory.mktemp("auto"), extra_env=env)
+    yield running
+    assert running.stop() == 0
+
+
+def automatic_runs(client: httpx.Client) -> list[dict[str, Any]]:
+    events = client.get("/events", params={"type_prefix": "retraining.triggered"}).json()["events"]
+    return [e for e in events if e["attributes"]["trigger"] == "policy"]
+
+
+def test_the_policy_fires_once_per_threshold_respects_cooldown_and_survives_restarts(
+    auto_mesh: RunningMesh,
+) -> None:
+    with httpx.Client(base_url=auto_mesh.url, timeout=600) as client:
+        bootstrap(client)
+        give_feedback(client, 10, "first")
+        time.sleep(2)
+        assert automatic_runs(client) == []
+        # Two clients cross the threshold at the same moment.
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda tag: give_feedback(client, 2, tag), ["a", "b"]))
+        wait_for(lambda: len(automatic_runs(client)) == 1, 30)
+        first_run = automatic_runs(client)[0]
+        assert json.loads(json.dumps(first_run["attributes"]))["feedback_total"] >= 12
+        # Past the threshold again, but within the cooldown: no second run.
+        give_feedback(client, 12, "second")
+        time.sleep(3)
+        assert len(automatic_runs(client)) == 1
+        # Restart the retraining service: the count comes from the stores, so once the
+        # cooldown is over the policy fires again.
+        os.kill(auto_mesh.pid("retraining"), signal.SIGTERM)
+        auto_mesh.wait_for_health(503, timeout=10)
+        auto_mesh.wait_for_health(200, timeout=60)
+        wait_for(lambda: len(automatic_runs(client)) == 2, 90, interval=0.5)
+        policy = client.get("/retrain/policy").json()
+        assert policy["enabled"] is True and policy["min_new_feedback"] == 12
