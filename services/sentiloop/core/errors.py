@@ -34,10 +34,3 @@ class AlreadyExists(SentiloopError):
 
 class Unavailable(SentiloopError):
     pass
-
-
-class NotBuiltYet(SentiloopError):
-    """An RPC of the contract whose implementation is planned in a later issue."""
-
-    def __init__(self, rpc: str, issue: int) -> None:
-        super().__init__(f"{rpc} is not built yet: it is planned in issue #{issue}")

@@ -32,7 +32,6 @@ _CODES: dict[type[errors.SentiloopError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NotBuiltYet: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
