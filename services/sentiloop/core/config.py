@@ -64,6 +64,7 @@ class Settings:
     log_level: str
     envoy_listen_host: str
     envoy_descriptor: Path | None
+    object_store: str
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
 
     def address(self, service: str) -> str:
@@ -91,6 +92,7 @@ def load_settings() -> Settings:
         restart_delay_seconds=_env_float("SENTILOOP_RESTART_DELAY_SECONDS", 2.0),
         log_level=_env("SENTILOOP_LOG_LEVEL", "INFO").upper(),
         envoy_listen_host=_env("SENTILOOP_ENVOY_HOST", host),
+        object_store=_env("SENTILOOP_OBJECT_STORE", "local").lower(),
         envoy_descriptor=Path(d) if (d := os.environ.get("SENTILOOP_ENVOY_DESCRIPTOR")) else None,
         cors_origins=[
             o.strip() for o in _env("SENTILOOP_CORS_ORIGINS", "*").split(",") if o.strip()

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from sentiloop.core.config import Settings
 from sentiloop.core.errors import InvalidArgument, NotFound
 
 
@@ -103,3 +104,12 @@ class LocalObjectStore:
         if not path.is_relative_to(self.root):
             raise InvalidArgument({"uri": f"{uri!r} is not in this object store"})
         return str(path.relative_to(self.root))
+
+
+def open_object_store(settings: Settings) -> ObjectStore:
+    """The object store the configuration names (``SENTILOOP_OBJECT_STORE``)."""
+    if settings.object_store == "local":
+        return LocalObjectStore(settings.data_dir / "objects")
+    raise SystemExit(
+        f"configuration error: SENTILOOP_OBJECT_STORE={settings.object_store!r} is not one of local"
+    )

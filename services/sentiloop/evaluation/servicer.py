@@ -16,7 +16,7 @@ from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
-from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
+from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
 from sentiloop.evaluation.reports import Report, ReportStore
@@ -177,7 +177,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = LocalObjectStore(settings.data_dir / "objects")
+    store = open_object_store(settings)
     service_dir = settings.service_dir("evaluation")
     reports = ReportStore(service_dir / "evaluations.db")
     clients = Clients(settings)

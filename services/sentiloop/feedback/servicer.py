@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
-from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
+from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
 from sentiloop.feedback.store import (
@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> ServiceApp:
         settings.service_dir("feedback") / "feedback.db", settings.max_text_length
     )
     clients = Clients(settings)
-    objects = LocalObjectStore(settings.data_dir / "objects")
+    objects = open_object_store(settings)
     servicer = FeedbackServicer(store, GrpcPredictionLookup(clients), objects)
 
     async def shutdown() -> None:

@@ -16,7 +16,7 @@ import grpc
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
-from sentiloop.core.objectstore import LocalObjectStore
+from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
 from sentiloop.v1 import inference_pb2 as pb
@@ -149,7 +149,7 @@ class RegistryFollower:
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = LocalObjectStore(settings.data_dir / "objects")
+    store = open_object_store(settings)
     service_dir = settings.service_dir("inference")
     prediction_log = PredictionLog(service_dir / "predictions.db")
     predictor = Predictor(store, service_dir / "models", prediction_log, settings.max_text_length)

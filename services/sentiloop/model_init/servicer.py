@@ -14,7 +14,7 @@ from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument
-from sentiloop.core.objectstore import LocalObjectStore
+from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend
@@ -58,7 +58,7 @@ def page_size(requested: int) -> int:
 
 
 class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
-    def __init__(self, model_init: ModelInit, store: LocalObjectStore, default_preset: str) -> None:
+    def __init__(self, model_init: ModelInit, store: ObjectStore, default_preset: str) -> None:
         self._model_init = model_init
         self._store = store
         self._default_preset = default_preset
@@ -184,7 +184,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = LocalObjectStore(settings.data_dir / "objects")
+    store = open_object_store(settings)
     jobs = JobStore(settings.service_dir("model_init") / "jobs.db")
     clients = Clients(settings)
     backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")

@@ -14,7 +14,7 @@ from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import list_value
 from sentiloop.core.errors import NotFound, Unavailable
-from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
+from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.evaluation.scoring import Comparison
 from sentiloop.model_init.datasets import StoredDataset, ensure_dataset
@@ -242,7 +242,7 @@ def load_policy() -> Policy:
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = LocalObjectStore(settings.data_dir / "objects")
+    store = open_object_store(settings)
     runs = RunStore(settings.service_dir("retraining") / "runs.db")
     clients = Clients(settings)
     retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy())
