@@ -16,7 +16,7 @@ import grpc
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
-from sentiloop.core.objectstore import ObjectStore, open_object_store
+from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
 from sentiloop.v1 import inference_pb2 as pb
