@@ -162,7 +162,14 @@ class LocalTrainingBackend:
         }
         for path in (paths["model"], paths["output"], paths["hyperparameters"].parent):
             path.mkdir(parents=True, exist_ok=True)
-        paths["hyperparameters"].write_text(json.dumps(job.hyperparameters))
+        hyperparameters = dict(job.hyperparameters)
+        init = hyperparameters.get("init_model_dir", "")
+        if init and not Path(init).exists():
+            # A model in the object store (s3://...): train.py reads local folders only.
+            local = root / "input" / "init" / "model.tar.gz"
+            self._store.download(self._store.key_of(init), local)
+            hyperparameters["init_model_dir"] = str(local)
+        paths["hyperparameters"].write_text(json.dumps(hyperparameters))
         for channel, prefix in job.channels.items():
             folder = root / "input" / "data" / channel
             keys = [k for k in self._store.list(prefix) if k.endswith(".csv")]
