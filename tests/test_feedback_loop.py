@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import RunningMesh, start_mesh
+from sentiloop.testing import RunningMesh, start_mesh, wait_for
 from sentiloop.v1 import (
     notification_pb2,
     notification_pb2_grpc,
@@ -33,16 +33,6 @@ REVIEWS = [
     ("Worst purchase I have ever made", "negative"),
     ("The box arrived on Tuesday", "neutral"),
 ]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 def bootstrap(client: httpx.Client) -> str:

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import RunningMesh, start_mesh
+from sentiloop.testing import RunningMesh, start_mesh, wait_for
 from sentiloop.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -50,16 +49,6 @@ def watch_json(client: httpx.Client, job_name: str) -> list[dict[str, object]]:
     with client.stream("GET", f"/model-init/watch/{job_name}", timeout=300) as response:
         assert response.status_code == 200
         return [json.loads(line) for line in response.iter_lines() if line.strip()]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 def endpoint(client: httpx.Client) -> dict[str, str]:

@@ -12,8 +12,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sentiloop.core.config import SERVICES, env_name
 
@@ -154,3 +156,14 @@ def _drain(process: subprocess.Popen[str]) -> None:
             sys.stderr.write(f"[mesh] {line}")
 
     threading.Thread(target=pump, daemon=True).start()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Polls until ``predicate`` returns something truthy, and returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sentiloop.core.errors import InvalidArgument
+
 # The label order used everywhere (confusion matrices, score maps).
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
@@ -23,3 +25,14 @@ def normalize_label(value: str) -> str | None:
 
 def label_problem(value: str) -> str:
     return f"{value!r} is not a label; use one of {', '.join(LABELS)}"
+
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def page_size(requested: int) -> int:
+    """A list request's page size: 0 means the default; otherwise 1..MAX_PAGE_SIZE."""
+    if requested < 0 or requested > MAX_PAGE_SIZE:
+        raise InvalidArgument({"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
+    return requested or DEFAULT_PAGE_SIZE

@@ -19,6 +19,7 @@ from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.validation import page_size
 from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.evaluation.scoring import (
     Comparison,
@@ -165,10 +166,8 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     async def ListEvaluations(
         self, request: pb.ListEvaluationsRequest, context: Context
     ) -> pb.ListEvaluationsResponse:
-        if request.page_size < 0 or request.page_size > 1000:
-            raise InvalidArgument({"page_size": "must be between 1 and 1000"})
         reports = await asyncio.to_thread(
-            self._reports.recent, request.model_version, request.page_size or 100
+            self._reports.recent, request.model_version, page_size(request.page_size)
         )
         return pb.ListEvaluationsResponse(evaluations=[report_to_proto(r) for r in reports])
 

@@ -14,10 +14,9 @@ from sentiloop.core.config import Settings
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.validation import page_size
 from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
 from sentiloop.feedback.store import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     Feedback,
     FeedbackStore,
     NewFeedback,
@@ -41,12 +40,6 @@ def to_proto(record: Feedback) -> pb.FeedbackRecord:
         model_version=record.model_version,
         created_at=created_at,
     )
-
-
-def page_size(requested: int) -> int:
-    if requested < 0 or requested > MAX_PAGE_SIZE:
-        raise InvalidArgument({"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
-    return requested or DEFAULT_PAGE_SIZE
 
 
 def page_after(token: str) -> int:

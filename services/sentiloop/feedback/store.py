@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument
-from sentiloop.core.validation import check_text, label_problem, normalize_label
+from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem, normalize_label
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -25,9 +25,6 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at       TEXT NOT NULL
 );
 """
-
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.validation import page_size
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend
 from sentiloop.model_init.datasets import ensure_dataset
@@ -49,12 +50,6 @@ def job_to_proto(job: TrainingJob) -> pb.TrainingJob:
         backend=job.backend,
         preset=job.preset,
     )
-
-
-def page_size(requested: int) -> int:
-    if requested < 0 or requested > 1000:
-        raise InvalidArgument({"page_size": "must be between 1 and 1000"})
-    return requested or 100
 
 
 class ModelInitServicer(pb_grpc.ModelInitServiceServicer):

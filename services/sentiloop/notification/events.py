@@ -15,6 +15,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.validation import DEFAULT_PAGE_SIZE, page_size
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -49,8 +50,6 @@ MAX_SUBJECT_LENGTH = 500
 MAX_MESSAGE_LENGTH = 5000
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 MAX_TYPE_PREFIXES = 20
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -136,12 +135,6 @@ def check_type_prefixes(prefixes: Sequence[str]) -> list[str]:
     return list(prefixes)
 
 
-def check_page_size(requested: int) -> int:
-    if requested < 0 or requested > MAX_PAGE_SIZE:
-        raise InvalidArgument({"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
-    return requested or DEFAULT_PAGE_SIZE
-
-
 def _prefix_filter(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
     """SQL matching a type prefix literally ('_' and '%' are no wildcards here)."""
     if not prefixes:
@@ -211,7 +204,7 @@ class EventLog:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
-                (*params, check_page_size(limit)),
+                (*params, page_size(limit)),
             ).fetchall()
         return [_from_row(row) for row in rows]
 

@@ -12,8 +12,9 @@ from google.protobuf import json_format, struct_pb2
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.validation import page_size
 from sentiloop.notification.broadcast import DEFAULT_QUEUE_SIZE, Broadcaster, EventPublisher
-from sentiloop.notification.events import Event, EventLog, check_page_size
+from sentiloop.notification.events import Event, EventLog
 from sentiloop.notification.hub import Notifications
 from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc
@@ -53,7 +54,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Context
     ) -> pb.ListEventsResponse:
-        limit = check_page_size(request.page_size)
+        limit = page_size(request.page_size)
         events = await self._notifications.list(request.type_prefix, limit)
         return pb.ListEventsResponse(events=[to_proto(e) for e in events])
 
