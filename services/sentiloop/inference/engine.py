@@ -59,6 +59,22 @@ class ServingState:
     loaded_at: datetime | None = None
 
 
+def check_texts(texts: list[str], max_text_length: int) -> None:
+    """The input rules of every predictor, local or SageMaker."""
+    if not texts:
+        raise InvalidArgument({"texts": "must hold at least one text"})
+    if len(texts) > MAX_BATCH:
+        raise InvalidArgument({"texts": f"holds {len(texts)} texts; the limit is {MAX_BATCH}"})
+    field = "text" if len(texts) == 1 else "texts"
+    problems = {
+        (field if field == "text" else f"texts[{i}]"): problem
+        for i, text in enumerate(texts)
+        if (problem := check_text(text, max_text_length))
+    }
+    if problems:
+        raise InvalidArgument(problems)
+
+
 class PredictionLog:
     """Every prediction, so feedback can cite its id. Synchronous=NORMAL: in WAL mode
     that survives a crash of the process, and keeps an fsync off each prediction."""
@@ -132,18 +148,7 @@ class Predictor:
         return LoadedVersion(version=version, model=model, loaded_at=datetime.now(UTC))
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        if not texts:
-            raise InvalidArgument({"texts": "must hold at least one text"})
-        if len(texts) > MAX_BATCH:
-            raise InvalidArgument({"texts": f"holds {len(texts)} texts; the limit is {MAX_BATCH}"})
-        field = "text" if len(texts) == 1 else "texts"
-        problems = {
-            (field if field == "text" else f"texts[{i}]"): problem
-            for i, text in enumerate(texts)
-            if (problem := check_text(text, self._max_text_length))
-        }
-        if problems:
-            raise InvalidArgument(problems)
+        check_texts(texts, self._max_text_length)
         loaded = self.current
         if loaded is None:
             raise Unavailable(
