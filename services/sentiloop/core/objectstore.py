@@ -19,6 +19,7 @@ from sentiloop.core.errors import InvalidArgument, NotFound
 class ObjectStore(Protocol):
     def put_file(self, key: str, source: Path) -> str: ...
     def put_bytes(self, key: str, data: bytes) -> str: ...
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool: ...
     def get_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, destination: Path) -> Path: ...
     def exists(self, key: str) -> bool: ...
@@ -69,6 +70,31 @@ class LocalObjectStore:
     def put_bytes(self, key: str, data: bytes) -> str:
         return self._write_atomically(key, lambda out: out.write(data))
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Writes the object unless one exists; True when this call created it. Atomic:
+        the complete, fsynced temporary file is hard-linked to the key, and link(2)
+        fails when the name exists (readers never see a partial object)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         if not path.is_file():
@@ -110,6 +136,12 @@ def open_object_store(settings: Settings) -> ObjectStore:
     """The object store the configuration names (``SENTILOOP_OBJECT_STORE``)."""
     if settings.object_store == "local":
         return LocalObjectStore(settings.data_dir / "objects")
+    if settings.object_store == "s3":
+        # Imported here: boto3 is only loaded when S3 is configured.
+        from sentiloop.core.s3store import open_s3_object_store
+
+        return open_s3_object_store()
     raise SystemExit(
-        f"configuration error: SENTILOOP_OBJECT_STORE={settings.object_store!r} is not one of local"
+        f"configuration error: SENTILOOP_OBJECT_STORE={settings.object_store!r}"
+        " is not one of local, s3"
     )

@@ -15,6 +15,7 @@ from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
+from sentiloop.feedback.export import ExportConfig, FeedbackExporter
 from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
 from sentiloop.feedback.store import (
     Feedback,
@@ -117,8 +118,7 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
         content_hash = hashlib.sha256(content).hexdigest()
         key = f"feedback/snapshots/{content_hash}.jsonl"
         # Content-addressed: an existing snapshot is never rewritten.
-        if not await asyncio.to_thread(self._objects.exists, key):
-            await asyncio.to_thread(self._objects.put_bytes, key, content)
+        await asyncio.to_thread(self._objects.put_bytes_if_absent, key, content)
         return pb.ExportFeedbackResponse(
             content_hash=content_hash,
             location=self._objects.uri(key),
@@ -141,19 +141,27 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = FeedbackStore(
-        settings.service_dir("feedback") / "feedback.db", settings.max_text_length
-    )
+    db_path = settings.service_dir("feedback") / "feedback.db"
+    store = FeedbackStore(db_path, settings.max_text_length)
     clients = Clients(settings)
     objects = open_object_store(settings)
     servicer = FeedbackServicer(store, GrpcPredictionLookup(clients), objects)
+    export = ExportConfig.from_env(settings.object_store)
+    exporter = FeedbackExporter(store, objects, db_path, export) if export.enabled else None
+
+    async def startup() -> None:
+        if exporter is not None:
+            exporter.start()
 
     async def shutdown() -> None:
+        if exporter is not None:
+            await exporter.stop()
         await clients.close()
         store.close()
 
     return ServiceApp(
         name="feedback",
         register=lambda server: pb_grpc.add_FeedbackServiceServicer_to_server(servicer, server),
+        startup=startup,
         shutdown=shutdown,
     )
