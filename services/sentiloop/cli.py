@@ -37,7 +37,14 @@ def _print_message(message: Any) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    import os
+
+    from sentiloop.core.aws import AWS_BACKENDS
     from sentiloop.core.supervisor import run_mesh
+
+    if args.backend == "aws":
+        for variable, value in AWS_BACKENDS.items():
+            os.environ.setdefault(variable, value)
 
     return run_mesh(
         load_settings(), startup_timeout=args.timeout, bootstrap_if_empty=args.bootstrap_if_empty
@@ -405,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = command("up", "start every service and Envoy; Ctrl-C stops them", _cmd_up)
     up.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for the mesh to be healthy"
+    )
+    up.add_argument(
+        "--backend",
+        choices=["local", "aws"],
+        default="local",
+        help="aws: S3, SageMaker training and endpoint (see the README's AWS section)",
     )
     up.add_argument(
         "--bootstrap-if-empty",

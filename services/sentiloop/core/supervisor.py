@@ -154,9 +154,11 @@ class Mesh:
                 code = child.exited()
                 if code is not None:
                     self.echo(
-                        f"{child.name} exited with code {code} during start-up; "
-                        f"see {child.log_path}"
+                        f"{child.name} exited with code {code} during start-up ({child.log_path}):"
                     )
+                    # The reason (a configuration error, say) is in its last lines.
+                    for line in child.log_path.read_text(errors="replace").splitlines()[-5:]:
+                        self.echo(f"  {line}")
                     return False
             status, _ = self.health()
             if status == 200 and self.envoy_routes_ready():

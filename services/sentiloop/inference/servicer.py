@@ -9,10 +9,11 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
+from sentiloop.core import aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
@@ -38,8 +39,17 @@ def to_proto(prediction: Prediction) -> pb.PredictResponse:
     )
 
 
+class ServingPredictor(Protocol):
+    """What the servicer needs of a predictor: in-process (engine.Predictor) or a
+    SageMaker endpoint (sagemaker_runtime.SageMakerPredictor)."""
+
+    state: ServingState
+
+    def predict(self, texts: list[str]) -> list[Prediction]: ...
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, predictor: Predictor, log: PredictionLog) -> None:
+    def __init__(self, predictor: ServingPredictor, log: PredictionLog) -> None:
         self._predictor = predictor
         self._log = log
         # One thread runs the model: torch already uses every core for one batch.
@@ -149,28 +159,55 @@ class RegistryFollower:
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    store = open_object_store(settings)
     service_dir = settings.service_dir("inference")
     prediction_log = PredictionLog(service_dir / "predictions.db")
-    predictor = Predictor(store, service_dir / "models", prediction_log, settings.max_text_length)
     clients = Clients(settings)
-    servicer = InferenceServicer(predictor, prediction_log)
-    follower = RegistryFollower(
-        predictor, clients, float(os.environ.get("SENTILOOP_INFERENCE_POLL_SECONDS", "1.0"))
-    )
+    poll_seconds = float(os.environ.get("SENTILOOP_INFERENCE_POLL_SECONDS", "1.0"))
     tasks: list[asyncio.Task[None]] = []
+    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+        # ModelInit deploys to the endpoint; this service calls it and keeps its log.
+        from sentiloop.inference.sagemaker_runtime import SageMakerPredictor
+        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerEndpoint
 
-    async def startup() -> None:
-        # Serve the active model from the first request on, when there is one.
-        await follower.sync_once()
-        tasks.append(asyncio.create_task(follower.run()))
+        endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())
+        remote = SageMakerPredictor(
+            aws.sagemaker_client("sagemaker-runtime"),
+            endpoint,
+            prediction_log,
+            settings.max_text_length,
+        )
+        servicer = InferenceServicer(remote, prediction_log)
+
+        async def follow() -> None:
+            while True:
+                await asyncio.to_thread(remote.refresh)
+                await asyncio.sleep(max(poll_seconds, 5.0))
+
+        async def startup() -> None:
+            tasks.append(asyncio.create_task(follow()))
+
+        follower = None
+    else:
+        predictor = Predictor(
+            open_object_store(settings), service_dir / "models", prediction_log,
+            settings.max_text_length,
+        )  # fmt: skip
+        servicer = InferenceServicer(predictor, prediction_log)
+        follower = RegistryFollower(predictor, clients, poll_seconds)
+
+        async def startup() -> None:
+            # Serve the active model from the first request on, when there is one.
+            assert follower is not None
+            await follower.sync_once()
+            tasks.append(asyncio.create_task(follower.run()))
 
     async def shutdown() -> None:
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        follower.close()
+        if follower is not None:
+            follower.close()
         servicer.close()
         await clients.close()
         prediction_log.close()

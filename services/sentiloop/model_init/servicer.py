@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from sentiloop.core import aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
@@ -18,10 +19,10 @@ from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
-from sentiloop.model_init.backends import LocalTrainingBackend
+from sentiloop.model_init.backends import LocalTrainingBackend, TrainingBackend
 from sentiloop.model_init.datasets import ensure_dataset
 from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
-from sentiloop.model_init.manager import ModelInit, NewTraining, check_preset
+from sentiloop.model_init.manager import EndpointPort, ModelInit, NewTraining, check_preset
 from sentiloop.notification.notify import Notifier
 from sentiloop.v1 import model_init_pb2 as pb
 from sentiloop.v1 import model_init_pb2_grpc as pb_grpc
@@ -173,7 +174,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             endpoint_name=self._model_init.endpoint_name,
             status=status.status,
             model_version=status.model_version,
-            backend="local",
+            backend=aws.backend("SENTILOOP_ENDPOINT_BACKEND"),
             failure_reason=status.failure_reason,
         )
 
@@ -182,9 +183,32 @@ def create_app(settings: Settings) -> ServiceApp:
     store = open_object_store(settings)
     jobs = JobStore(settings.service_dir("model_init") / "jobs.db")
     clients = Clients(settings)
-    backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
+    backend: TrainingBackend
+    endpoint: EndpointPort
+    deploy_timeout = 300.0
+    if aws.backend("SENTILOOP_TRAINING_BACKEND") == "sagemaker":
+        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerTrainingBackend
+
+        aws.require_remote_store(store, "SENTILOOP_TRAINING_BACKEND=sagemaker")
+        config = SageMakerConfig.from_env()
+        backend = SageMakerTrainingBackend(store, config, aws.sagemaker_client())
+    else:
+        backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
+    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerEndpoint
+
+        aws.require_remote_store(store, "SENTILOOP_ENDPOINT_BACKEND=sagemaker")
+        endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())
+        deploy_timeout = 1800.0  # creating a SageMaker endpoint takes 5-10 minutes
+    else:
+        endpoint = LocalEndpoint(clients)
     model_init = ModelInit(
-        jobs, backend, GrpcRegistry(clients), LocalEndpoint(clients), Notifier(clients).emit
+        jobs,
+        backend,
+        GrpcRegistry(clients),
+        endpoint,
+        Notifier(clients).emit,
+        deploy_timeout=deploy_timeout,
     )
     default_preset = os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm")
     servicer = ModelInitServicer(model_init, store, default_preset)

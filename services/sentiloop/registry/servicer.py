@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from sentiloop.core import aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.server import ServiceApp
 from sentiloop.notification.notify import Notifier
+from sentiloop.registry.model_packages import ModelPackageMirror
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
 from sentiloop.v1 import common_pb2, model_init_pb2
 from sentiloop.v1 import registry_pb2 as pb
 from sentiloop.v1 import registry_pb2_grpc as pb_grpc
 
+log = logging.getLogger("sentiloop.registry")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -40,9 +44,12 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
 
 
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
-    def __init__(self, registry: ModelRegistry, clients: Clients) -> None:
+    def __init__(
+        self, registry: ModelRegistry, clients: Clients, mirror: ModelPackageMirror | None = None
+    ) -> None:
         self._registry = registry
         self._clients = clients
+        self._mirror = mirror
         self._notify = Notifier(clients).emit
 
     async def _endpoint_status(self) -> str:
@@ -83,6 +90,19 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             else {},
         )
         model = await asyncio.to_thread(self._registry.register, new)
+        if self._mirror is not None:
+            # The local registry is the source of truth; SageMaker's model registry mirrors it.
+            try:
+                await asyncio.to_thread(
+                    self._mirror.register,
+                    model.version,
+                    model.path,
+                    "",
+                    model.test_metrics,
+                    str(model.gate.get("decision", "")),
+                )
+            except Exception:
+                log.exception("mirroring %s to the SageMaker model registry failed", model.version)
         return pb.RegisterModelResponse(model=to_proto(model))
 
     async def ActivateModel(
@@ -125,7 +145,13 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 def create_app(settings: Settings) -> ServiceApp:
     registry = ModelRegistry(settings.service_dir("registry") / "registry.db")
     clients = Clients(settings)
-    servicer = ModelRegistryServicer(registry, clients)
+    mirror = None
+    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+        from sentiloop.model_init.sagemaker import SageMakerConfig
+
+        mirror = ModelPackageMirror(SageMakerConfig.from_env(), aws.sagemaker_client())
+        mirror.ensure_group()
+    servicer = ModelRegistryServicer(registry, clients, mirror)
 
     async def shutdown() -> None:
         await clients.close()
