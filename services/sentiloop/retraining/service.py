@@ -33,7 +33,7 @@ class Policy:
     preset: str = "minilm"
     # The default recipe: fine-tune the active model on original + feedback data with
     # feedback weighted up (measured in benchmarks/feedback_loop.py).
-    feedback_weight: float = 4.0
+    feedback_weight: float = 8.0
     epochs: float = 2.0
     learning_rate: float = 3e-5
 

@@ -227,17 +227,27 @@ def _flag(name: str, default: bool) -> bool:
     raise SystemExit(f"configuration error: {name}={raw!r} is not true or false")
 
 
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
+
+
 def load_policy() -> Policy:
     return Policy(
         enabled=_flag("SENTILOOP_RETRAIN_AUTO", False),
-        min_new_feedback=int(os.environ.get("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", "50")),
-        cooldown_seconds=int(os.environ.get("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", "600")),
-        holdout_fraction=float(os.environ.get("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", "0.2")),
-        tolerance=float(os.environ.get("SENTILOOP_GATE_TOLERANCE", "0.01")),
+        min_new_feedback=int(_number("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", 50)),
+        cooldown_seconds=int(_number("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", 600)),
+        holdout_fraction=_number("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
+        tolerance=_number("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
         preset=os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm"),
-        feedback_weight=float(os.environ.get("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", "4")),
-        epochs=float(os.environ.get("SENTILOOP_RETRAIN_EPOCHS", "2")),
-        learning_rate=float(os.environ.get("SENTILOOP_RETRAIN_LEARNING_RATE", "3e-5")),
+        feedback_weight=_number("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
+        epochs=_number("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
+        learning_rate=_number("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),
     )
 
 
