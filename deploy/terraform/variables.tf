@@ -1,0 +1,132 @@
+variable "name" {
+  description = "Prefix of every resource name (also the SageMaker endpoint and model package group name)."
+  type        = string
+  default     = "sentiloop"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.name))
+    error_message = "name: 2-21 lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region of everything."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "vpc_id" {
+  description = "The existing VPC to deploy into."
+  type        = string
+}
+
+variable "private_subnet_ids" {
+  description = "Subnets of the tasks and the EFS mount targets (at least two AZs; they need a route to the AWS APIs and ECR: a NAT gateway or VPC endpoints)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.private_subnet_ids) >= 2
+    error_message = "private_subnet_ids: give at least two subnets in different availability zones."
+  }
+}
+
+variable "public_subnet_ids" {
+  description = "Subnets of the load balancer (public ones for an internet-facing ALB; at least two AZs)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.public_subnet_ids) >= 2
+    error_message = "public_subnet_ids: give at least two subnets in different availability zones."
+  }
+}
+
+variable "internal_alb" {
+  description = "Make the load balancer internal (reachable only from the VPC)."
+  type        = bool
+  default     = false
+}
+
+variable "allowed_cidrs" {
+  description = "Client networks allowed to reach the load balancer."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate of the HTTPS listener. Empty: plain HTTP on port 80 only (for a first trial; gRPC through the ALB needs HTTPS)."
+  type        = string
+  default     = ""
+}
+
+variable "image_tag" {
+  description = "Tag of the images in ECR (CI pushes the git commit SHA; tags are immutable)."
+  type        = string
+}
+
+variable "log_retention_days" {
+  description = "Retention of the CloudWatch log groups."
+  type        = number
+  default     = 365
+}
+
+variable "alb_deletion_protection" {
+  description = "Protect the load balancer from deletion (turn off before terraform destroy)."
+  type        = bool
+  default     = true
+}
+
+variable "envoy_desired_count" {
+  description = "Envoy tasks behind the load balancer (the services are one task each: SQLite has one writer)."
+  type        = number
+  default     = 2
+}
+
+variable "sagemaker_image_account_ids" {
+  description = "AWS accounts whose ECR hosts the SageMaker HuggingFace/PyTorch containers (763104351884 in most regions)."
+  type        = list(string)
+  default     = ["763104351884"]
+}
+
+variable "sagemaker_training_image" {
+  description = "HuggingFace PyTorch training container URI (SENTILOOP_SAGEMAKER_TRAINING_IMAGE), e.g. 763104351884.dkr.ecr.REGION.amazonaws.com/huggingface-pytorch-training:TAG; list them with the sagemaker SDK's image_uris.retrieve(framework=\"huggingface\", ...) or AWS's Deep Learning Containers page."
+  type        = string
+
+  validation {
+    condition     = can(regex("^\\d{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com(\\.cn)?/.+:.+$", var.sagemaker_training_image))
+    error_message = "sagemaker_training_image: an ECR image URI with a tag."
+  }
+}
+
+variable "sagemaker_inference_image" {
+  description = "HuggingFace PyTorch inference container URI (SENTILOOP_SAGEMAKER_INFERENCE_IMAGE), a CPU one for the default ml.m5.large endpoint."
+  type        = string
+
+  validation {
+    condition     = can(regex("^\\d{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com(\\.cn)?/.+:.+$", var.sagemaker_inference_image))
+    error_message = "sagemaker_inference_image: an ECR image URI with a tag."
+  }
+}
+
+variable "sagemaker_training_instance_type" {
+  description = "Instance type of the training jobs (the HuggingFace training containers need a GPU; new accounts must ask for a quota first)."
+  type        = string
+  default     = "ml.g5.xlarge"
+}
+
+variable "sagemaker_inference_instance_type" {
+  description = "Instance type of the SageMaker endpoint."
+  type        = string
+  default     = "ml.m5.large"
+}
+
+variable "extra_environment" {
+  description = "More environment variables for every Sentiloop service (e.g. SENTILOOP_SAGEMAKER_INSTANCE_TYPE, SENTILOOP_RETRAIN_AUTO)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,392 @@
+"""The deployment files (deploy/, .github/workflows/ci.yml), checked offline: there is
+no Docker engine, compose plugin or Terraform provider here.
+
+* the linters that `make check-deploy` runs: hadolint, actionlint (+ shellcheck), and
+  checkov, whose JSON report must show no parsing error and no failed check;
+* docker-compose.yml's structure with PyYAML (what `docker compose config` would
+  reject: unknown depends_on targets or conditions, undeclared volumes, bad ports,
+  build targets the Dockerfile lacks), and `docker compose config` itself where the
+  compose plugin exists;
+* the Envoy configuration rendered for compose and for ECS (Cloud Map names) passes
+  `envoy --mode validate`;
+* the image's health check against a real service;
+* Terraform, compose and the Dockerfile agree on the services, ports and images."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sentiloop.core.config import SERVICES, env_name
+from sentiloop.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+TERRAFORM = DEPLOY / "terraform"
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+BIN = Path(sys.executable).parent
+# Services that load models or train in-process: the image with torch.
+FULL_IMAGE = {"inference", "evaluation", "model_init"}
+DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def tool(name: str) -> str:
+    beside = BIN / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run `make venv` (it is in the dev extra)")
+    return found
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def compose_service_of(compose: dict[str, Any], sentiloop_service: str) -> tuple[str, Any]:
+    for name, spec in compose["services"].items():
+        command = spec.get("command") or []
+        if command[-2:] == ["sentiloop.serve", sentiloop_service]:
+            return name, spec
+    raise AssertionError(f"no compose service runs `sentiloop.serve {sentiloop_service}`")
+
+
+def dockerfile_stages() -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", DOCKERFILE.read_text(), re.M | re.I))
+
+
+# ----------------------------------------------------------------------------- linters
+
+
+def test_hadolint_passes() -> None:
+    result = run([tool("hadolint"), str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_passes() -> None:
+    tool("shellcheck")  # actionlint checks the run: scripts with it when it is on PATH
+    result = run([tool("actionlint"), str(WORKFLOW)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checkov_finds_nothing_unexplained() -> None:
+    checkov = Path(sys.prefix) / "checkov" / "bin" / "checkov"
+    if not checkov.is_file():
+        found = shutil.which("checkov")
+        if found is None:
+            pytest.skip("checkov is installed by `make check-deploy` (into .venv/checkov)")
+        checkov = Path(found)
+    args = ["--skip-download", "--framework", "terraform", "-d", str(TERRAFORM), "-o", "json"]
+    result = run([str(checkov), *args])
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    for each in reports:
+        summary = each["summary"]
+        assert summary["parsing_errors"] == 0, each["results"].get("parsing_errors")
+        failed = [
+            f"{c['check_id']} {c['resource']} ({c['file_path']})"
+            for c in each["results"]["failed_checks"]
+        ]
+        assert not failed, failed
+        # Every skip says why.
+        for skipped in each["results"].get("skipped_checks", []):
+            assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_targets_user_and_torch_pin() -> None:
+    text = DOCKERFILE.read_text()
+    assert {"slim", "full"} <= dockerfile_stages()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base.group(1)), base
+    assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
+    # Both runtime targets drop root; the health check is declared.
+    for stage in ("slim", "full"):
+        body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert re.search(r"^USER 10001", body, re.M), stage
+    assert "HEALTHCHECK" in text
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def test_compose_structure(compose: dict[str, Any]) -> None:
+    services: dict[str, Any] = compose["services"]
+    declared_volumes = set(compose.get("volumes") or {})
+    stages = dockerfile_stages()
+    for name, spec in services.items():
+        assert "image" in spec or "build" in spec, name
+        build = spec.get("build")
+        if build:
+            context = (COMPOSE.parent / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file(), name
+            assert build.get("target") in stages, (name, build.get("target"))
+        for target, condition in (spec.get("depends_on") or {}).items():
+            assert target in services, (name, target)
+            assert condition["condition"] in DEPENDS_ON_CONDITIONS, (name, condition)
+            if condition["condition"] == "service_healthy":
+                check = services[target].get("healthcheck") or {}
+                assert check.get("test") and not check.get("disable"), (name, target)
+        for volume in spec.get("volumes") or []:
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (COMPOSE.parent / source).exists(), (name, source)
+            else:
+                assert source in declared_volumes, (name, source)
+        for port in spec.get("ports") or []:
+            assert re.fullmatch(r"(\$\{[A-Z_]+:-\d+\}|\d+):\d+", str(port)), (name, port)
+        check = spec.get("healthcheck") or {}
+        if not check.get("disable"):
+            assert check.get("test", [None])[0] == "CMD", name
+    # No dependency cycles (compose refuses them).
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, f"depends_on cycle through {name}"
+        if name in done:
+            return
+        visiting.add(name)
+        for target in services[name].get("depends_on") or {}:
+            visit(target)
+        visiting.discard(name)
+        done.add(name)
+
+    for name in services:
+        visit(name)
+
+
+def test_compose_runs_every_service_in_s3_mode(compose: dict[str, Any]) -> None:
+    services: dict[str, Any] = compose["services"]
+    for service, (port, _) in SERVICES.items():
+        name, spec = compose_service_of(compose, service)
+        env = spec["environment"]
+        assert spec["build"]["target"] == ("full" if service in FULL_IMAGE else "slim"), name
+        assert spec["healthcheck"]["test"][-1] == service, name
+        assert env["SENTILOOP_OBJECT_STORE"] == "s3"
+        assert env["SENTILOOP_S3_BUCKET"] and env["SENTILOOP_S3_ENDPOINT_URL"]
+        assert any(v.endswith(":/data") for v in spec["volumes"]), name
+        assert spec["depends_on"]["init-bucket"]["condition"] == "service_completed_successfully"
+        # Every other service is reachable at the address given to this one.
+        for other, (other_port, _) in SERVICES.items():
+            host, _, addr_port = env[env_name(other, "ADDR")].rpartition(":")
+            assert compose_service_of(compose, other)[0] == host
+            assert int(addr_port) == other_port
+        assert port == int(env[env_name(service, "ADDR")].rpartition(":")[2])
+    envoy = services["envoy"]
+    assert "8080" in envoy["ports"][0]
+    assert set(envoy["depends_on"]) == {compose_service_of(compose, s)[0] for s in SERVICES}
+    assert "seaweedfs" in services
+
+
+def test_docker_compose_config_where_the_plugin_exists() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client")
+    if run(["docker", "compose", "version"]).returncode != 0:
+        pytest.skip("no docker compose plugin here; the structure is checked with PyYAML")
+    result = run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"])
+    assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------- Envoy
+
+
+def envoy_validates(env: dict[str, str], tmp_path: Path) -> str:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SENTILOOP_")} | {
+        "SENTILOOP_HOST": "0.0.0.0",
+        "SENTILOOP_ENVOY_HOST": "0.0.0.0",
+        **env,
+    }
+    rendered = subprocess.run(
+        [sys.executable, "-m", "sentiloop.cli", "envoy-config"],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=True,
+        timeout=60,
+    ).stdout
+    config = tmp_path / "envoy.yaml"
+    config.write_text(rendered)
+    result = run([tool("envoy"), "--mode", "validate", "-c", str(config)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return rendered
+
+
+def test_envoy_config_for_compose_validates(compose: dict[str, Any], tmp_path: Path) -> None:
+    env = {
+        k: str(v)
+        for k, v in compose["services"]["envoy"]["environment"].items()
+        if k.startswith("SENTILOOP_")
+    }
+    rendered = envoy_validates(env, tmp_path)
+    assert "address: model-init" in rendered and "address: 0.0.0.0" in rendered
+
+
+def terraform_services() -> dict[str, dict[str, str]]:
+    text = (TERRAFORM / "locals.tf").read_text()
+    block = text.split("services = {", 1)[1].split("\n  }\n", 1)[0]
+    services = {}
+    for name, body in re.findall(r"^\s+(\w+)\s+=\s+\{(.*)\}\s*$", block, re.M):
+        services[name] = dict(re.findall(r'(\w+)\s*=\s*"?([\w-]+)"?', body))
+    return services
+
+
+def test_terraform_agrees_with_the_service_list(tmp_path: Path) -> None:
+    services = terraform_services()
+    assert set(services) == set(SERVICES)
+    for name, spec in services.items():
+        assert int(spec["port"]) == SERVICES[name][0], name
+        assert spec["image"] == ("full" if name in FULL_IMAGE else "slim"), name
+        assert re.fullmatch(r"[a-z][a-z0-9-]*", spec["dns"]), name  # a host name: no "_"
+    # The configuration Envoy renders on ECS, with the Cloud Map names, validates.
+    env = {
+        env_name(name, "ADDR"): f"{spec['dns']}.sentiloop.local:{spec['port']}"
+        for name, spec in services.items()
+    }
+    rendered = envoy_validates(env, tmp_path)
+    assert "address: model-init.sentiloop.local" in rendered
+
+
+def test_terraform_references_resolve() -> None:
+    """What `terraform validate` would catch first, without providers: every resource,
+    data source, variable and local that is referenced is declared, in each module."""
+    for module in (TERRAFORM, TERRAFORM / "bootstrap"):
+        text = "\n".join(p.read_text() for p in sorted(module.glob("*.tf")))
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        resources = set(re.findall(r'^resource\s+"(\w+)"\s+"(\w+)"', code, re.M))
+        data = set(re.findall(r'^data\s+"(\w+)"\s+"(\w+)"', code, re.M))
+        variables = set(re.findall(r'^variable\s+"(\w+)"', code, re.M))
+        locals_ = set()
+        for block in re.findall(r"^locals \{\n(.*?)^\}", code, re.M | re.S):
+            locals_ |= set(re.findall(r"^  (\w+)\s*=", block, re.M))
+        for kind, name in re.findall(r"(?<![\w.])data\.(\w+)\.(\w+)", code):
+            assert (kind, name) in data, f"{module.name}: data.{kind}.{name} is not declared"
+        for kind, name in re.findall(r"(?<![\w.\"/])(aws_\w+)\.(\w+)", code):
+            assert (kind, name) in resources, f"{module.name}: {kind}.{name} is not declared"
+        for name in re.findall(r"(?<![\w.])var\.(\w+)", code):
+            assert name in variables, f"{module.name}: var.{name} is not declared"
+        for name in re.findall(r"(?<![\w.])local\.(\w+)", code):
+            assert name in locals_, f"{module.name}: local.{name} is not declared"
+        assert code.count("{") == code.count("}"), f"{module.name}: unbalanced braces"
+
+
+ATTRIBUTE = re.compile(r"^(\s*)([A-Za-z_][\w-]*)(\s*)=(?!=)\s*(.*)$")
+
+
+def fmt_problems(path: Path) -> list[str]:
+    problems = []
+    run_: list[tuple[int, str, str, str]] = []  # (line, indent, key, gap before "=")
+
+    def flush() -> None:
+        if run_:
+            width = max(len(key) for _, _, key, _ in run_)
+            for number, _, key, gap in run_:
+                if len(gap) != width - len(key) + 1:
+                    problems.append(f"{path.name}:{number}: '{key} =' is not aligned")
+            run_.clear()
+
+    for number, line in enumerate(path.read_text().split("\n"), 1):
+        if "\t" in line or line != line.rstrip():
+            problems.append(f"{path.name}:{number}: tab or trailing blank")
+        if line.strip() and (len(line) - len(line.lstrip())) % 2:
+            problems.append(f"{path.name}:{number}: indentation is not a multiple of 2")
+        match = ATTRIBUTE.match(line)
+        if not match:
+            flush()
+            continue
+        indent, key, gap, value = match.groups()
+        if run_ and indent != run_[0][1]:
+            flush()
+        value = value.split(" #", 1)[0]
+        multi_line = sum(map(value.count, "[{(")) > sum(map(value.count, "]})"))
+        if multi_line:
+            flush()  # a multi-line value stands alone
+        run_.append((number, indent, key, gap))
+        if multi_line:
+            flush()
+    flush()
+    return problems
+
+
+def test_terraform_layout_follows_terraform_fmt() -> None:
+    """CI runs `terraform fmt -check`; terraform is not installed here, so this checks
+    what fmt changes most often: two-space indentation, no tabs or trailing blanks, and
+    `=` aligned across consecutive one-line attributes (a comment, blank line, block or
+    multi-line value ends such a run)."""
+    problems = [p for path in sorted(TERRAFORM.rglob("*.tf")) for p in fmt_problems(path)]
+    assert not problems, problems
+
+
+# ----------------------------------------------------------------------------- healthcheck
+
+
+def test_image_healthcheck_reports_a_serving_service(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SENTILOOP_")},
+        "SENTILOOP_DATA_DIR": str(tmp_path),
+        "SENTILOOP_HOST": "127.0.0.1",
+        "SENTILOOP_FEEDBACK_PORT": str(port),
+    }
+    check = [sys.executable, str(DEPLOY / "healthcheck.py"), "feedback"]
+    assert subprocess.run(check, env=env, capture_output=True, timeout=30).returncode == 1
+    service = subprocess.Popen(
+        [sys.executable, "-m", "sentiloop.serve", "feedback"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(check, env=env, capture_output=True, timeout=30).returncode != 0:
+            assert service.poll() is None, "the service exited"
+            assert time.monotonic() < deadline, "never healthy"
+            time.sleep(0.2)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    unknown = subprocess.run(
+        [sys.executable, str(DEPLOY / "healthcheck.py"), "nope"], capture_output=True, text=True
+    )
+    assert unknown.returncode == 1 and "unknown target" in unknown.stderr
+
+
+# ----------------------------------------------------------------------------- workflow
+
+
+def test_workflow_jobs_and_oidc() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    jobs: dict[str, Any] = workflow["jobs"]
+    assert {"lint", "tests", "images", "terraform-plan", "deploy", "health"} <= set(jobs)
+    assert any("make test" in step.get("run", "") for step in jobs["tests"]["steps"])
+    for name, job in jobs.items():
+        uses_aws = [
+            s for s in job.get("steps", []) if "configure-aws-credentials" in s.get("uses", "")
+        ]
+        for step in uses_aws:
+            assert job["permissions"]["id-token"] == "write", name
+            assert step["with"]["role-to-assume"].startswith("${{ secrets."), name
+    assert workflow["permissions"] == {"contents": "read"}
+    assert "/health" in jobs["health"]["steps"][0]["run"]
