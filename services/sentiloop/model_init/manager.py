@@ -319,7 +319,3 @@ class ModelInit:
     @property
     def endpoint_name(self) -> str:
         return self._endpoint.name
-
-    @property
-    def backend_name(self) -> str:
-        return self._backend.name
