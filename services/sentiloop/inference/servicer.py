@@ -175,13 +175,14 @@ def create_app(settings: Settings) -> ServiceApp:
             endpoint,
             prediction_log,
             settings.max_text_length,
+            refresh_seconds=poll_seconds,
         )
         servicer = InferenceServicer(remote, prediction_log)
 
         async def follow() -> None:
             while True:
                 await asyncio.to_thread(remote.refresh)
-                await asyncio.sleep(max(poll_seconds, 5.0))
+                await asyncio.sleep(poll_seconds)
 
         async def startup() -> None:
             tasks.append(asyncio.create_task(follow()))

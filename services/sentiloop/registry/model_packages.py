@@ -102,6 +102,27 @@ class ModelPackageMirror:
         )
         return str(answer["ModelPackageArn"])
 
+    def find(self, version: str) -> str | None:
+        """The ARN of ``version``'s package (newest first), or None."""
+        pages = self._client.get_paginator("list_model_packages").paginate(
+            ModelPackageGroupName=self.group, SortBy="CreationTime", SortOrder="Descending"
+        )
+        for page in pages:
+            for summary in page.get("ModelPackageSummaryList", []):
+                arn = str(summary["ModelPackageArn"])
+                described = self._client.describe_model_package(ModelPackageName=arn)
+                if (described.get("CustomerMetadataProperties") or {}).get("version") == version:
+                    return arn
+        return None
+
+    def approve_active(self, version: str, reason: str) -> None:
+        """Marks the version that now serves as Approved (after an activation or rollback)."""
+        arn = self.find(version)
+        if arn is None:
+            log.warning("no model package for %s in group %s", version, self.group)
+            return
+        self.set_approval(arn, "active", reason)
+
     def set_approval(self, package_arn: str, gate_decision: str, description: str = "") -> None:
         """Changes a package's approval (e.g. a version activated or rolled back later).
         The metadata is sent again: some implementations drop what is not resent."""

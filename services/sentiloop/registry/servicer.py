@@ -61,6 +61,14 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             return "Unknown"
         return str(answer.status)
 
+    async def _mirror_approval(self, version: str, reason: str) -> None:
+        if self._mirror is None:
+            return
+        try:
+            await asyncio.to_thread(self._mirror.approve_active, version, reason[:1000])
+        except Exception:
+            log.exception("approving %s in the SageMaker model registry failed", version)
+
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
@@ -111,10 +119,14 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         model, previous = await asyncio.to_thread(
             self._registry.activate, request.version, request.reason
         )
+        await self._mirror_approval(model.version, request.reason or "activated")
         return pb.ActivateModelResponse(model=to_proto(model), previous_version=previous)
 
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
         model, rolled_back = await asyncio.to_thread(self._registry.rollback, request.reason)
+        await self._mirror_approval(
+            model.version, request.reason or f"rolled back from {rolled_back}"
+        )
         await self._notify(
             "model.rolled_back",
             model.version,
