@@ -147,19 +147,21 @@ class Mesh:
             for host in cluster.get("host_statuses", [])
         )
 
+    def report_exits(self) -> None:
+        """Says which children died and why (a configuration error, say, is in the last
+        lines of their log)."""
+        for child in self.children:
+            code = child.exited()
+            if code is not None:
+                self.echo(f"{child.name} exited with code {code} ({child.log_path}):")
+                for line in child.log_path.read_text(errors="replace").splitlines()[-5:]:
+                    self.echo(f"  {line}")
+
     def wait_healthy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for child in self.children:
-                code = child.exited()
-                if code is not None:
-                    self.echo(
-                        f"{child.name} exited with code {code} during start-up ({child.log_path}):"
-                    )
-                    # The reason (a configuration error, say) is in its last lines.
-                    for line in child.log_path.read_text(errors="replace").splitlines()[-5:]:
-                        self.echo(f"  {line}")
-                    return False
+            if any(child.exited() is not None for child in self.children):
+                return False
             status, _ = self.health()
             if status == 200 and self.envoy_routes_ready():
                 return True
@@ -234,6 +236,7 @@ def run_mesh(
             break
     if not healthy:
         if not stop_requested:
+            mesh.report_exits()
             status, body = mesh.health()
             mesh.echo(
                 f"the mesh did not become healthy (last /health: {status} {body}); "
