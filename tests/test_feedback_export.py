@@ -23,7 +23,7 @@ from sentiloop.core.s3store import S3ObjectStore, S3Settings, make_client
 from sentiloop.feedback import store as store_module
 from sentiloop.feedback.export import ExportConfig, ExportConflict, FeedbackExporter
 from sentiloop.feedback.store import FeedbackStore, NewFeedback
-from sentiloop.testing import RunningMesh, start_mesh
+from sentiloop.testing import RunningMesh, start_mesh, wait_for
 
 EXPORTS = "feedback/exports/"
 
@@ -212,16 +212,6 @@ def test_export_is_on_by_default_only_off_the_local_store() -> None:
 
 
 # -- the mesh ---------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from seaweed import SeaweedS3, running_seaweed
 
-from sentiloop.testing import RunningMesh, start_mesh
+from sentiloop.testing import RunningMesh, start_mesh, wait_for
 
 PREFIX = "sentiloop"
 REVIEWS = [
@@ -24,16 +23,6 @@ REVIEWS = [
     ("Worst purchase I have ever made", "negative"),
     ("The box arrived on Tuesday", "neutral"),
 ]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 @pytest.fixture(scope="module")
