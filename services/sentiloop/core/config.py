@@ -25,7 +25,7 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -35,7 +35,7 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"configuration error: {name}={raw!r} is not an integer") from None
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -43,6 +43,17 @@ def _env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
+
+
+def env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"configuration error: {name}={raw!r} is not true or false")
 
 
 def env_name(service: str, suffix: str) -> str:
@@ -65,6 +76,8 @@ class Settings:
     envoy_listen_host: str
     envoy_descriptor: Path | None
     object_store: str
+    # The model preset of a training that names none (bootstrap, retraining).
+    default_preset: str
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
 
     def address(self, service: str) -> str:
@@ -78,21 +91,22 @@ class Settings:
 
 def load_settings() -> Settings:
     host = _env("SENTILOOP_HOST", "127.0.0.1")
-    ports = {name: _env_int(env_name(name, "PORT"), port) for name, (port, _) in SERVICES.items()}
+    ports = {name: env_int(env_name(name, "PORT"), port) for name, (port, _) in SERVICES.items()}
     addresses = {name: _env(env_name(name, "ADDR"), f"{host}:{ports[name]}") for name in SERVICES}
     return Settings(
         data_dir=Path(_env("SENTILOOP_DATA_DIR", "data")).resolve(),
         host=host,
         ports=ports,
         addresses=addresses,
-        envoy_port=_env_int("SENTILOOP_ENVOY_PORT", 8080),
-        envoy_admin_port=_env_int("SENTILOOP_ENVOY_ADMIN_PORT", 9901),
-        max_text_length=_env_int("SENTILOOP_MAX_TEXT_LENGTH", 5000),
-        shutdown_grace_seconds=_env_float("SENTILOOP_SHUTDOWN_GRACE_SECONDS", 10.0),
-        restart_delay_seconds=_env_float("SENTILOOP_RESTART_DELAY_SECONDS", 2.0),
+        envoy_port=env_int("SENTILOOP_ENVOY_PORT", 8080),
+        envoy_admin_port=env_int("SENTILOOP_ENVOY_ADMIN_PORT", 9901),
+        max_text_length=env_int("SENTILOOP_MAX_TEXT_LENGTH", 5000),
+        shutdown_grace_seconds=env_float("SENTILOOP_SHUTDOWN_GRACE_SECONDS", 10.0),
+        restart_delay_seconds=env_float("SENTILOOP_RESTART_DELAY_SECONDS", 2.0),
         log_level=_env("SENTILOOP_LOG_LEVEL", "INFO").upper(),
         envoy_listen_host=_env("SENTILOOP_ENVOY_HOST", host),
         object_store=_env("SENTILOOP_OBJECT_STORE", "local").lower(),
+        default_preset=_env("SENTILOOP_DEFAULT_PRESET", "minilm"),
         envoy_descriptor=Path(d) if (d := os.environ.get("SENTILOOP_ENVOY_DESCRIPTOR")) else None,
         cors_origins=[
             o.strip() for o in _env("SENTILOOP_CORS_ORIGINS", "*").split(",") if o.strip()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol
@@ -15,7 +14,7 @@ import grpc
 
 from sentiloop.core import aws
 from sentiloop.core.clients import Clients
-from sentiloop.core.config import Settings
+from sentiloop.core.config import Settings, env_float
 from sentiloop.core.convert import timestamp
 from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
@@ -162,7 +161,7 @@ def create_app(settings: Settings) -> ServiceApp:
     service_dir = settings.service_dir("inference")
     prediction_log = PredictionLog(service_dir / "predictions.db")
     clients = Clients(settings)
-    poll_seconds = float(os.environ.get("SENTILOOP_INFERENCE_POLL_SECONDS", "1.0"))
+    poll_seconds = env_float("SENTILOOP_INFERENCE_POLL_SECONDS", 1.0)
     tasks: list[asyncio.Task[None]] = []
     if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
         # ModelInit deploys to the endpoint; this service calls it and keeps its log.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,8 +209,7 @@ def create_app(settings: Settings) -> ServiceApp:
         Notifier(clients).emit,
         deploy_timeout=deploy_timeout,
     )
-    default_preset = os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm")
-    servicer = ModelInitServicer(model_init, store, default_preset)
+    servicer = ModelInitServicer(model_init, store, settings.default_preset)
 
     async def startup() -> None:
         await model_init.recover()

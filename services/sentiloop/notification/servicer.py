@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from sentiloop.core.config import Settings
+from sentiloop.core.config import Settings, env_int
 from sentiloop.core.convert import timestamp
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
@@ -74,13 +73,9 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
 
 def queue_size() -> int:
-    raw = os.environ.get(QUEUE_SIZE_VARIABLE, "")
-    try:
-        size = int(raw) if raw else DEFAULT_QUEUE_SIZE
-    except ValueError:
-        size = 0
+    size = env_int(QUEUE_SIZE_VARIABLE, DEFAULT_QUEUE_SIZE)
     if size < 1:
-        raise SystemExit(f"configuration error: {QUEUE_SIZE_VARIABLE}={raw!r} is not a size")
+        raise SystemExit(f"configuration error: {QUEUE_SIZE_VARIABLE}={size} is not a size")
     return size
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients
-from sentiloop.core.config import Settings
+from sentiloop.core.config import Settings, env_flag, env_float, env_int
 from sentiloop.core.convert import list_value
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
@@ -216,38 +215,17 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
         )
 
 
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"configuration error: {name}={raw!r} is not true or false")
-
-
-def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
-
-
-def load_policy() -> Policy:
+def load_policy(settings: Settings) -> Policy:
     return Policy(
-        enabled=_flag("SENTILOOP_RETRAIN_AUTO", False),
-        min_new_feedback=int(_number("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", 50)),
-        cooldown_seconds=int(_number("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", 600)),
-        holdout_fraction=_number("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
-        tolerance=_number("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
-        preset=os.environ.get("SENTILOOP_DEFAULT_PRESET", "minilm"),
-        feedback_weight=_number("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
-        epochs=_number("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
-        learning_rate=_number("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),
+        enabled=env_flag("SENTILOOP_RETRAIN_AUTO", False),
+        min_new_feedback=env_int("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", 50),
+        cooldown_seconds=env_int("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", 600),
+        holdout_fraction=env_float("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
+        tolerance=env_float("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
+        preset=settings.default_preset,
+        feedback_weight=env_float("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
+        epochs=env_float("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
+        learning_rate=env_float("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),
     )
 
 
@@ -255,9 +233,9 @@ def create_app(settings: Settings) -> ServiceApp:
     store = open_object_store(settings)
     runs = RunStore(settings.service_dir("retraining") / "runs.db")
     clients = Clients(settings)
-    retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy())
+    retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy(settings))
     servicer = RetrainingServicer(retrainer)
-    interval = float(os.environ.get("SENTILOOP_RETRAIN_POLL_SECONDS", "2"))
+    interval = env_float("SENTILOOP_RETRAIN_POLL_SECONDS", 2.0)
     tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
