@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import RunningMesh, start_mesh, wait_for
+from sentiloop.testing import REVIEWS, RunningMesh, give_feedback, start_mesh, wait_for
 from sentiloop.v1 import (
     notification_pb2,
     notification_pb2_grpc,
@@ -25,38 +25,12 @@ from sentiloop.v1 import (
 )
 
 TINY = {"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"}
-REVIEWS = [
-    ("I love this product, it works perfectly", "positive"),
-    ("Terrible quality, it broke after one day", "negative"),
-    ("It is a phone case", "neutral"),
-    ("Absolutely fantastic value for the money", "positive"),
-    ("Worst purchase I have ever made", "negative"),
-    ("The box arrived on Tuesday", "neutral"),
-]
 
 
 def bootstrap(client: httpx.Client) -> str:
     job = client.post("/model-init/bootstrap?auto_deploy=true", json={}).json()["job_name"]
     wait_for(lambda: client.get("/model-init/endpoint-status").json()["status"] == "InService", 180)
     return str(job)
-
-
-def give_feedback(
-    client: httpx.Client, count: int, tag: str, flip: bool = False
-) -> list[dict[str, Any]]:
-    """Predicts `count` review sentences and answers each prediction with feedback."""
-    records = []
-    for i in range(count):
-        text, label = REVIEWS[i % len(REVIEWS)]
-        if flip:
-            label = {"positive": "negative", "negative": "positive", "neutral": "positive"}[label]
-        prediction = client.post("/predict", json={"text": f"{text} ({tag} {i})"}).json()
-        response = client.post(
-            "/feedback", json={"prediction_id": prediction["prediction_id"], "user_label": label}
-        )
-        assert response.status_code == 200, response.text
-        records.append(response.json()["feedback"])
-    return records
 
 
 class EventRecorder:

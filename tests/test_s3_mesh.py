@@ -12,17 +12,9 @@ import httpx
 import pytest
 from seaweed import SeaweedS3, running_seaweed
 
-from sentiloop.testing import RunningMesh, start_mesh, wait_for
+from sentiloop.testing import RunningMesh, give_feedback, start_mesh, wait_for
 
 PREFIX = "sentiloop"
-REVIEWS = [
-    ("I love this product, it works perfectly", "positive"),
-    ("Terrible quality, it broke after one day", "negative"),
-    ("It is a phone case", "neutral"),
-    ("Absolutely fantastic value for the money", "positive"),
-    ("Worst purchase I have ever made", "negative"),
-    ("The box arrived on Tuesday", "neutral"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +59,9 @@ def test_the_loop_keeps_everything_in_the_bucket(
         wait_for(in_service, 240)
         timings["bootstrap"] = time.monotonic() - started
 
-        feedback_ids = []
-        for i in range(14):
-            text, label = REVIEWS[i % len(REVIEWS)]
-            prediction = client.post("/predict", json={"text": f"{text} (s3 {i})"})
-            assert prediction.status_code == 200, prediction.text
-            assert prediction.json()["model_version"] == "v1"
-            response = client.post(
-                "/feedback",
-                json={"prediction_id": prediction.json()["prediction_id"], "user_label": label},
-            )
-            assert response.status_code == 200, response.text
-            feedback_ids.append(response.json()["feedback"]["id"])
+        records = give_feedback(client, 14, "s3")
+        assert {r["model_version"] for r in records} == {"v1"}
+        feedback_ids = [r["id"] for r in records]
 
         step = time.monotonic()
         retrain = client.post("/retrain", json={})

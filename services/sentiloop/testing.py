@@ -15,9 +15,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentiloop.core.config import SERVICES, env_name
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def free_port() -> int:
@@ -167,3 +170,35 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
             return value
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
+
+
+# Short review sentences with their labels, for feedback in tests and benchmarks.
+REVIEWS = [
+    ("I love this product, it works perfectly", "positive"),
+    ("Terrible quality, it broke after one day", "negative"),
+    ("It is a phone case", "neutral"),
+    ("Absolutely fantastic value for the money", "positive"),
+    ("Worst purchase I have ever made", "negative"),
+    ("The box arrived on Tuesday", "neutral"),
+]
+
+
+def give_feedback(
+    client: httpx.Client, count: int, tag: str, flip: bool = False
+) -> list[dict[str, Any]]:
+    """Predicts ``count`` review sentences through Envoy and answers each prediction with
+    feedback citing its id (labels flipped with ``flip``); returns the stored records."""
+    records = []
+    for i in range(count):
+        text, label = REVIEWS[i % len(REVIEWS)]
+        if flip:
+            label = {"positive": "negative", "negative": "positive", "neutral": "positive"}[label]
+        prediction = client.post("/predict", json={"text": f"{text} ({tag} {i})"})
+        assert prediction.status_code == 200, prediction.text
+        response = client.post(
+            "/feedback",
+            json={"prediction_id": prediction.json()["prediction_id"], "user_label": label},
+        )
+        assert response.status_code == 200, response.text
+        records.append(response.json()["feedback"])
+    return records
