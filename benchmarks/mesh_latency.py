@@ -15,15 +15,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+from latency import print_latency_table
 
 from sentiloop.testing import start_mesh
 from sentiloop.v1 import feedback_pb2 as pb
 from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -86,14 +82,12 @@ def main() -> None:
 
     print(f"mesh start-up (sentiloop up -> /health 200 and Envoy routing), {len(startups)} runs:")
     print(f"  median {statistics.median(startups):.2f} s, max {max(startups):.2f} s")
-    baseline = statistics.median(samples["gRPC direct"])
-    print(f"SubmitFeedback latency, {per_round * args.rounds} sequential calls per path (ms):")
-    print(f"  {'path':<16} {'median':>8} {'p99':>8} {'median / gRPC direct':>22}")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        print(
-            f"  {name:<16} {median:8.3f} {percentile(values, 0.99):8.3f} {median / baseline:22.2f}"
-        )
+    print_latency_table(
+        f"SubmitFeedback latency, {per_round * args.rounds} sequential calls per path (ms):",
+        samples,
+        "gRPC direct",
+        3,
+    )
 
 
 if __name__ == "__main__":

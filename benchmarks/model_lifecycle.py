@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 import httpx
+from latency import print_latency_table
 
 from sentiloop.data import vader
 from sentiloop.testing import start_mesh
 from sentiloop.v1 import inference_pb2, inference_pb2_grpc, model_init_pb2, model_init_pb2_grpc
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -98,14 +93,12 @@ def main() -> None:
     print(f"  confusion matrix (rows true, columns predicted: {test['confusion_matrix_labels']}):")
     for label, row in zip(test["confusion_matrix_labels"], test["confusion_matrix"], strict=True):
         print(f"    {label:<9} {row}")
-    baseline = statistics.median(samples["gRPC direct"])
-    print(f"Predict latency, {args.calls} real review sentences per path (ms):")
-    print(f"  {'path':<16} {'median':>8} {'p99':>8} {'median / gRPC direct':>22}")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        print(
-            f"  {name:<16} {median:8.2f} {percentile(values, 0.99):8.2f} {median / baseline:22.2f}"
-        )
+    print_latency_table(
+        f"Predict latency, {args.calls} real review sentences per path (ms):",
+        samples,
+        "gRPC direct",
+        2,
+    )
 
 
 if __name__ == "__main__":
