@@ -71,10 +71,6 @@ class SageMakerPredictor:
         self._unknown: set[str] = set()
         self.state = ServingState("NotDeployed")
 
-    @property
-    def endpoint_name(self) -> str:
-        return self._endpoint.name
-
     def refresh(self) -> ServingState:
         """Re-reads the endpoint's state (blocking); on an AWS error the last one stays."""
         try:

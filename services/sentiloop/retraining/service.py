@@ -68,7 +68,6 @@ class MeshPort(Protocol):
 class Outcome:
     message: str
     job_name: str
-    finished: bool
     test_metrics: dict[str, Any]
     validation_accuracy: float = 0.0
     model_version: str = ""
@@ -118,7 +117,6 @@ class Retrainer:
                 message=f"Retraining started: training job {job_name}; watch it with"
                 f" GET /model-init/watch/{job_name}",
                 job_name=job_name,
-                finished=False,
                 test_metrics={},
                 feedback_samples=snapshot.feedback_train,
             )
@@ -178,7 +176,6 @@ class Retrainer:
                 message=f"Retraining failed: training job {job_name} {result.status}:"
                 f" {result.failure_reason}",
                 job_name=job_name,
-                finished=True,
                 test_metrics={},
                 feedback_samples=snapshot.feedback_train,
             )
@@ -208,7 +205,6 @@ class Retrainer:
             message=f"Retraining completed; the candidate {version} was {verdict}"
             f" ({decision.reason})",
             job_name=job_name,
-            finished=True,
             test_metrics=result.test_metrics,
             validation_accuracy=result.validation_accuracy,
             model_version=version,
