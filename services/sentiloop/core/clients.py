@@ -3,10 +3,12 @@ current request id, so one request can be followed across services in the logs."
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
 
+from sentiloop.core import errors
 from sentiloop.core.config import Settings
 from sentiloop.core.logs import request_id_var
 from sentiloop.v1 import (
@@ -17,6 +19,29 @@ from sentiloop.v1 import (
     notification_pb2_grpc,
     registry_pb2_grpc,
 )
+
+log = logging.getLogger("sentiloop.clients")
+
+
+def mesh_error(
+    service: str, error: grpc.aio.AioRpcError, field: str | None = None
+) -> errors.SentiloopError:
+    """A failed call to another service as this service's own error. The callee's verdict
+    on the request (missing, conflicting, not ready; invalid when ``field`` names the
+    caller's field it came from) passes on with its message. Anything else is the callee
+    being unavailable: its text (transport errors, addresses, limits) is logged, not
+    passed to the caller."""
+    code, text = error.code(), error.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(text or f"not found by the {service} service")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return errors.FailedPrecondition(text)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return errors.AlreadyExists(text)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and field is not None:
+        return errors.InvalidArgument({field: text or "is not valid"})
+    log.warning("a call to the %s service failed: %s %s", service, code.name, text)
+    return errors.Unavailable(f"the {service} service could not answer ({code.name}); try again")
 
 
 class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]

@@ -9,26 +9,162 @@ from typing import Any
 
 import yaml
 
+from sentiloop.core import static_site
 from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
 
 DESCRIPTOR = Path(__file__).resolve().parent.parent / "v1" / "sentiloop.binpb"
 MESH_HEALTH_CLUSTER = "mesh_health"
+# gRPC's default largest message: no JSON body that transcodes to more can succeed.
+MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 
-# Turns the status a service asks for (see sentiloop.health.servicer) into the HTTP
-# status of a transcoded JSON response; gRPC responses are left alone.
-STATUS_OVERRIDE_LUA = """
-function envoy_on_response(handle)
+# Runs before the transcoder on requests (the body limit) and after it on responses:
+# - turns the HTTP status a service asks for (see sentiloop.health.servicer) into the
+#   status of a transcoded JSON response, merging the error fields the service sent
+#   with it into the body; gRPC responses are left alone;
+# - gives a service's transcoded error ({"code","message","details"}) the original
+#   API's error shape: "error" (the message) and "detail" (the gRPC status name) in
+#   front of the fields gRPC-minded clients read. Only error responses are buffered.
+# Envoy's own errors get the same shape from local_reply_config (see _local_replies).
+# The message is copied as the JSON string the transcoder wrote: inside it every quote
+# is escaped, so the first `","details":` after `"message":"` ends it.
+EDGE_LUA = """
+local GRPC_STATUS = {[0] = "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+  "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+-- The transcoder streams a JSON body upstream instead of holding it to its
+-- max_request_body_size, so an oversized one would reach the service and come back as
+-- gRPC's RESOURCE_EXHAUSTED (429). Refuse it here as 413 (local_reply_config shapes it).
+function envoy_on_request(handle)
   local headers = handle:headers()
-  local status = headers:get("x-sentiloop-http-status")
-  if status ~= nil then
+  local length = tonumber(headers:get("content-length") or "0") or 0
+  if length > MAX_BODY then
     local content_type = headers:get("content-type") or ""
     if string.sub(content_type, 1, 16) ~= "application/grpc" then
-      headers:replace(":status", status)
+      handle:respond({[":status"] = "413"},
+        "the request body is " .. length .. " bytes; the limit is MAX_BODY bytes")
     end
-    headers:remove("x-sentiloop-http-status")
   end
 end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  local grpc = string.sub(content_type, 1, 16) == "application/grpc"
+  local status = headers:get("x-sentiloop-http-status")
+  if status ~= nil then
+    local fields = headers:get("x-sentiloop-error-json")
+    headers:remove("x-sentiloop-http-status")
+    headers:remove("x-sentiloop-error-json")
+    if grpc then
+      return
+    end
+    headers:replace(":status", status)
+    if fields ~= nil then
+      local body = handle:body()
+      local text = body:getBytes(0, body:length())
+      body:setBytes(string.sub(fields, 1, -2) .. "," .. string.sub(text, 2))
+    end
+    return
+  end
+  if grpc or tonumber(headers:get(":status")) < 400 or content_type ~= "application/json" then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  local code, message, rest = string.match(text, '^{"code":(%d+),"message":(".-"),("details":.*)$')
+  if code == nil then
+    return
+  end
+  local name = GRPC_STATUS[tonumber(code)] or "UNKNOWN"
+  body:setBytes('{"error":' .. message .. ',"detail":"' .. name .. '","code":' .. code
+    .. ',"message":' .. message .. ',' .. rest)
+end
 """
+
+
+# Envoy's own errors (malformed JSON, unknown path or query parameter, body too large,
+# no healthy upstream, timeouts) as the gRPC code a client reading `code` expects; the
+# inverse of the transcoder's mapping of service statuses to HTTP.
+LOCAL_REPLY_CODES: dict[int, int] = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
+    408: 4,  # DEADLINE_EXCEEDED
+    409: 6,  # ALREADY_EXISTS
+    413: 8,  # RESOURCE_EXHAUSTED
+    429: 8,  # RESOURCE_EXHAUSTED
+    431: 8,  # RESOURCE_EXHAUSTED
+    500: 13,  # INTERNAL
+    501: 12,  # UNIMPLEMENTED
+    502: 14,  # UNAVAILABLE
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+
+
+def _local_replies() -> dict[str, Any]:
+    """Envoy's own error answers to JSON clients in the API's error shape: `error` the
+    message, `detail` Envoy's reason (e.g. route_not_found, no_healthy_upstream).
+    gRPC clients keep Envoy's usual grpc-status answers."""
+    # The transcoder sets content-type application/grpc on a JSON request it has begun
+    # to transcode (and the original path aside), so that alone does not tell them apart.
+    not_grpc = {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                            "treat_missing_header_as_empty": True,
+                        }
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True}
+                    }
+                },
+            ]
+        }
+    }
+
+    def mapper(status_filter: dict[str, Any], code: int) -> dict[str, Any]:
+        return {
+            "filter": {"and_filter": {"filters": [status_filter, not_grpc]}},
+            "body_format_override": {
+                "json_format": {
+                    "error": "%LOCAL_REPLY_BODY%",
+                    "detail": "%RESPONSE_CODE_DETAILS%",
+                    "code": code,
+                    "message": "%LOCAL_REPLY_BODY%",
+                    "details": [],
+                },
+                "content_type": "application/json",
+            },
+        }
+
+    def status(op: str, value: int) -> dict[str, Any]:
+        return {
+            "status_code_filter": {
+                "comparison": {
+                    "op": op,
+                    "value": {"default_value": value, "runtime_key": "sentiloop.unused"},
+                }
+            }
+        }
+
+    mappers = [mapper(status("EQ", http), code) for http, code in LOCAL_REPLY_CODES.items()]
+    mappers.append(mapper(status("GE", 400), 2))  # UNKNOWN
+    return {"mappers": mappers}
 
 
 def _socket(address: str) -> dict[str, Any]:
@@ -98,6 +234,8 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
     ]
     routes = [_route(MESH_HEALTH_SERVICE, MESH_HEALTH_CLUSTER, retry=True)]
     routes += [_route(full_name, name) for name, (_, full_name) in SERVICES.items()]
+    # GET /docs (Swagger UI) and GET /openapi.json, answered by Envoy itself.
+    routes += static_site.routes()
     # Catch-all to a real upstream, not a direct response: the CORS filter applies its
     # policy only on routes with an upstream, and it sees a JSON path like /predict
     # before the transcoder rewrites it. JSON requests that map to no method never get
@@ -115,7 +253,9 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": STATUS_OVERRIDE_LUA},
+                "default_source_code": {
+                    "inline_string": EDGE_LUA.replace("MAX_BODY", str(MAX_REQUEST_BODY_BYTES))
+                },
             },
         },
         {
@@ -153,6 +293,18 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
         "always_set_request_id_in_response": True,
         "stream_idle_timeout": "3600s",
         "http_protocol_options": {"enable_trailers": True},
+        "local_reply_config": _local_replies(),
+        # Envoy is the edge: the peer's address decides who is trusted, and only clients
+        # on this host may send x-envoy-* headers (e.g. an operator's own
+        # x-envoy-upstream-rq-timeout-ms; the routes themselves never time out, since
+        # retraining and SageMaker deploys hold a call for many minutes).
+        "use_remote_address": True,
+        "internal_address_config": {
+            "cidr_ranges": [
+                {"address_prefix": "127.0.0.0", "prefix_len": 8},
+                {"address_prefix": "::1", "prefix_len": 128},
+            ]
+        },
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
@@ -175,6 +327,7 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
         ],
         "route_config": {
             "name": "sentiloop",
+            "max_direct_response_body_size_bytes": static_site.MAX_BODY_BYTES,
             "virtual_hosts": [
                 {
                     "name": "sentiloop",

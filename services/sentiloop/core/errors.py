@@ -34,3 +34,7 @@ class AlreadyExists(SentiloopError):
 
 class Unavailable(SentiloopError):
     pass
+
+
+class Internal(SentiloopError):
+    """The service cannot do what it should, through no fault of the caller (HTTP 500)."""

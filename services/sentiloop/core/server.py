@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,7 +33,17 @@ _CODES: dict[type[errors.SentiloopError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
+
+
+# Messages echo what the caller sent; a long one would overflow the peer's metadata
+# limit (16 KiB in grpc) and turn a clear error into a broken stream.
+MAX_MESSAGE_LENGTH = 1000
+
+
+def _shortened(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + "… (message shortened)"
 
 
 def status_for(error: errors.SentiloopError) -> grpc.Status:
@@ -40,11 +51,13 @@ def status_for(error: errors.SentiloopError) -> grpc.Status:
     code = next(
         (c for kind, c in _CODES.items() if isinstance(error, kind)), grpc.StatusCode.UNKNOWN
     )
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status = status_pb2.Status(code=code.value[0], message=_shortened(error.message))
     if isinstance(error, errors.InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=name, description=why)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_shortened(name, 200), description=_shortened(why, 500)
+                )
                 for name, why in error.violations.items()
             ]
         )
@@ -57,6 +70,41 @@ def status_for(error: errors.SentiloopError) -> grpc.Status:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class _Undecodable:
+    """Stands for a request whose bytes are not a valid message of its type (grpc would
+    otherwise answer UNKNOWN with the decoder's exception text)."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.reason = (
+            "a string field is not valid UTF-8"
+            if "UTF-8" in str(error)
+            else "it is not a valid message of its type"
+        )
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument({"request": f"cannot be read: {request.reason}"})
+
+
+# What a caller sees of an error nobody anticipated: never the exception's own text,
+# which can carry internals (it is logged with the request id instead).
+INTERNAL_MESSAGE = "internal error; the service logged it under this request's x-request-id"
 
 
 def _request_id(metadata: Any) -> str:
@@ -88,6 +136,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 code = "OK"
                 try:
+                    _check_decoded(request)
                     return await inner_unary(request, context)
                 except errors.SentiloopError as error:
                     status = status_for(error)
@@ -95,16 +144,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     await _abort(context, status)
                 except Exception:
                     code = _code_of(context)
-                    if code == "UNKNOWN":
-                        log.exception("unhandled error in %s", method)
-                    raise
+                    if code != "UNKNOWN":
+                        raise  # the servicer aborted with a status of its own
+                    log.exception("unhandled error in %s", method)
+                    code = "INTERNAL"
+                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
                 finally:
                     _log_call(method, code, started)
                     request_id_var.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -117,6 +168,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 code = "OK"
                 try:
+                    _check_decoded(request)
                     async for item in inner_stream(request, context):
                         yield item
                 except errors.SentiloopError as error:
@@ -128,9 +180,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except Exception:
                     code = _code_of(context)
-                    if code == "UNKNOWN":
-                        log.exception("unhandled error in %s", method)
-                    raise
+                    if code != "UNKNOWN":
+                        raise
+                    log.exception("unhandled error in %s", method)
+                    code = "INTERNAL"
+                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
                 finally:
                     _log_call(method, code, started)
                     # A stream grpc cancels is finalized from another task's context.
@@ -139,7 +193,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

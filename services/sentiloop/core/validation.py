@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sentiloop.core.errors import InvalidArgument
 
 # The label order used everywhere (confusion matrices, score maps).
@@ -36,3 +38,12 @@ def page_size(requested: int) -> int:
     if requested < 0 or requested > MAX_PAGE_SIZE:
         raise InvalidArgument({"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
     return requested or DEFAULT_PAGE_SIZE
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def decimal(text: str) -> int | None:
+    """``text`` as a non-negative integer that fits SQLite's, or None. ``str.isdigit``
+    is not enough: it accepts digits like '²' that int() refuses."""
+    return int(text) if _DECIMAL.fullmatch(text) else None

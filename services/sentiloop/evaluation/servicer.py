@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 
 from sentiloop.core.artifacts import unpack_artifact
-from sentiloop.core.clients import Clients
+from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
-from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
@@ -97,11 +97,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
                 registry_pb2.GetModelRequest(version=version or "active"), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(error.details() or "no such model version") from error
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument({"model_version": error.details() or "invalid"}) from error
-            raise Unavailable(f"the registry failed: {error.details()}") from error
+            raise mesh_error("registry", error, field="model_version") from error
         return answer.model
 
     def _test_set(self) -> Labelled:
@@ -114,7 +110,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
                 feedback_pb2.ExportFeedbackRequest(), timeout=30
             )
         except grpc.aio.AioRpcError as error:
-            raise Unavailable(f"cannot read the feedback: {error.details()}") from error
+            raise mesh_error("feedback", error) from error
         content = await asyncio.to_thread(self._store.get_bytes, snapshot.key)
         return read_feedback_jsonl(content), snapshot.record_count
 

@@ -9,12 +9,12 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sentiloop.core.clients import Clients
+from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
-from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.validation import page_size
+from sentiloop.core.validation import decimal, page_size
 from sentiloop.feedback.export import ExportConfig, FeedbackExporter
 from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
 from sentiloop.feedback.store import (
@@ -46,9 +46,10 @@ def to_proto(record: Feedback) -> pb.FeedbackRecord:
 def page_after(token: str) -> int:
     if not token:
         return 0
-    if not token.isdigit():
+    after = decimal(token)
+    if after is None:
         raise InvalidArgument({"page_token": "is not a token this service returned"})
-    return int(token)
+    return after
 
 
 class GrpcPredictionLookup:
@@ -61,11 +62,7 @@ class GrpcPredictionLookup:
                 inference_pb2.GetPredictionRequest(prediction_id=prediction_id), timeout=5
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"prediction {prediction_id!r} does not exist") from error
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument({"prediction_id": "is not a prediction id"}) from error
-            raise Unavailable(f"cannot look up the prediction: {error.details()}") from error
+            raise mesh_error("inference", error, field="prediction_id") from error
         p = answer.prediction
         return LoggedPrediction(text=p.text, label=p.label, model_version=p.model_version)
 
@@ -93,7 +90,7 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
         record, duplicate = await asyncio.to_thread(self._store.submit, new)
         message = "Feedback already recorded" if duplicate else "Feedback recorded"
         return pb.SubmitFeedbackResponse(
-            message=message, feedback=to_proto(record), duplicate=duplicate
+            message=message, feedback=to_proto(record), duplicate=duplicate, id=record.id
         )
 
     async def ListFeedback(

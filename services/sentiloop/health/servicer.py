@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -15,6 +16,8 @@ from sentiloop.v1 import health_pb2_grpc as mesh_pb2_grpc
 # Envoy's Lua filter turns this response header into the HTTP status for JSON
 # clients (gRPC clients keep their normal OK response and read `status`).
 HTTP_STATUS_HEADER = "x-sentiloop-http-status"
+# ... and merges this JSON object (the API's error fields) into the JSON body.
+ERROR_FIELDS_HEADER = "x-sentiloop-error-json"
 CHECK_TIMEOUT_SECONDS = 1.0
 
 
@@ -43,7 +46,18 @@ class MeshHealthServicer(mesh_pb2_grpc.MeshHealthServiceServicer):
         services = dict(zip(names, statuses, strict=True))
         healthy = all(status == "SERVING" for status in statuses)
         if not healthy:
-            await context.send_initial_metadata(((HTTP_STATUS_HEADER, "503"),))
+            down = ", ".join(f"{n} ({s})" for n, s in services.items() if s != "SERVING")
+            message = f"the mesh is degraded: not serving: {down}"
+            fields = {
+                "error": message,
+                "detail": "UNAVAILABLE",
+                "code": 14,
+                "message": message,
+                "details": [],
+            }
+            await context.send_initial_metadata(
+                ((HTTP_STATUS_HEADER, "503"), (ERROR_FIELDS_HEADER, json.dumps(fields)))
+            )
         return mesh_pb2.GetMeshHealthResponse(
             status="ok" if healthy else "degraded", services=services
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
-from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
 from sentiloop.core.validation import check_text
@@ -150,6 +150,11 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[Prediction]:
         check_texts(texts, self._max_text_length)
         loaded = self.current
+        if loaded is None and self.state.status == "Failed":
+            raise Internal(
+                f"the active model version {self.state.target_version} could not be loaded;"
+                " GET /predict/status says why"
+            )
         if loaded is None:
             raise Unavailable(
                 "no model is deployed yet: bootstrap one with"

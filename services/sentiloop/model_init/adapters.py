@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
-from sentiloop.core.clients import Clients
+from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.convert import metrics_to_proto
-from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.model_init.jobs import TrainingJob
 from sentiloop.model_init.manager import EndpointStatus
 from sentiloop.v1 import common_pb2, inference_pb2, registry_pb2
-
-
-def _mesh_error(service: str, error: grpc.aio.AioRpcError) -> Exception:
-    if error.code() == grpc.StatusCode.NOT_FOUND:
-        return NotFound(error.details() or "not found")
-    return Unavailable(f"the {service} service failed: {error.code().name} {error.details()}")
 
 
 class GrpcRegistry:
@@ -34,7 +28,7 @@ class GrpcRegistry:
                 registry_pb2.ListModelsRequest(), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            raise _mesh_error("registry", error) from error
+            raise mesh_error("registry", error) from error
         for model in listed.models:
             if model.training_job_name == job.name:
                 return str(model.version)
@@ -50,7 +44,7 @@ class GrpcRegistry:
         try:
             answer = await self._clients.registry.RegisterModel(request, timeout=10)
         except grpc.aio.AioRpcError as error:
-            raise _mesh_error("registry", error) from error
+            raise mesh_error("registry", error) from error
         return str(answer.model.version)
 
     async def activate(self, version: str, reason: str) -> None:
@@ -59,7 +53,7 @@ class GrpcRegistry:
                 registry_pb2.ActivateModelRequest(version=version, reason=reason), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            raise _mesh_error("registry", error) from error
+            raise mesh_error("registry", error) from error
 
 
 class LocalEndpoint:
@@ -68,12 +62,34 @@ class LocalEndpoint:
     inference service reports."""
 
     name = "sentiloop-local"
+    estimated_time = "a few seconds"  # loading a model in-process
 
     def __init__(self, clients: Clients) -> None:
         self._clients = clients
 
+    @staticmethod
+    def model_name(version: str, artifact: str) -> str:
+        return version  # the version is loaded as it is: there is no separate model object
+
     async def deploy(self, version: str, artifact: str) -> None:
         return None
+
+    async def _history(self) -> tuple[datetime | None, datetime | None]:
+        """When the endpoint was created and last modified: the first and the latest
+        activation in the registry (they survive restarts, unlike the loaded model)."""
+        try:
+            answer = await self._clients.registry.ListActivations(
+                registry_pb2.ListActivationsRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError:
+            return None, None
+        if not answer.activations:
+            return None, None
+        newest, oldest = answer.activations[0], answer.activations[-1]
+        return (
+            oldest.activated_at.ToDatetime(tzinfo=UTC),
+            newest.activated_at.ToDatetime(tzinfo=UTC),
+        )
 
     async def _serving(self) -> inference_pb2.GetServingStatusResponse | None:
         try:
@@ -87,10 +103,15 @@ class LocalEndpoint:
         serving = await self._serving()
         if serving is None:
             return EndpointStatus("Unknown", failure_reason="the inference service is unreachable")
+        if serving.status == "NotDeployed":
+            return EndpointStatus("NotDeployed")
+        created, modified = await self._history()
         if serving.status == "Loading":
             state = "Updating" if serving.model_version else "Creating"
-            return EndpointStatus(state, serving.model_version)
-        return EndpointStatus(serving.status, serving.model_version, serving.failure_reason)
+            return EndpointStatus(state, serving.model_version, "", created, modified)
+        return EndpointStatus(
+            serving.status, serving.model_version, serving.failure_reason, created, modified
+        )
 
     async def wait_in_service(self, version: str, timeout: float) -> EndpointStatus:
         deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -40,6 +40,16 @@ class EndpointStatus:
     status: str  # NotDeployed | Creating | Updating | InService | Failed | Unknown
     model_version: str = ""
     failure_reason: str = ""
+    # When the endpoint was created and last switched versions: reported, not compared.
+    created_at: datetime | None = field(default=None, compare=False)
+    modified_at: datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    version: str
+    model_name: str
+    endpoint: EndpointStatus | None  # None when the version was only registered
 
 
 class Notify(Protocol):
@@ -53,7 +63,10 @@ class RegistryPort(Protocol):
 
 class EndpointPort(Protocol):
     name: str
+    # How long a deploy takes, in words (the original API's estimated_time).
+    estimated_time: str
 
+    def model_name(self, version: str, artifact: str) -> str: ...
     async def deploy(self, version: str, artifact: str) -> None: ...
     async def status(self) -> EndpointStatus: ...
     async def wait_in_service(self, version: str, timeout: float) -> EndpointStatus: ...
@@ -276,7 +289,7 @@ class ModelInit:
 
     async def deploy(
         self, job_name: str, gate: dict[str, Any] | None = None, register_only: bool = False
-    ) -> tuple[str, EndpointStatus | None]:
+    ) -> Deployment:
         """Registers the job's model as a version (once), then unless ``register_only``
         activates it and waits until the endpoint serves it."""
         job = await asyncio.to_thread(self._jobs.get, job_name)
@@ -291,8 +304,9 @@ class ModelInit:
                 job = replace(job, deployed_version=version)
                 await self._update(job, f"registered as model version {version}")
                 await self._notify("model.registered", version, f"training job {job_name}")
+            model_name = self._endpoint.model_name(version, job.artifact)
             if register_only:
-                return version, None
+                return Deployment(version, model_name, None)
             await self._registry.activate(version, f"deploy of training job {job_name}")
             await self._endpoint.deploy(version, job.artifact)
         status = await self._endpoint.wait_in_service(version, self._deploy_timeout)
@@ -300,7 +314,7 @@ class ModelInit:
         await self._notify(
             "model.deployed", version, f"endpoint {status.status}", job_name=job_name
         )
-        return version, status
+        return Deployment(version, model_name, status)
 
     async def _auto_deploy(self, job: TrainingJob) -> None:
         delay = 1.0
@@ -319,3 +333,10 @@ class ModelInit:
     @property
     def endpoint_name(self) -> str:
         return self._endpoint.name
+
+    @property
+    def deploy_time(self) -> str:
+        return self._endpoint.estimated_time
+
+    def training_time(self, preset: str) -> str:
+        return self._backend.estimated_time(preset)

@@ -434,6 +434,11 @@ class SageMakerTrainingBackend:
             log.info("no metrics.json in the output of %s (%s)", artifact, error)
         return {}
 
+    @staticmethod
+    def estimated_time(preset: str) -> str:
+        # Instance provisioning and the container's download come before any training.
+        return "5-10 minutes" if preset == "tiny" else "10-20 minutes"
+
     async def stop(self, job_name: str) -> None:
         try:
             await asyncio.to_thread(self._client.stop_training_job, TrainingJobName=job_name)
@@ -455,6 +460,7 @@ class EndpointView:
     model_version: str = ""  # what the endpoint's configuration serves
     pending_version: str = ""  # what an update in progress will serve
     failure_reason: str = ""
+    created: datetime | None = None
     last_modified: datetime | None = None
     variants: dict[str, str] = field(default_factory=dict)  # variant name -> version
 
@@ -611,6 +617,7 @@ class SageMakerEndpoint:
         if pending and pending != config_name:
             pending_version, pending_variants = self._config_version(str(pending))
             mapping = dict.fromkeys(pending_variants, pending_version) | mapping
+        created = described.get("CreationTime")
         modified = described.get("LastModifiedTime")
         return EndpointView(
             status=str(described.get("EndpointStatus", "")),
@@ -618,6 +625,7 @@ class SageMakerEndpoint:
             model_version=version,
             pending_version=pending_version,
             failure_reason=str(described.get("FailureReason") or ""),
+            created=created if isinstance(created, datetime) else None,
             last_modified=modified if isinstance(modified, datetime) else None,
             variants=mapping,
         )
@@ -633,21 +641,25 @@ class SageMakerEndpoint:
                 f" {error_message(error)}"
             ) from error
 
+    estimated_time = "5-10 minutes"  # SageMaker's usual time to create or update an endpoint
+
+    def model_name(self, version: str, artifact: str) -> str:
+        return self.names(version, artifact).model
+
     @staticmethod
     def endpoint_status(view: EndpointView) -> EndpointStatus:
         if view.status == "NotDeployed":
             return EndpointStatus("NotDeployed")
-        if view.status == "Creating":
-            return EndpointStatus("Creating")
-        if view.status in _UPDATING:
-            return EndpointStatus("Updating", view.model_version)
-        if view.status == "InService":
-            return EndpointStatus("InService", view.model_version, view.failure_reason)
-        if view.status in ("Failed", "UpdateRollbackFailed"):
-            return EndpointStatus(
-                "Failed", view.model_version, view.failure_reason or f"endpoint is {view.status}"
-            )
-        return EndpointStatus("Unknown", view.model_version, f"endpoint is {view.status}")
+        status, version, reason = view.status, view.model_version, view.failure_reason
+        if status == "Creating":
+            version, reason = "", ""
+        elif status in _UPDATING:
+            status, reason = "Updating", ""
+        elif status in ("Failed", "UpdateRollbackFailed"):
+            status, reason = "Failed", reason or f"endpoint is {status}"
+        elif status != "InService":
+            status, reason = "Unknown", f"endpoint is {status}"
+        return EndpointStatus(status, version, reason, view.created, view.last_modified)
 
     async def status(self) -> EndpointStatus:
         try:

@@ -73,12 +73,21 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
                 auto_deploy=request.auto_deploy,
             )
         )
+        follow = f"follow it with GET /model-init/watch/{job.name}"
         return pb.BootstrapResponse(
             message=f"Training job {job.name} started"
             + (" and will be deployed when it completes" if job.auto_deploy else ""),
             job_name=job.name,
+            training_job_name=job.name,
             status=job.status,
             auto_deploy=job.auto_deploy,
+            estimated_time=self._model_init.training_time(preset),
+            note=(
+                f"The model deploys itself when training completes; {follow}."
+                if job.auto_deploy
+                else f"Deploy it with POST /model-init/deploy/{job.name} once it completes;"
+                f" {follow}."
+            ),
         )
 
     async def StartTrainingJob(
@@ -113,7 +122,14 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
         self, request: pb.GetTrainingStatusRequest, context: Context
     ) -> pb.GetTrainingStatusResponse:
         job = await self._model_init.get(check_job_name(request.job_name))
-        return pb.GetTrainingStatusResponse(job=job_to_proto(job))
+        return pb.GetTrainingStatusResponse(
+            job=job_to_proto(job),
+            job_name=job.name,
+            status=job.status,
+            creation_time=timestamp(job.created_at),
+            training_end_time=timestamp(job.ended_at),
+            model_artifacts=job.artifact,
+        )
 
     async def WatchTrainingJob(
         self, request: pb.WatchTrainingJobRequest, context: Context
@@ -148,22 +164,30 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             if request.HasField("gate")
             else None
         )
-        version, status = await self._model_init.deploy(
+        deployment = await self._model_init.deploy(
             check_job_name(request.job_name), gate, request.register_only
         )
-        if status is None:
-            return pb.DeployResponse(
-                message=f"Training job {request.job_name} registered as model version {version}",
-                model_version=version,
-            )
-        message = f"Training job {request.job_name} deployed as model version {version}"
-        if status.status != "InService":
-            message += f"; the endpoint is {status.status}"
-            if status.failure_reason:
-                message += f": {status.failure_reason}"
-        return pb.DeployResponse(
-            message=message, model_version=version, endpoint_status=status.status
+        version, status = deployment.version, deployment.endpoint
+        answer = pb.DeployResponse(
+            model_version=version,
+            endpoint_name=self._model_init.endpoint_name,
+            model_name=deployment.model_name,
         )
+        if status is None:
+            answer.message = (
+                f"Training job {request.job_name} registered as model version {version}"
+            )
+            return answer
+        answer.message = f"Training job {request.job_name} deployed as model version {version}"
+        if status.status != "InService":
+            answer.message += f"; the endpoint is {status.status}"
+            if status.failure_reason:
+                answer.message += f": {status.failure_reason}"
+        answer.endpoint_status = answer.status = status.status
+        answer.estimated_time = (
+            "ready now" if status.status == "InService" else self._model_init.deploy_time
+        )
+        return answer
 
     async def GetEndpointStatus(
         self, request: pb.GetEndpointStatusRequest, context: Context
@@ -175,6 +199,8 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             model_version=status.model_version,
             backend=aws.backend("SENTILOOP_ENDPOINT_BACKEND"),
             failure_reason=status.failure_reason,
+            creation_time=timestamp(status.created_at),
+            last_modified_time=timestamp(status.modified_at),
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from sentiloop.core.validation import decimal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -204,10 +205,10 @@ class ModelRegistry:
             if not active:
                 raise NotFound("no model version is active yet")
             version = active
-        number = version[1:] if version.startswith("v") else ""
-        if not number.isdigit() or len(number) > 12:
+        number = decimal(version[1:]) if version.startswith("v") else None
+        if number is None:
             raise InvalidArgument({"version": f"{version!r} is not a version name like 'v3'"})
-        row = self._db.execute("SELECT * FROM versions WHERE number = ?", (int(number),)).fetchone()
+        row = self._db.execute("SELECT * FROM versions WHERE number = ?", (number,)).fetchone()
         if row is None:
             raise NotFound(f"model version {version!r} does not exist")
         return self._from_row(row, active)

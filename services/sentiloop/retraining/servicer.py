@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from sentiloop.core.clients import Clients
+from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings, env_flag, env_float, env_int
 from sentiloop.core.convert import list_value
 from sentiloop.core.errors import NotFound, Unavailable
@@ -34,10 +34,6 @@ from sentiloop.v1 import retraining_pb2_grpc as pb_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _failed(service: str, error: grpc.aio.AioRpcError) -> Unavailable:
-    return Unavailable(f"the {service} service failed: {error.code().name} {error.details()}")
-
-
 def _comparison(message: common_pb2.ModelComparison) -> Comparison:
     return Comparison(
         **json_format.MessageToDict(
@@ -60,7 +56,7 @@ class GrpcMesh:
                 feedback_pb2.GetFeedbackStatsRequest(), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            raise _failed("feedback", error) from error
+            raise mesh_error("feedback", error) from error
         return int(stats.total)
 
     async def export_feedback(self) -> bytes:
@@ -69,7 +65,7 @@ class GrpcMesh:
                 feedback_pb2.ExportFeedbackRequest(), timeout=60
             )
         except grpc.aio.AioRpcError as error:
-            raise _failed("feedback", error) from error
+            raise mesh_error("feedback", error) from error
         return await asyncio.to_thread(self._store.get_bytes, snapshot.key)
 
     async def active_model(self) -> tuple[str, str] | None:
@@ -80,7 +76,7 @@ class GrpcMesh:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise _failed("registry", error) from error
+            raise mesh_error("registry", error) from error
         return answer.model.version, answer.model.path
 
     async def base_dataset(self) -> StoredDataset:
@@ -103,7 +99,7 @@ class GrpcMesh:
                 timeout=60,
             )
         except grpc.aio.AioRpcError as error:
-            raise _failed("model_init", error) from error
+            raise mesh_error("model_init", error) from error
         return str(answer.job.job_name)
 
     async def wait_for_job(self, job_name: str) -> JobResult:
@@ -149,7 +145,7 @@ class GrpcMesh:
                 timeout=1800,
             )
         except grpc.aio.AioRpcError as error:
-            raise _failed("evaluation", error) from error
+            raise mesh_error("evaluation", error) from error
         feedback = _comparison(answer.feedback) if answer.HasField("feedback") else None
         return _comparison(answer.test), feedback
 
@@ -164,7 +160,7 @@ class GrpcMesh:
                 timeout=900,
             )
         except grpc.aio.AioRpcError as error:
-            raise _failed("model_init", error) from error
+            raise mesh_error("model_init", error) from error
         return str(answer.model_version)
 
 

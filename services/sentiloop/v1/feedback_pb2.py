@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/feedback.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x10model_prediction\x18\x03 \x01(\t\x12\x12\n\nuser_label\x18\x04 \x01(\t\x12\x15\n\rprediction_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x15SubmitFeedbackRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10model_prediction\x18\x02 \x01(\t\x12\x12\n\nuser_label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"l\n\x16SubmitFeedbackResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"<\n\x13ListFeedbackRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x14ListFeedbackResponse\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"\x17\n\x15\x45xportFeedbackRequest\"v\n\x16\x45xportFeedbackResponse\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0crecord_count\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\"\x19\n\x17GetFeedbackStatsRequest\"\xe9\x01\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x45\n\x08\x62y_label\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.GetFeedbackStatsResponse.ByLabelEntry\x12\x15\n\rdisagreements\x18\x03 \x01(\x05\x12\x1d\n\x15with_model_prediction\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\x1a.\n\x0c\x42yLabelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xe4\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12q\n\x0eSubmitFeedback\x12#.sentiloop.v1.SubmitFeedbackRequest\x1a$.sentiloop.v1.SubmitFeedbackResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/feedback:\x01*\x12h\n\x0cListFeedback\x12!.sentiloop.v1.ListFeedbackRequest\x1a\".sentiloop.v1.ListFeedbackResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/feedback\x12x\n\x0e\x45xportFeedback\x12#.sentiloop.v1.ExportFeedbackRequest\x1a$.sentiloop.v1.ExportFeedbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/feedback/export:\x01*\x12z\n\x10GetFeedbackStats\x12%.sentiloop.v1.GetFeedbackStatsRequest\x1a&.sentiloop.v1.GetFeedbackStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/feedback/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/feedback.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x10model_prediction\x18\x03 \x01(\t\x12\x12\n\nuser_label\x18\x04 \x01(\t\x12\x15\n\rprediction_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x15SubmitFeedbackRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10model_prediction\x18\x02 \x01(\t\x12\x12\n\nuser_label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"x\n\x16SubmitFeedbackResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\n\n\x02id\x18\x04 \x01(\x03\"<\n\x13ListFeedbackRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x14ListFeedbackResponse\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"\x17\n\x15\x45xportFeedbackRequest\"v\n\x16\x45xportFeedbackResponse\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0crecord_count\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\"\x19\n\x17GetFeedbackStatsRequest\"\xe9\x01\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x45\n\x08\x62y_label\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.GetFeedbackStatsResponse.ByLabelEntry\x12\x15\n\rdisagreements\x18\x03 \x01(\x05\x12\x1d\n\x15with_model_prediction\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\x1a.\n\x0c\x42yLabelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xe4\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12q\n\x0eSubmitFeedback\x12#.sentiloop.v1.SubmitFeedbackRequest\x1a$.sentiloop.v1.SubmitFeedbackResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/feedback:\x01*\x12h\n\x0cListFeedback\x12!.sentiloop.v1.ListFeedbackRequest\x1a\".sentiloop.v1.ListFeedbackResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/feedback\x12x\n\x0e\x45xportFeedback\x12#.sentiloop.v1.ExportFeedbackRequest\x1a$.sentiloop.v1.ExportFeedbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/feedback/export:\x01*\x12z\n\x10GetFeedbackStats\x12%.sentiloop.v1.GetFeedbackStatsRequest\x1a&.sentiloop.v1.GetFeedbackStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/feedback/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=294
   _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=448
   _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=450
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=558
-  _globals['_LISTFEEDBACKREQUEST']._serialized_start=560
-  _globals['_LISTFEEDBACKREQUEST']._serialized_end=620
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=622
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=738
-  _globals['_EXPORTFEEDBACKREQUEST']._serialized_start=740
-  _globals['_EXPORTFEEDBACKREQUEST']._serialized_end=763
-  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_start=765
-  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_end=883
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=885
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=910
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=913
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1146
-  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_start=1100
-  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_end=1146
-  _globals['_FEEDBACKSERVICE']._serialized_start=1149
-  _globals['_FEEDBACKSERVICE']._serialized_end=1633
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=570
+  _globals['_LISTFEEDBACKREQUEST']._serialized_start=572
+  _globals['_LISTFEEDBACKREQUEST']._serialized_end=632
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=634
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=750
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_start=752
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_end=775
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_start=777
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_end=895
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=897
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=922
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=925
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1158
+  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_start=1112
+  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_end=1158
+  _globals['_FEEDBACKSERVICE']._serialized_start=1161
+  _globals['_FEEDBACKSERVICE']._serialized_end=1645
 # @@protoc_insertion_point(module_scope)

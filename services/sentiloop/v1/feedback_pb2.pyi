@@ -123,10 +123,15 @@ class SubmitFeedbackResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FEEDBACK_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """A human-readable confirmation."""
     duplicate: _builtins.bool
     """True when the idempotency key matched an earlier record and nothing new was stored."""
+    id: _builtins.int
+    """The stored record's id (the same as `feedback.id`), at the top level where the
+    original REST API answered it.
+    """
     @_builtins.property
     def feedback(self) -> Global___FeedbackRecord:
         """The record as stored."""
@@ -137,10 +142,11 @@ class SubmitFeedbackResponse(_message.Message):
         message: _builtins.str = ...,
         feedback: Global___FeedbackRecord | None = ...,
         duplicate: _builtins.bool = ...,
+        id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "feedback", b"feedback", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "feedback", b"feedback", "id", b"id", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sentiloop.v1 import common_pb2 as sentiloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/model_init.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"R\n\x10TrainingProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\xac\x03\n\x0bTrainingJob\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x18\n\x10secondary_status\x18\x03 \x01(\t\x12\x31\n\rcreation_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fmodel_artifacts\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12\x30\n\x08progress\x18\x08 \x01(\x0b\x32\x1e.sentiloop.v1.TrainingProgress\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.sentiloop.v1.TrainingJob.MetricsEntry\x12\x13\n\x0b\x61uto_deploy\x18\n \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x0e\n\x06preset\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x10\x42ootstrapRequest\x12\x13\n\x0b\x61uto_deploy\x18\x01 \x01(\x08\x12\x0e\n\x06preset\x18\x02 \x01(\t\"[\n\x11\x42ootstrapResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0b\x61uto_deploy\x18\x04 \x01(\x08\"\xd9\x02\n\x17StartTrainingJobRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x45\n\x08\x63hannels\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.StartTrainingJobRequest.ChannelsEntry\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12S\n\x0fhyperparameters\x18\x04 \x03(\x0b\x32:.sentiloop.v1.StartTrainingJobRequest.HyperparametersEntry\x12\x13\n\x0b\x61uto_deploy\x18\x05 \x01(\x08\x1a/\n\rChannelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x18StartTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\",\n\x18GetTrainingStatusRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"C\n\x19GetTrainingStatusResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\"+\n\x17WatchTrainingJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"\xc6\x01\n\x18WatchTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x39\n\x0ctest_metrics\x18\x05 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\",\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"C\n\x18ListTrainingJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.sentiloop.v1.TrainingJob\"*\n\x16StopTrainingJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"A\n\x17StopTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\"b\n\rDeployRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x15\n\rregister_only\x18\x02 \x01(\x08\x12(\n\x04gate\x18\x03 \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\"Q\n\x0e\x44\x65ployResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0f\x65ndpoint_status\x18\x03 \x01(\t\"\x1a\n\x18GetEndpointStatusRequest\"\x82\x01\n\x19GetEndpointStatusResponse\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t2\x9d\x08\n\x10ModelInitService\x12n\n\tBootstrap\x12\x1e.sentiloop.v1.BootstrapRequest\x1a\x1f.sentiloop.v1.BootstrapResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/model-init/bootstrap:\x01*\x12~\n\x10StartTrainingJob\x12%.sentiloop.v1.StartTrainingJobRequest\x1a&.sentiloop.v1.StartTrainingJobResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/model-init/jobs:\x01*\x12\x8b\x01\n\x11GetTrainingStatus\x12&.sentiloop.v1.GetTrainingStatusRequest\x1a\'.sentiloop.v1.GetTrainingStatusResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/model-init/status/{job_name}\x12\x89\x01\n\x10WatchTrainingJob\x12%.sentiloop.v1.WatchTrainingJobRequest\x1a&.sentiloop.v1.WatchTrainingJobResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/model-init/watch/{job_name}0\x01\x12{\n\x10ListTrainingJobs\x12%.sentiloop.v1.ListTrainingJobsRequest\x1a&.sentiloop.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/model-init/jobs\x12\x86\x01\n\x0fStopTrainingJob\x12$.sentiloop.v1.StopTrainingJobRequest\x1a%.sentiloop.v1.StopTrainingJobResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/model-init/stop/{job_name}:\x01*\x12m\n\x06\x44\x65ploy\x12\x1b.sentiloop.v1.DeployRequest\x1a\x1c.sentiloop.v1.DeployResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/model-init/deploy/{job_name}:\x01*\x12\x89\x01\n\x11GetEndpointStatus\x12&.sentiloop.v1.GetEndpointStatusRequest\x1a\'.sentiloop.v1.GetEndpointStatusResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/model-init/endpoint-statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/model_init.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"R\n\x10TrainingProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\"\xac\x03\n\x0bTrainingJob\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x18\n\x10secondary_status\x18\x03 \x01(\t\x12\x31\n\rcreation_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fmodel_artifacts\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12\x30\n\x08progress\x18\x08 \x01(\x0b\x32\x1e.sentiloop.v1.TrainingProgress\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.sentiloop.v1.TrainingJob.MetricsEntry\x12\x13\n\x0b\x61uto_deploy\x18\n \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x0e\n\x06preset\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x10\x42ootstrapRequest\x12\x13\n\x0b\x61uto_deploy\x18\x01 \x01(\x08\x12\x0e\n\x06preset\x18\x02 \x01(\t\"\x9c\x01\n\x11\x42ootstrapResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0b\x61uto_deploy\x18\x04 \x01(\x08\x12\x19\n\x11training_job_name\x18\x05 \x01(\t\x12\x16\n\x0e\x65stimated_time\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\"\xd9\x02\n\x17StartTrainingJobRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x45\n\x08\x63hannels\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.StartTrainingJobRequest.ChannelsEntry\x12\x14\n\x0c\x64\x61taset_hash\x18\x03 \x01(\t\x12S\n\x0fhyperparameters\x18\x04 \x03(\x0b\x32:.sentiloop.v1.StartTrainingJobRequest.HyperparametersEntry\x12\x13\n\x0b\x61uto_deploy\x18\x05 \x01(\x08\x1a/\n\rChannelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x18StartTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\",\n\x18GetTrainingStatusRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"\xe8\x01\n\x19GetTrainingStatusResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x31\n\rcreation_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11training_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fmodel_artifacts\x18\x06 \x01(\t\"+\n\x17WatchTrainingJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"\xc6\x01\n\x18WatchTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x39\n\x0ctest_metrics\x18\x05 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\",\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"C\n\x18ListTrainingJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.sentiloop.v1.TrainingJob\"*\n\x16StopTrainingJobRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"A\n\x17StopTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.sentiloop.v1.TrainingJob\"b\n\rDeployRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x15\n\rregister_only\x18\x02 \x01(\x08\x12(\n\x04gate\x18\x03 \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\"\xa4\x01\n\x0e\x44\x65ployResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0f\x65ndpoint_status\x18\x03 \x01(\t\x12\x15\n\rendpoint_name\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x16\n\x0e\x65stimated_time\x18\x07 \x01(\t\"\x1a\n\x18GetEndpointStatusRequest\"\xed\x01\n\x19GetEndpointStatusResponse\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12\x31\n\rcreation_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_modified_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9d\x08\n\x10ModelInitService\x12n\n\tBootstrap\x12\x1e.sentiloop.v1.BootstrapRequest\x1a\x1f.sentiloop.v1.BootstrapResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/model-init/bootstrap:\x01*\x12~\n\x10StartTrainingJob\x12%.sentiloop.v1.StartTrainingJobRequest\x1a&.sentiloop.v1.StartTrainingJobResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/model-init/jobs:\x01*\x12\x8b\x01\n\x11GetTrainingStatus\x12&.sentiloop.v1.GetTrainingStatusRequest\x1a\'.sentiloop.v1.GetTrainingStatusResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/model-init/status/{job_name}\x12\x89\x01\n\x10WatchTrainingJob\x12%.sentiloop.v1.WatchTrainingJobRequest\x1a&.sentiloop.v1.WatchTrainingJobResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/model-init/watch/{job_name}0\x01\x12{\n\x10ListTrainingJobs\x12%.sentiloop.v1.ListTrainingJobsRequest\x1a&.sentiloop.v1.ListTrainingJobsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/model-init/jobs\x12\x86\x01\n\x0fStopTrainingJob\x12$.sentiloop.v1.StopTrainingJobRequest\x1a%.sentiloop.v1.StopTrainingJobResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/model-init/stop/{job_name}:\x01*\x12m\n\x06\x44\x65ploy\x12\x1b.sentiloop.v1.DeployRequest\x1a\x1c.sentiloop.v1.DeployResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/model-init/deploy/{job_name}:\x01*\x12\x89\x01\n\x11GetEndpointStatus\x12&.sentiloop.v1.GetEndpointStatusRequest\x1a\'.sentiloop.v1.GetEndpointStatusResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/model-init/endpoint-statusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,40 +64,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGJOB_METRICSENTRY']._serialized_end=650
   _globals['_BOOTSTRAPREQUEST']._serialized_start=652
   _globals['_BOOTSTRAPREQUEST']._serialized_end=707
-  _globals['_BOOTSTRAPRESPONSE']._serialized_start=709
-  _globals['_BOOTSTRAPRESPONSE']._serialized_end=800
-  _globals['_STARTTRAININGJOBREQUEST']._serialized_start=803
-  _globals['_STARTTRAININGJOBREQUEST']._serialized_end=1148
-  _globals['_STARTTRAININGJOBREQUEST_CHANNELSENTRY']._serialized_start=1045
-  _globals['_STARTTRAININGJOBREQUEST_CHANNELSENTRY']._serialized_end=1092
-  _globals['_STARTTRAININGJOBREQUEST_HYPERPARAMETERSENTRY']._serialized_start=1094
-  _globals['_STARTTRAININGJOBREQUEST_HYPERPARAMETERSENTRY']._serialized_end=1148
-  _globals['_STARTTRAININGJOBRESPONSE']._serialized_start=1150
-  _globals['_STARTTRAININGJOBRESPONSE']._serialized_end=1216
-  _globals['_GETTRAININGSTATUSREQUEST']._serialized_start=1218
-  _globals['_GETTRAININGSTATUSREQUEST']._serialized_end=1262
-  _globals['_GETTRAININGSTATUSRESPONSE']._serialized_start=1264
-  _globals['_GETTRAININGSTATUSRESPONSE']._serialized_end=1331
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1333
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1376
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1379
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1577
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1579
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1623
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1625
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1692
-  _globals['_STOPTRAININGJOBREQUEST']._serialized_start=1694
-  _globals['_STOPTRAININGJOBREQUEST']._serialized_end=1736
-  _globals['_STOPTRAININGJOBRESPONSE']._serialized_start=1738
-  _globals['_STOPTRAININGJOBRESPONSE']._serialized_end=1803
-  _globals['_DEPLOYREQUEST']._serialized_start=1805
-  _globals['_DEPLOYREQUEST']._serialized_end=1903
-  _globals['_DEPLOYRESPONSE']._serialized_start=1905
-  _globals['_DEPLOYRESPONSE']._serialized_end=1986
-  _globals['_GETENDPOINTSTATUSREQUEST']._serialized_start=1988
-  _globals['_GETENDPOINTSTATUSREQUEST']._serialized_end=2014
-  _globals['_GETENDPOINTSTATUSRESPONSE']._serialized_start=2017
-  _globals['_GETENDPOINTSTATUSRESPONSE']._serialized_end=2147
-  _globals['_MODELINITSERVICE']._serialized_start=2150
-  _globals['_MODELINITSERVICE']._serialized_end=3203
+  _globals['_BOOTSTRAPRESPONSE']._serialized_start=710
+  _globals['_BOOTSTRAPRESPONSE']._serialized_end=866
+  _globals['_STARTTRAININGJOBREQUEST']._serialized_start=869
+  _globals['_STARTTRAININGJOBREQUEST']._serialized_end=1214
+  _globals['_STARTTRAININGJOBREQUEST_CHANNELSENTRY']._serialized_start=1111
+  _globals['_STARTTRAININGJOBREQUEST_CHANNELSENTRY']._serialized_end=1158
+  _globals['_STARTTRAININGJOBREQUEST_HYPERPARAMETERSENTRY']._serialized_start=1160
+  _globals['_STARTTRAININGJOBREQUEST_HYPERPARAMETERSENTRY']._serialized_end=1214
+  _globals['_STARTTRAININGJOBRESPONSE']._serialized_start=1216
+  _globals['_STARTTRAININGJOBRESPONSE']._serialized_end=1282
+  _globals['_GETTRAININGSTATUSREQUEST']._serialized_start=1284
+  _globals['_GETTRAININGSTATUSREQUEST']._serialized_end=1328
+  _globals['_GETTRAININGSTATUSRESPONSE']._serialized_start=1331
+  _globals['_GETTRAININGSTATUSRESPONSE']._serialized_end=1563
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1565
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1608
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=1611
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1809
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1811
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1855
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1857
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1924
+  _globals['_STOPTRAININGJOBREQUEST']._serialized_start=1926
+  _globals['_STOPTRAININGJOBREQUEST']._serialized_end=1968
+  _globals['_STOPTRAININGJOBRESPONSE']._serialized_start=1970
+  _globals['_STOPTRAININGJOBRESPONSE']._serialized_end=2035
+  _globals['_DEPLOYREQUEST']._serialized_start=2037
+  _globals['_DEPLOYREQUEST']._serialized_end=2135
+  _globals['_DEPLOYRESPONSE']._serialized_start=2138
+  _globals['_DEPLOYRESPONSE']._serialized_end=2302
+  _globals['_GETENDPOINTSTATUSREQUEST']._serialized_start=2304
+  _globals['_GETENDPOINTSTATUSREQUEST']._serialized_end=2330
+  _globals['_GETENDPOINTSTATUSRESPONSE']._serialized_start=2333
+  _globals['_GETENDPOINTSTATUSRESPONSE']._serialized_end=2570
+  _globals['_MODELINITSERVICE']._serialized_start=2573
+  _globals['_MODELINITSERVICE']._serialized_end=3626
 # @@protoc_insertion_point(module_scope)

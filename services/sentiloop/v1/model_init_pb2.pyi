@@ -184,6 +184,9 @@ class BootstrapResponse(_message.Message):
     JOB_NAME_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     AUTO_DEPLOY_FIELD_NUMBER: _builtins.int
+    TRAINING_JOB_NAME_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TIME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """A human-readable summary."""
     job_name: _builtins.str
@@ -192,6 +195,12 @@ class BootstrapResponse(_message.Message):
     """The job's status."""
     auto_deploy: _builtins.bool
     """Whether the model is deployed when the job completes."""
+    training_job_name: _builtins.str
+    """The started job's name (the same as `job_name`; the original REST API's field)."""
+    estimated_time: _builtins.str
+    """How long training should take, in words, e.g. "3-6 minutes"."""
+    note: _builtins.str
+    """What happens next, in words: where to follow the job and whether it deploys itself."""
     def __init__(
         self,
         *,
@@ -199,10 +208,13 @@ class BootstrapResponse(_message.Message):
         job_name: _builtins.str = ...,
         status: _builtins.str = ...,
         auto_deploy: _builtins.bool = ...,
+        training_job_name: _builtins.str = ...,
+        estimated_time: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "job_name", b"job_name", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "estimated_time", b"estimated_time", "job_name", b"job_name", "message", b"message", "note", b"note", "status", b"status", "training_job_name", b"training_job_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,23 +350,47 @@ Global___GetTrainingStatusRequest: _TypeAlias = GetTrainingStatusRequest  # noqa
 
 @_typing.final
 class GetTrainingStatusResponse(_message.Message):
-    """A job's state."""
+    """A job's state: the whole job in `job`, and the original REST API's fields at the top level."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    JOB_NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATION_TIME_FIELD_NUMBER: _builtins.int
+    TRAINING_END_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    job_name: _builtins.str
+    """The job's name."""
+    status: _builtins.str
+    """"InProgress", "Completed", "Failed", "Stopping" or "Stopped"."""
+    model_artifacts: _builtins.str
+    """Where the trained model artifact is ("" until the job completes)."""
     @_builtins.property
     def job(self) -> Global___TrainingJob:
         """The job."""
+
+    @_builtins.property
+    def creation_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job was created."""
+
+    @_builtins.property
+    def training_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job ended (unset while it runs)."""
 
     def __init__(
         self,
         *,
         job: Global___TrainingJob | None = ...,
+        job_name: _builtins.str = ...,
+        status: _builtins.str = ...,
+        creation_time: _timestamp_pb2.Timestamp | None = ...,
+        training_end_time: _timestamp_pb2.Timestamp | None = ...,
+        model_artifacts: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "job", b"job", "training_end_time", b"training_end_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "job", b"job", "job_name", b"job_name", "model_artifacts", b"model_artifacts", "status", b"status", "training_end_time", b"training_end_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -559,22 +595,41 @@ class DeployResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ENDPOINT_STATUS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TIME_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """A human-readable summary."""
     model_version: _builtins.str
     """The version registered and served."""
     endpoint_status: _builtins.str
     """The endpoint's status after the deploy."""
+    endpoint_name: _builtins.str
+    """The endpoint that serves the version."""
+    model_name: _builtins.str
+    """The name of the deployed model (the SageMaker model, or the version served in-process)."""
+    status: _builtins.str
+    """The endpoint's status after the deploy, under the original REST API's name (the same
+    as `endpoint_status`: "InService", "Creating", "Updating" or "Failed"; "" with
+    `register_only`).
+    """
+    estimated_time: _builtins.str
+    """How long until the endpoint serves the version, in words ("ready now" once it does)."""
     def __init__(
         self,
         *,
         message: _builtins.str = ...,
         model_version: _builtins.str = ...,
         endpoint_status: _builtins.str = ...,
+        endpoint_name: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        status: _builtins.str = ...,
+        estimated_time: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_status", b"endpoint_status", "message", b"message", "model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "endpoint_status", b"endpoint_status", "estimated_time", b"estimated_time", "message", b"message", "model_name", b"model_name", "model_version", b"model_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,6 +663,8 @@ class GetEndpointStatusResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    CREATION_TIME_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIED_TIME_FIELD_NUMBER: _builtins.int
     endpoint_name: _builtins.str
     """The endpoint's name."""
     status: _builtins.str
@@ -618,6 +675,14 @@ class GetEndpointStatusResponse(_message.Message):
     """The serving backend: "local" or "sagemaker"."""
     failure_reason: _builtins.str
     """Why the endpoint failed, when it did."""
+    @_builtins.property
+    def creation_time(self) -> _timestamp_pb2.Timestamp:
+        """When the endpoint was created (unset while none is deployed)."""
+
+    @_builtins.property
+    def last_modified_time(self) -> _timestamp_pb2.Timestamp:
+        """When the endpoint last changed the version it serves (unset while none is deployed)."""
+
     def __init__(
         self,
         *,
@@ -626,10 +691,12 @@ class GetEndpointStatusResponse(_message.Message):
         model_version: _builtins.str = ...,
         backend: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
+        creation_time: _timestamp_pb2.Timestamp | None = ...,
+        last_modified_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "last_modified_time", b"last_modified_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "endpoint_name", b"endpoint_name", "failure_reason", b"failure_reason", "model_version", b"model_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "creation_time", b"creation_time", "endpoint_name", b"endpoint_name", "failure_reason", b"failure_reason", "last_modified_time", b"last_modified_time", "model_version", b"model_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
