@@ -25,8 +25,16 @@ def normalize_label(value: str) -> str | None:
     return label if label in LABELS else None
 
 
+def quoted(value: str, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: a long one shortened, so the message
+    still says what is wrong."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 def label_problem(value: str) -> str:
-    return f"{value!r} is not a label; use one of {', '.join(LABELS)}"
+    return f"{quoted(value)} is not a label; use one of {', '.join(LABELS)}"
 
 
 MAX_PAGE_SIZE = 1000

@@ -16,7 +16,7 @@ from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
-from sentiloop.core.validation import check_text
+from sentiloop.core.validation import check_text, quoted
 
 PREDICTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -112,7 +112,7 @@ class PredictionLog:
                 "SELECT * FROM predictions WHERE id = ?", (prediction_id,)
             ).fetchone()
         if row is None:
-            raise NotFound(f"prediction {prediction_id!r} does not exist")
+            raise NotFound(f"prediction {quoted(prediction_id)} does not exist")
         return Prediction(
             id=row["id"],
             text=row["text"],

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, SentiloopError
+from sentiloop.core.validation import quoted
 from sentiloop.model_init.backends import TrainingBackend, TrainingEvent
 from sentiloop.model_init.jobs import (
     COMPLETED,
@@ -31,7 +32,7 @@ PRESETS = ("minilm", "tiny")
 
 def check_preset(preset: str) -> str:
     if preset and preset not in PRESETS:
-        raise InvalidArgument({"preset": f"{preset!r} is not one of {', '.join(PRESETS)}"})
+        raise InvalidArgument({"preset": f"{quoted(preset)} is not one of {', '.join(PRESETS)}"})
     return preset
 
 

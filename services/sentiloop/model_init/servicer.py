@@ -16,7 +16,7 @@ from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.validation import page_size
+from sentiloop.core.validation import page_size, quoted
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend, TrainingBackend
 from sentiloop.model_init.datasets import ensure_dataset
@@ -98,12 +98,12 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
         hyperparameters["preset"] = preset
         problems = {}
         if request.source not in ("bootstrap", "retraining"):
-            problems["source"] = f"{request.source!r} is not one of bootstrap, retraining"
+            problems["source"] = f"{quoted(request.source)} is not one of bootstrap, retraining"
         if not {"train", "validation"} <= set(request.channels):
             problems["channels"] = "must name at least the train and validation channels"
         for name, prefix in request.channels.items():
             if not prefix or ".." in prefix.split("/") or prefix.startswith("/"):
-                problems[f"channels[{name}]"] = f"{prefix!r} is not an object-store prefix"
+                problems[f"channels[{name}]"] = f"{quoted(prefix)} is not an object-store prefix"
         if problems:
             raise InvalidArgument(problems)
         job = await self._model_init.start_training(

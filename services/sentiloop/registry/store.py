@@ -12,7 +12,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from sentiloop.core.validation import decimal
+from sentiloop.core.validation import decimal, quoted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -101,7 +101,7 @@ class ModelRegistry:
         if not new.path.strip():
             problems["path"] = "is required"
         if new.source not in SOURCES:
-            problems["source"] = f"{new.source!r} is not one of {', '.join(SOURCES)}"
+            problems["source"] = f"{quoted(new.source)} is not one of {', '.join(SOURCES)}"
         if problems:
             raise InvalidArgument(problems)
         with self._lock:
@@ -207,10 +207,10 @@ class ModelRegistry:
             version = active
         number = decimal(version[1:]) if version.startswith("v") else None
         if number is None:
-            raise InvalidArgument({"version": f"{version!r} is not a version name like 'v3'"})
+            raise InvalidArgument({"version": f"{quoted(version)} is not a version name like 'v3'"})
         row = self._db.execute("SELECT * FROM versions WHERE number = ?", (number,)).fetchone()
         if row is None:
-            raise NotFound(f"model version {version!r} does not exist")
+            raise NotFound(f"model version {quoted(version)} does not exist")
         return self._from_row(row, active)
 
     def _from_row(self, row: sqlite3.Row, active: str) -> ModelVersion:

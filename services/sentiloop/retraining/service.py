@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
+from sentiloop.core.validation import quoted
 from sentiloop.evaluation.scoring import Comparison
 from sentiloop.model_init.datasets import StoredDataset
 from sentiloop.retraining.gate import DEFAULT_TOLERANCE, Decision, decide
@@ -92,7 +93,8 @@ class Retrainer:
     ) -> Outcome:
         recipe = recipe or "default"
         if recipe not in RECIPES:
-            raise InvalidArgument({"recipe": f"{recipe!r} is not one of {', '.join(RECIPES)}"})
+            choices = ", ".join(RECIPES)
+            raise InvalidArgument({"recipe": f"{quoted(recipe)} is not one of {choices}"})
         seed = seed or 13
         total = await self._mesh.feedback_total()
         if total < MIN_FEEDBACK:
