@@ -46,6 +46,16 @@ CASES = [
     ("POST", "/models/rollback", "{}", 400, "no earlier model version"),
     ("GET", "/models/latest", None, 400, "is not a version name"),
     ("POST", "/model-init/bootstrap", '{"preset": "huge"}', 400, "'huge' is not one of"),
+    # Found by fuzzing: bytes that are not UTF-8 in a path parameter were a 500 quoting
+    # the decoder's exception; a 70,000-character version a 503 quoting grpc's transport
+    # error; a digit int() refuses ('²') a 500.
+    ("GET", "/models/%ED%A0%80", None, 400, "a string field is not valid UTF-8"),
+    ("GET", "/model-init/status/%ED%A0%80", None, 400, "a string field is not valid UTF-8"),
+    ("GET", "/predictions/%ED%A0%80", None, 400, "a string field is not valid UTF-8"),
+    ("POST", "/evaluate", f'{{"model_version": "{"x" * 70000}"}}', 400, "is not a version name"),
+    ("GET", "/models/v%C2%B2", None, 400, "is not a version name"),
+    ("GET", "/feedback?page_token=%C2%B2", None, 400, "page_token"),
+    ("GET", "/feedback?page_token=99999999999999999999999", None, 400, "page_token"),
 ]
 
 

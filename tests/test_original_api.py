@@ -421,3 +421,29 @@ def test_docs_render_a_swagger_ui(mesh: RunningMesh) -> None:
     assert "opblock" in dom, dom[:2000]
     for path in ("/predict", "/feedback", "/model-init/endpoint-status"):
         assert f'data-path="{path}"' in dom, path
+
+
+def test_grpc_clients_see_the_same_top_level_fields(mesh: RunningMesh) -> None:
+    import grpc
+
+    from sentiloop.v1 import feedback_pb2, feedback_pb2_grpc, model_init_pb2, model_init_pb2_grpc
+
+    with grpc.insecure_channel(mesh.envoy_address) as channel:
+        feedback = feedback_pb2_grpc.FeedbackServiceStub(channel).SubmitFeedback(
+            feedback_pb2.SubmitFeedbackRequest(text="Works fine", user_label="positive"),
+            timeout=10,
+        )
+        assert feedback.id == feedback.feedback.id > 0
+        model_init = model_init_pb2_grpc.ModelInitServiceStub(channel)
+        job = model_init.ListTrainingJobs(model_init_pb2.ListTrainingJobsRequest(), timeout=10)
+        status = model_init.GetTrainingStatus(
+            model_init_pb2.GetTrainingStatusRequest(job_name=job.jobs[-1].job_name), timeout=10
+        )
+        assert (status.job_name, status.status) == (status.job.job_name, status.job.status)
+        assert status.model_artifacts == status.job.model_artifacts != ""
+        assert status.training_end_time == status.job.end_time
+        assert status.creation_time == status.job.creation_time
+        endpoint = model_init.GetEndpointStatus(
+            model_init_pb2.GetEndpointStatusRequest(), timeout=10
+        )
+        assert endpoint.HasField("creation_time") and endpoint.HasField("last_modified_time")
