@@ -248,6 +248,7 @@ def run_mesh(
     elapsed = time.monotonic() - started
     mesh.echo(f"Sentiloop is up in {elapsed:.1f}s")
     mesh.echo(f"  JSON and gRPC via Envoy: {mesh.url}   (health: {mesh.url}/health)")
+    mesh.echo(f"  API docs (Swagger UI):   {mesh.url}/docs")
     for name in SERVICES:
         mesh.echo(f"  {name:<13} gRPC {settings.address(name)}")
     mesh.echo(f"  Envoy admin: http://127.0.0.1:{settings.envoy_admin_port}   logs: {mesh.log_dir}")
