@@ -3,13 +3,13 @@ them, evaluation, retraining with the promotion gate, events, automatic triggeri
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -239,12 +239,17 @@ def test_feedback_citing_an_id_with_other_text_is_refused(
     assert "differs from the text of the cited prediction" in response.text
 
 
+COOLDOWN_SECONDS = 40
+
+
 @pytest.fixture(scope="module")
 def auto_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     env = TINY | {
         "SENTILOOP_RETRAIN_AUTO": "true",
         "SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK": "12",
-        "SENTILOOP_RETRAIN_COOLDOWN_SECONDS": "25",
+        "SENTILOOP_RETRAIN_COOLDOWN_SECONDS": str(COOLDOWN_SECONDS),
+        "SENTILOOP_RETRAIN_QUIET_SECONDS": "2",
+        "SENTILOOP_RETRAIN_MAX_WAIT_SECONDS": "30",
         "SENTILOOP_RETRAIN_POLL_SECONDS": "0.5",
     }
     running = start_mesh(tmp_path_factory.mktemp("auto"), extra_env=env)
@@ -253,33 +258,63 @@ def auto_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]
 
 
 def automatic_runs(client: httpx.Client) -> list[dict[str, Any]]:
+    """The policy's runs, oldest first."""
     events = client.get("/events", params={"type_prefix": "retraining.triggered"}).json()["events"]
-    return [e for e in events if e["attributes"]["trigger"] == "policy"]
+    runs = [e for e in events if e["attributes"]["trigger"] == "policy"]
+    return sorted(runs, key=lambda event: int(event["id"]))
 
 
-def test_the_policy_fires_once_per_threshold_respects_cooldown_and_survives_restarts(
-    auto_mesh: RunningMesh,
-) -> None:
+def started_at(run: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(run["created_at"].replace("Z", "+00:00"))
+
+
+def policy(client: httpx.Client) -> dict[str, Any]:
+    answer: dict[str, Any] = client.get("/retrain/policy").json()
+    return answer
+
+
+def test_a_burst_is_one_run_and_a_backlog_skips_the_cooldown(auto_mesh: RunningMesh) -> None:
     with httpx.Client(base_url=auto_mesh.url, timeout=600) as client:
         bootstrap(client)
         give_feedback(client, 10, "first")
         time.sleep(2)
         assert automatic_runs(client) == []
-        # Two clients cross the threshold at the same moment.
+        assert policy(client)["state"] == "collecting"
+        # Two clients cross the threshold together: the labels are still arriving, so
+        # the policy waits for the burst to settle, then runs once on all of it.
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda tag: give_feedback(client, 2, tag), ["a", "b"]))
+            list(pool.map(lambda tag: give_feedback(client, 3, tag), ["a", "b"]))
+        waiting = policy(client)
+        assert waiting["state"] == "settling", waiting
+        assert waiting["new_feedback_since_last_run"] == 16 and waiting["next_run_time"]
         wait_for(lambda: len(automatic_runs(client)) == 1, 30)
-        first_run = automatic_runs(client)[0]
-        assert json.loads(json.dumps(first_run["attributes"]))["feedback_total"] >= 12
-        # Past the threshold again, but within the cooldown: no second run.
+        (first_run,) = automatic_runs(client)
+        assert first_run["attributes"]["feedback_total"] == 16
+        wait_for(lambda: policy(client)["state"] != "running", 120)
+        # Past the threshold again after the run ended, within the cooldown: it waits.
         give_feedback(client, 12, "second")
         time.sleep(3)
         assert len(automatic_runs(client)) == 1
-        # Restart the retraining service: the count comes from the stores, so once the
-        # cooldown is over the policy fires again.
+        cooling = policy(client)
+        assert cooling["state"] == "cooling_down", cooling
+        # Restart the retraining service: the counts and times come from the stores, so
+        # once the cooldown is over the policy fires again.
         os.kill(auto_mesh.pid("retraining"), signal.SIGTERM)
         auto_mesh.wait_for_health(503, timeout=10)
         auto_mesh.wait_for_health(200, timeout=60)
-        wait_for(lambda: len(automatic_runs(client)) == 2, 90, interval=0.5)
-        policy = client.get("/retrain/policy").json()
-        assert policy["enabled"] is True and policy["min_new_feedback"] == 12
+        wait_for(lambda: len(automatic_runs(client)) == 2, COOLDOWN_SECONDS + 60, interval=0.5)
+        second_run = automatic_runs(client)[-1]
+        assert started_at(second_run) - started_at(first_run) >= timedelta(
+            seconds=COOLDOWN_SECONDS
+        )
+        # Labels that arrive while a run trains wait for it, not for the cooldown.
+        assert policy(client)["state"] == "running"
+        give_feedback(client, 12, "third")
+        wait_for(lambda: len(automatic_runs(client)) == 3, 180, interval=0.5)
+        third_run = automatic_runs(client)[-1]
+        assert started_at(third_run) - started_at(second_run) < timedelta(
+            seconds=COOLDOWN_SECONDS
+        )
+        assert third_run["attributes"]["feedback_total"] == 16 + 12 + 12
+        final = policy(client)
+        assert final["enabled"] is True and final["min_new_feedback"] == 12

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
+from sentiloop.core.convert import timestamp
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
@@ -127,13 +128,16 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
     async def GetFeedbackStats(
         self, request: pb.GetFeedbackStatsRequest, context: Context
     ) -> pb.GetFeedbackStatsResponse:
-        stats = await asyncio.to_thread(self._store.stats)
+        stats = await asyncio.to_thread(self._store.stats, request.after_count)
         return pb.GetFeedbackStatsResponse(
             total=stats.total,
             by_label=stats.by_label,
             disagreements=stats.disagreements,
             with_model_prediction=stats.with_model_prediction,
             latest_id=stats.latest_id,
+            new_count=stats.new_count,
+            first_new_time=timestamp(stats.first_new_at),
+            latest_time=timestamp(stats.latest_at),
         )
 
 

@@ -45,6 +45,9 @@ class FeedbackStats:
     disagreements: int
     with_model_prediction: int
     latest_id: int
+    new_count: int = 0
+    first_new_at: datetime | None = None
+    latest_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,18 @@ class FeedbackStore:
         content = "".join(line + "\n" for line in lines).encode()
         return content, len(records), records[-1].id if records else 0
 
-    def stats(self) -> FeedbackStats:
+    def stats(self, after_count: int = 0) -> FeedbackStats:
+        """Counts, and what came after the first ``after_count`` records (by position:
+        records are never deleted, so a count is a point in the store's history)."""
+        if after_count < 0:
+            raise InvalidArgument({"after_count": "must not be negative"})
         with self._lock:
+            first_new = self._db.execute(
+                "SELECT created_at FROM feedback ORDER BY id LIMIT 1 OFFSET ?", (after_count,)
+            ).fetchone()
+            latest = self._db.execute(
+                "SELECT created_at FROM feedback ORDER BY id DESC LIMIT 1"
+            ).fetchone()
             by_label = {
                 row["user_label"]: row["n"]
                 for row in self._db.execute(
@@ -173,6 +186,9 @@ class FeedbackStore:
             disagreements=row["disagreements"],
             with_model_prediction=row["with_prediction"],
             latest_id=row["latest_id"],
+            new_count=max(0, row["total"] - after_count),
+            first_new_at=datetime.fromisoformat(first_new[0]) if first_new else None,
+            latest_at=datetime.fromisoformat(latest[0]) if latest else None,
         )
 
 

@@ -44,6 +44,7 @@ class Run:
     seed: int
     force: bool
     started_at: datetime
+    ended_at: datetime | None
     result: dict[str, Any]
 
 
@@ -132,5 +133,6 @@ def _from_row(row: sqlite3.Row) -> Run:
         seed=row["seed"],
         force=bool(row["force"]),
         started_at=datetime.fromisoformat(row["started_at"]),
+        ended_at=datetime.fromisoformat(row["ended_at"]) if row["ended_at"] else None,
         result=json.loads(row["result"]),
     )

@@ -17,6 +17,14 @@ from sentiloop.model_init.datasets import StoredDataset
 from sentiloop.retraining.gate import DEFAULT_TOLERANCE, Decision, decide
 from sentiloop.retraining.runs import Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot
+from sentiloop.retraining.trigger import (
+    READY,
+    LastRun,
+    Pending,
+    TriggerRules,
+    TriggerState,
+    trigger_state,
+)
 
 log = logging.getLogger("sentiloop.retraining")
 
@@ -29,6 +37,9 @@ class Policy:
     enabled: bool
     min_new_feedback: int
     cooldown_seconds: int
+    # A burst of labels is snapshotted once it has settled (see retraining.trigger).
+    quiet_seconds: float = 60.0
+    max_wait_seconds: float = 600.0
     holdout_fraction: float = 0.2
     tolerance: float = DEFAULT_TOLERANCE
     preset: str = "minilm"
@@ -48,8 +59,14 @@ class JobResult:
     validation_accuracy: float
 
 
+@dataclass(frozen=True)
+class FeedbackCounts:
+    total: int
+    pending: Pending  # what came after the count asked about
+
+
 class MeshPort(Protocol):
-    async def feedback_total(self) -> int: ...
+    async def feedback_counts(self, after_count: int = 0) -> FeedbackCounts: ...
     async def export_feedback(self) -> bytes: ...
     async def active_model(self) -> tuple[str, str] | None: ...
     async def base_dataset(self) -> StoredDataset: ...
@@ -96,7 +113,7 @@ class Retrainer:
             choices = ", ".join(RECIPES)
             raise InvalidArgument({"recipe": f"{quoted(recipe)} is not one of {choices}"})
         seed = seed or 13
-        total = await self._mesh.feedback_total()
+        total = (await self._mesh.feedback_counts()).total
         if total < MIN_FEEDBACK:
             raise FailedPrecondition(
                 f"retraining needs at least {MIN_FEEDBACK} labelled feedback samples;"
@@ -228,24 +245,35 @@ class Retrainer:
 
     # ---- the automatic policy
 
-    async def new_feedback_since_last_run(self) -> int:
-        total = await self._mesh.feedback_total()
+    async def trigger(self) -> tuple[TriggerState, Pending]:
+        """What the policy would do now, and the labels it counts (from the stores)."""
         last = await asyncio.to_thread(self._runs.last)
-        return total - (last.feedback_total if last else 0)
+        counts = await self._mesh.feedback_counts(last.feedback_total if last else 0)
+        running = await asyncio.to_thread(self._runs.running)
+        last_auto = await asyncio.to_thread(self._runs.last_automatic)
+        policy = self.policy
+        state = trigger_state(
+            datetime.now(UTC),
+            TriggerRules(
+                policy.min_new_feedback,
+                policy.quiet_seconds,
+                policy.max_wait_seconds,
+                policy.cooldown_seconds,
+            ),
+            counts.pending,
+            enabled=policy.enabled,
+            running_job=running.job_name if running else None,
+            last_automatic=LastRun(last_auto.started_at, last_auto.ended_at) if last_auto else None,
+        )
+        return state, counts.pending
 
     async def check_policy(self) -> bool:
         """Starts a run when the policy says so; True when it did."""
         if not self.policy.enabled:
             return False
-        if await asyncio.to_thread(self._runs.running) is not None:
+        state, _ = await self.trigger()
+        if state.state != READY:
             return False
-        if await self.new_feedback_since_last_run() < self.policy.min_new_feedback:
-            return False
-        last_auto = await asyncio.to_thread(self._runs.last_automatic)
-        if last_auto is not None:
-            elapsed = (datetime.now(UTC) - last_auto.started_at).total_seconds()
-            if elapsed < self.policy.cooldown_seconds:
-                return False
         try:
             await self.retrain(trigger="policy", wait=False)
         except Exception as error:

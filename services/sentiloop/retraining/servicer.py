@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings, env_flag, env_float, env_int
-from sentiloop.core.convert import list_value
+from sentiloop.core.convert import list_value, timestamp
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
@@ -19,8 +20,9 @@ from sentiloop.evaluation.scoring import Comparison
 from sentiloop.model_init.datasets import StoredDataset, ensure_dataset
 from sentiloop.notification.notify import Notifier
 from sentiloop.retraining.runs import RunStore
-from sentiloop.retraining.service import JobResult, Outcome, Policy, Retrainer
+from sentiloop.retraining.service import FeedbackCounts, JobResult, Outcome, Policy, Retrainer
 from sentiloop.retraining.snapshot import Snapshot, build_snapshot
+from sentiloop.retraining.trigger import Pending
 from sentiloop.v1 import (
     common_pb2,
     evaluation_pb2,
@@ -32,6 +34,10 @@ from sentiloop.v1 import retraining_pb2 as pb
 from sentiloop.v1 import retraining_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
 
 
 def _comparison(message: common_pb2.ModelComparison) -> Comparison:
@@ -50,14 +56,21 @@ class GrpcMesh:
         self._store = store
         self.notify = Notifier(clients).emit
 
-    async def feedback_total(self) -> int:
+    async def feedback_counts(self, after_count: int = 0) -> FeedbackCounts:
         try:
             stats = await self._clients.feedback.GetFeedbackStats(
-                feedback_pb2.GetFeedbackStatsRequest(), timeout=10
+                feedback_pb2.GetFeedbackStatsRequest(after_count=after_count), timeout=10
             )
         except grpc.aio.AioRpcError as error:
             raise mesh_error("feedback", error) from error
-        return int(stats.total)
+        return FeedbackCounts(
+            total=int(stats.total),
+            pending=Pending(
+                count=int(stats.new_count),
+                first_at=_time(stats, "first_new_time"),
+                latest_at=_time(stats, "latest_time"),
+            ),
+        )
 
     async def export_feedback(self) -> bytes:
         try:
@@ -202,12 +215,20 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
         self, request: pb.GetPolicyRequest, context: Context
     ) -> pb.GetPolicyResponse:
         policy = self._retrainer.policy
+        state, pending = await self._retrainer.trigger()
         return pb.GetPolicyResponse(
             enabled=policy.enabled,
             min_new_feedback=policy.min_new_feedback,
             cooldown_seconds=policy.cooldown_seconds,
-            new_feedback_since_last_run=await self._retrainer.new_feedback_since_last_run(),
+            new_feedback_since_last_run=pending.count,
             running_job_name=await self._retrainer.running_job(),
+            state=state.state,
+            reason=state.reason,
+            next_run_time=timestamp(state.next_run_at),
+            quiet_seconds=round(policy.quiet_seconds),
+            max_wait_seconds=round(policy.max_wait_seconds),
+            first_pending_time=timestamp(pending.first_at),
+            latest_label_time=timestamp(pending.latest_at),
         )
 
 
@@ -216,6 +237,8 @@ def load_policy(settings: Settings) -> Policy:
         enabled=env_flag("SENTILOOP_RETRAIN_AUTO", False),
         min_new_feedback=env_int("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", 50),
         cooldown_seconds=env_int("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", 600),
+        quiet_seconds=env_float("SENTILOOP_RETRAIN_QUIET_SECONDS", Policy.quiet_seconds),
+        max_wait_seconds=env_float("SENTILOOP_RETRAIN_MAX_WAIT_SECONDS", Policy.max_wait_seconds),
         holdout_fraction=env_float("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
         tolerance=env_float("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
         preset=settings.default_preset,

@@ -271,12 +271,19 @@ class GetFeedbackStatsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    AFTER_COUNT_FIELD_NUMBER: _builtins.int
+    after_count: _builtins.int
+    """Count as new the records after the first `after_count` stored (oldest first): the
+    retraining policy passes the count its last run consumed.
+    """
     def __init__(
         self,
+        *,
+        after_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_count", b"after_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,6 +320,9 @@ class GetFeedbackStatsResponse(_message.Message):
     DISAGREEMENTS_FIELD_NUMBER: _builtins.int
     WITH_MODEL_PREDICTION_FIELD_NUMBER: _builtins.int
     LATEST_ID_FIELD_NUMBER: _builtins.int
+    NEW_COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_NEW_TIME_FIELD_NUMBER: _builtins.int
+    LATEST_TIME_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Number of stored records."""
     disagreements: _builtins.int
@@ -321,9 +331,19 @@ class GetFeedbackStatsResponse(_message.Message):
     """Records that carry the model's prediction."""
     latest_id: _builtins.int
     """The id of the newest record (0 when there is none)."""
+    new_count: _builtins.int
+    """Records stored after the first `after_count`."""
     @_builtins.property
     def by_label(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Number of records per user label."""
+
+    @_builtins.property
+    def first_new_time(self) -> _timestamp_pb2.Timestamp:
+        """When the first of those was stored (unset when there is none)."""
+
+    @_builtins.property
+    def latest_time(self) -> _timestamp_pb2.Timestamp:
+        """When the newest record was stored (unset when there is none)."""
 
     def __init__(
         self,
@@ -333,10 +353,13 @@ class GetFeedbackStatsResponse(_message.Message):
         disagreements: _builtins.int = ...,
         with_model_prediction: _builtins.int = ...,
         latest_id: _builtins.int = ...,
+        new_count: _builtins.int = ...,
+        first_new_time: _timestamp_pb2.Timestamp | None = ...,
+        latest_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_new_time", b"first_new_time", "latest_time", b"latest_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_label", b"by_label", "disagreements", b"disagreements", "latest_id", b"latest_id", "total", b"total", "with_model_prediction", b"with_model_prediction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_label", b"by_label", "disagreements", b"disagreements", "first_new_time", b"first_new_time", "latest_id", b"latest_id", "latest_time", b"latest_time", "new_count", b"new_count", "total", b"total", "with_model_prediction", b"with_model_prediction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from sentiloop.v1 import common_pb2 as sentiloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/retraining.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19sentiloop/v1/common.proto\"c\n\x0eRetrainRequest\x12\x1a\n\x12return_immediately\x18\x01 \x01(\x08\x12\x17\n\x0f\x66orce_promotion\x18\x02 \x01(\x08\x12\x0e\n\x06recipe\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x05\"\xb5\x02\n\x0fRetrainResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x19\n\x11training_job_name\x18\x02 \x01(\t\x12\x15\n\rtest_accuracy\x18\x03 \x01(\x01\x12\x1b\n\x13validation_accuracy\x18\x04 \x01(\x01\x12\x34\n\x10\x63onfusion_matrix\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x1f\n\x17\x63onfusion_matrix_labels\x18\x06 \x03(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x10\n\x08promoted\x18\x08 \x01(\x08\x12(\n\x04gate\x18\t \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\x12\x18\n\x10\x66\x65\x65\x64\x62\x61\x63k_samples\x18\n \x01(\x05\"\x12\n\x10GetPolicyRequest\"\x97\x01\n\x11GetPolicyResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10min_new_feedback\x18\x02 \x01(\x05\x12\x18\n\x10\x63ooldown_seconds\x18\x03 \x01(\x05\x12#\n\x1bnew_feedback_since_last_run\x18\x04 \x01(\x05\x12\x18\n\x10running_job_name\x18\x05 \x01(\t2\xd7\x01\n\x11RetrainingService\x12[\n\x07Retrain\x12\x1c.sentiloop.v1.RetrainRequest\x1a\x1d.sentiloop.v1.RetrainResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/retrain:\x01*\x12\x65\n\tGetPolicy\x12\x1e.sentiloop.v1.GetPolicyRequest\x1a\x1f.sentiloop.v1.GetPolicyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/retrain/policyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/retraining.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19sentiloop/v1/common.proto\"c\n\x0eRetrainRequest\x12\x1a\n\x12return_immediately\x18\x01 \x01(\x08\x12\x17\n\x0f\x66orce_promotion\x18\x02 \x01(\x08\x12\x0e\n\x06recipe\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x05\"\xb5\x02\n\x0fRetrainResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x19\n\x11training_job_name\x18\x02 \x01(\t\x12\x15\n\rtest_accuracy\x18\x03 \x01(\x01\x12\x1b\n\x13validation_accuracy\x18\x04 \x01(\x01\x12\x34\n\x10\x63onfusion_matrix\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x1f\n\x17\x63onfusion_matrix_labels\x18\x06 \x03(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x10\n\x08promoted\x18\x08 \x01(\x08\x12(\n\x04gate\x18\t \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\x12\x18\n\x10\x66\x65\x65\x64\x62\x61\x63k_samples\x18\n \x01(\x05\"\x12\n\x10GetPolicyRequest\"\x89\x03\n\x11GetPolicyResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10min_new_feedback\x18\x02 \x01(\x05\x12\x18\n\x10\x63ooldown_seconds\x18\x03 \x01(\x05\x12#\n\x1bnew_feedback_since_last_run\x18\x04 \x01(\x05\x12\x18\n\x10running_job_name\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x31\n\rnext_run_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rquiet_seconds\x18\t \x01(\x05\x12\x18\n\x10max_wait_seconds\x18\n \x01(\x05\x12\x36\n\x12\x66irst_pending_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11latest_label_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd7\x01\n\x11RetrainingService\x12[\n\x07Retrain\x12\x1c.sentiloop.v1.RetrainRequest\x1a\x1d.sentiloop.v1.RetrainResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/retrain:\x01*\x12\x65\n\tGetPolicy\x12\x1e.sentiloop.v1.GetPolicyRequest\x1a\x1f.sentiloop.v1.GetPolicyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/retrain/policyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,14 +39,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRAININGSERVICE'].methods_by_name['Retrain']._serialized_options = b'\202\323\344\223\002\r\"\010/retrain:\001*'
   _globals['_RETRAININGSERVICE'].methods_by_name['GetPolicy']._loaded_options = None
   _globals['_RETRAININGSERVICE'].methods_by_name['GetPolicy']._serialized_options = b'\202\323\344\223\002\021\022\017/retrain/policy'
-  _globals['_RETRAINREQUEST']._serialized_start=134
-  _globals['_RETRAINREQUEST']._serialized_end=233
-  _globals['_RETRAINRESPONSE']._serialized_start=236
-  _globals['_RETRAINRESPONSE']._serialized_end=545
-  _globals['_GETPOLICYREQUEST']._serialized_start=547
-  _globals['_GETPOLICYREQUEST']._serialized_end=565
-  _globals['_GETPOLICYRESPONSE']._serialized_start=568
-  _globals['_GETPOLICYRESPONSE']._serialized_end=719
-  _globals['_RETRAININGSERVICE']._serialized_start=722
-  _globals['_RETRAININGSERVICE']._serialized_end=937
+  _globals['_RETRAINREQUEST']._serialized_start=167
+  _globals['_RETRAINREQUEST']._serialized_end=266
+  _globals['_RETRAINRESPONSE']._serialized_start=269
+  _globals['_RETRAINRESPONSE']._serialized_end=578
+  _globals['_GETPOLICYREQUEST']._serialized_start=580
+  _globals['_GETPOLICYREQUEST']._serialized_end=598
+  _globals['_GETPOLICYRESPONSE']._serialized_start=601
+  _globals['_GETPOLICYRESPONSE']._serialized_end=994
+  _globals['_RETRAININGSERVICE']._serialized_start=997
+  _globals['_RETRAININGSERVICE']._serialized_end=1212
 # @@protoc_insertion_point(module_scope)

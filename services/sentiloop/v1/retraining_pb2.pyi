@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sentiloop.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -152,6 +153,13 @@ class GetPolicyResponse(_message.Message):
     COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     NEW_FEEDBACK_SINCE_LAST_RUN_FIELD_NUMBER: _builtins.int
     RUNNING_JOB_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
+    QUIET_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_PENDING_TIME_FIELD_NUMBER: _builtins.int
+    LATEST_LABEL_TIME_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Whether retraining starts automatically."""
     min_new_feedback: _builtins.int
@@ -162,6 +170,29 @@ class GetPolicyResponse(_message.Message):
     """Labelled samples that arrived since the last run."""
     running_job_name: _builtins.str
     """The training job of the run in progress ("" when none)."""
+    state: _builtins.str
+    """What the policy is doing: "off", "running", "collecting" (fewer than
+    `min_new_feedback` new labels), "settling" (labels still arriving), "cooling_down"
+    or "ready".
+    """
+    reason: _builtins.str
+    """Why, in words."""
+    quiet_seconds: _builtins.int
+    """A burst is snapshotted after this many seconds without a new label..."""
+    max_wait_seconds: _builtins.int
+    """... or at the latest this many seconds after its first label."""
+    @_builtins.property
+    def next_run_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next automatic run starts, once that is known (unset otherwise)."""
+
+    @_builtins.property
+    def first_pending_time(self) -> _timestamp_pb2.Timestamp:
+        """When the first label since the last run arrived (unset when none)."""
+
+    @_builtins.property
+    def latest_label_time(self) -> _timestamp_pb2.Timestamp:
+        """When the newest label arrived (unset when none)."""
+
     def __init__(
         self,
         *,
@@ -170,10 +201,17 @@ class GetPolicyResponse(_message.Message):
         cooldown_seconds: _builtins.int = ...,
         new_feedback_since_last_run: _builtins.int = ...,
         running_job_name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        next_run_time: _timestamp_pb2.Timestamp | None = ...,
+        quiet_seconds: _builtins.int = ...,
+        max_wait_seconds: _builtins.int = ...,
+        first_pending_time: _timestamp_pb2.Timestamp | None = ...,
+        latest_label_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_pending_time", b"first_pending_time", "latest_label_time", b"latest_label_time", "next_run_time", b"next_run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run", "running_job_name", b"running_job_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "first_pending_time", b"first_pending_time", "latest_label_time", b"latest_label_time", "max_wait_seconds", b"max_wait_seconds", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run", "next_run_time", b"next_run_time", "quiet_seconds", b"quiet_seconds", "reason", b"reason", "running_job_name", b"running_job_name", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
