@@ -304,17 +304,13 @@ def test_a_burst_is_one_run_and_a_backlog_skips_the_cooldown(auto_mesh: RunningM
         auto_mesh.wait_for_health(200, timeout=60)
         wait_for(lambda: len(automatic_runs(client)) == 2, COOLDOWN_SECONDS + 60, interval=0.5)
         second_run = automatic_runs(client)[-1]
-        assert started_at(second_run) - started_at(first_run) >= timedelta(
-            seconds=COOLDOWN_SECONDS
-        )
+        assert started_at(second_run) - started_at(first_run) >= timedelta(seconds=COOLDOWN_SECONDS)
         # Labels that arrive while a run trains wait for it, not for the cooldown.
         assert policy(client)["state"] == "running"
         give_feedback(client, 12, "third")
         wait_for(lambda: len(automatic_runs(client)) == 3, 180, interval=0.5)
         third_run = automatic_runs(client)[-1]
-        assert started_at(third_run) - started_at(second_run) < timedelta(
-            seconds=COOLDOWN_SECONDS
-        )
+        assert started_at(third_run) - started_at(second_run) < timedelta(seconds=COOLDOWN_SECONDS)
         assert third_run["attributes"]["feedback_total"] == 16 + 12 + 12
         final = policy(client)
         assert final["enabled"] is True and final["min_new_feedback"] == 12
