@@ -56,6 +56,13 @@ CASES = [
     ("GET", "/models/v%C2%B2", None, 400, "is not a version name"),
     ("GET", "/feedback?page_token=%C2%B2", None, 400, "page_token"),
     ("GET", "/feedback?page_token=99999999999999999999999", None, 400, "page_token"),
+    (
+        "POST",
+        "/models",
+        '{"path": "/m.tar.gz", "test_metrics": {"confusion_matrix": [{"a": true}]}}',
+        400,
+        "confusion_matrix: must be a list of rows of whole, non-negative counts",
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sentiloop.core.errors import InvalidArgument
 from sentiloop.v1 import common_pb2
 
 
@@ -55,6 +56,23 @@ def metrics_to_proto(metrics: dict[str, Any] | None) -> common_pb2.Classificatio
     )
 
 
+def _confusion_matrix(matrix: struct_pb2.ListValue) -> list[list[int]]:
+    """A caller-sent confusion matrix: rows of whole, non-negative counts."""
+    rows = []
+    for row in matrix:
+        counts = [
+            int(x)
+            for x in (row if isinstance(row, struct_pb2.ListValue) else [])
+            if isinstance(x, float) and x.is_integer() and 0 <= x < 2**53
+        ]
+        if not isinstance(row, struct_pb2.ListValue) or len(counts) != len(row):
+            raise InvalidArgument(
+                {"confusion_matrix": "must be a list of rows of whole, non-negative counts"}
+            )
+        rows.append(counts)
+    return rows
+
+
 def metrics_from_proto(metrics: common_pb2.ClassificationMetrics) -> dict[str, Any]:
     if not metrics.ByteSize():
         return {}
@@ -70,10 +88,7 @@ def metrics_from_proto(metrics: common_pb2.ClassificationMetrics) -> dict[str, A
             }
             for c in metrics.per_class
         },
-        "confusion_matrix": [
-            [int(x) for x in row]  # type: ignore[union-attr, arg-type]
-            for row in metrics.confusion_matrix
-        ],
+        "confusion_matrix": _confusion_matrix(metrics.confusion_matrix),
         "confusion_matrix_labels": list(metrics.confusion_matrix_labels),
         "total_samples": metrics.total_samples,
         "correct_predictions": metrics.correct_predictions,
