@@ -239,7 +239,9 @@ def test_feedback_citing_an_id_with_other_text_is_refused(
     assert "differs from the text of the cited prediction" in response.text
 
 
-COOLDOWN_SECONDS = 40
+# Far longer than any run takes, even on a loaded machine: a run that starts inside it
+# was not held back by it.
+COOLDOWN_SECONDS = 300
 
 
 @pytest.fixture(scope="module")
@@ -290,27 +292,34 @@ def test_a_burst_is_one_run_and_a_backlog_skips_the_cooldown(auto_mesh: RunningM
         wait_for(lambda: len(automatic_runs(client)) == 1, 30)
         (first_run,) = automatic_runs(client)
         assert first_run["attributes"]["feedback_total"] == 16
-        wait_for(lambda: policy(client)["state"] != "running", 120)
-        # Past the threshold again after the run ended, within the cooldown: it waits.
+        wait_for(lambda: policy(client)["state"] != "running", 180)
+        # Past the threshold again after the run ended, within the cooldown: it waits,
+        # and a restart of the retraining service changes nothing (all from the stores).
         give_feedback(client, 12, "second")
         time.sleep(3)
         assert len(automatic_runs(client)) == 1
         cooling = policy(client)
         assert cooling["state"] == "cooling_down", cooling
-        # Restart the retraining service: the counts and times come from the stores, so
-        # once the cooldown is over the policy fires again.
         os.kill(auto_mesh.pid("retraining"), signal.SIGTERM)
         auto_mesh.wait_for_health(503, timeout=10)
         auto_mesh.wait_for_health(200, timeout=60)
-        wait_for(lambda: len(automatic_runs(client)) == 2, COOLDOWN_SECONDS + 60, interval=0.5)
-        second_run = automatic_runs(client)[-1]
-        assert started_at(second_run) - started_at(first_run) >= timedelta(seconds=COOLDOWN_SECONDS)
-        # Labels that arrive while a run trains wait for it, not for the cooldown.
-        assert policy(client)["state"] == "running"
+        # Envoy routes to the restarted process once its health check passes.
+        after_restart = wait_for(
+            lambda: (answer := client.get("/retrain/policy")).status_code == 200 and answer.json(),
+            30,
+        )
+        assert after_restart["state"] == "cooling_down", after_restart
+        assert after_restart["next_run_time"] == cooling["next_run_time"]
+        assert len(automatic_runs(client)) == 1
+        # An operator retrains by hand; labels that arrive while it trains are a backlog:
+        # the policy starts the next run as soon as it ends, inside the cooldown.
+        manual = client.post("/retrain", json={"return_immediately": True})
+        assert manual.status_code == 200, manual.text
+        wait_for(lambda: policy(client)["state"] == "running", 30)
         give_feedback(client, 12, "third")
-        wait_for(lambda: len(automatic_runs(client)) == 3, 180, interval=0.5)
-        third_run = automatic_runs(client)[-1]
-        assert started_at(third_run) - started_at(second_run) < timedelta(seconds=COOLDOWN_SECONDS)
-        assert third_run["attributes"]["feedback_total"] == 16 + 12 + 12
+        wait_for(lambda: len(automatic_runs(client)) == 2, 240, interval=0.5)
+        second_run = automatic_runs(client)[-1]
+        assert second_run["attributes"]["feedback_total"] == 16 + 12 + 12
+        assert started_at(second_run) - started_at(first_run) < timedelta(seconds=COOLDOWN_SECONDS)
         final = policy(client)
         assert final["enabled"] is True and final["min_new_feedback"] == 12

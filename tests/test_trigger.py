@@ -13,13 +13,14 @@ from sentiloop.retraining.trigger import (
     READY,
     RUNNING,
     SETTLING,
-    LastRun,
+    LastRuns,
     Pending,
     TriggerRules,
     trigger_state,
 )
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+NO_RUNS = LastRuns(automatic_started_at=None, any_ended_at=None)
 RULES = TriggerRules(
     min_new_feedback=50, quiet_seconds=60, max_wait_seconds=600, cooldown_seconds=600
 )
@@ -30,10 +31,10 @@ def ago(seconds: float) -> datetime:
 
 
 def state(
-    pending: Pending, last: LastRun | None = None, **kwargs: object
+    pending: Pending, last: LastRuns = NO_RUNS, **kwargs: object
 ) -> tuple[str, datetime | None]:
     options: dict[str, object] = {"enabled": True, "running_job": None} | kwargs
-    found = trigger_state(NOW, RULES, pending, last_automatic=last, **options)  # type: ignore[arg-type]
+    found = trigger_state(NOW, RULES, pending, last=last, **options)  # type: ignore[arg-type]
     assert found.reason
     return found.state, found.next_run_at
 
@@ -62,21 +63,24 @@ def test_a_steady_trickle_waits_at_most_the_maximum() -> None:
 
 
 def test_the_cooldown_holds_back_labels_that_came_after_the_last_run() -> None:
-    last = LastRun(started_at=ago(300), ended_at=ago(200))
+    last = LastRuns(automatic_started_at=ago(300), any_ended_at=ago(200))
     pending = Pending(60, ago(150), ago(100))
     assert state(pending, last) == (COOLING_DOWN, ago(300) + timedelta(seconds=600))
-    assert state(pending, LastRun(ago(601), ago(500)))[0] == READY
+    assert state(pending, LastRuns(ago(601), ago(500)))[0] == READY
 
 
 def test_a_backlog_left_by_the_last_run_does_not_wait_out_the_cooldown() -> None:
     # 309 labels arrived while the last run trained: they go as soon as they settled.
-    last = LastRun(started_at=ago(180), ended_at=ago(10))
+    last = LastRuns(automatic_started_at=ago(180), any_ended_at=ago(10))
     assert state(Pending(309, ago(170), ago(100)), last) == (READY, NOW)
     # ... and settle first when they are still arriving.
     assert state(Pending(309, ago(170), ago(5)), last) == (SETTLING, ago(5) + timedelta(seconds=60))
 
 
-def test_a_run_that_has_not_ended_is_no_backlog_boundary() -> None:
-    # A run interrupted by a restart has no end time: the cooldown applies.
-    last = LastRun(started_at=ago(100), ended_at=None)
-    assert state(Pending(60, ago(90), ago(80)), last)[0] == COOLING_DOWN
+def test_a_backlog_left_by_a_manual_run_counts_too() -> None:
+    # The last automatic run started 100 s ago; a manual run since ended 5 s ago, and the
+    # labels that arrived while it trained go without waiting for the cooldown.
+    last = LastRuns(automatic_started_at=ago(100), any_ended_at=ago(5))
+    assert state(Pending(60, ago(90), ago(80)), last) == (READY, NOW)
+    # Labels that came after it still wait.
+    assert state(Pending(60, ago(4), ago(3)), last)[0] == COOLING_DOWN

@@ -19,7 +19,7 @@ from sentiloop.retraining.runs import Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot
 from sentiloop.retraining.trigger import (
     READY,
-    LastRun,
+    LastRuns,
     Pending,
     TriggerRules,
     TriggerState,
@@ -263,7 +263,10 @@ class Retrainer:
             counts.pending,
             enabled=policy.enabled,
             running_job=running.job_name if running else None,
-            last_automatic=LastRun(last_auto.started_at, last_auto.ended_at) if last_auto else None,
+            last=LastRuns(
+                automatic_started_at=last_auto.started_at if last_auto else None,
+                any_ended_at=last.ended_at if last else None,
+            ),
         )
         return state, counts.pending
 

@@ -40,11 +40,12 @@ class TriggerRules:
 
 
 @dataclass(frozen=True)
-class LastRun:
-    """The last automatic run."""
+class LastRuns:
+    """When the last automatic run started (the cooldown counts from it), and when the
+    last run of any kind ended (labels that waited for it are a backlog)."""
 
-    started_at: datetime
-    ended_at: datetime | None
+    automatic_started_at: datetime | None
+    any_ended_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def trigger_state(
     *,
     enabled: bool,
     running_job: str | None,
-    last_automatic: LastRun | None,
+    last: LastRuns,
 ) -> TriggerState:
     if not enabled:
         return TriggerState(OFF, "automatic retraining is off (SENTILOOP_RETRAIN_AUTO)")
@@ -80,12 +81,9 @@ def trigger_state(
     if pending.latest_at is not None:
         settled_at = min(settled_at, pending.latest_at + timedelta(seconds=rules.quiet_seconds))
     cooled_at = now
-    if last_automatic is not None:
-        backlog = last_automatic.ended_at is not None and pending.first_at <= (
-            last_automatic.ended_at
-        )
-        if not backlog:
-            cooled_at = last_automatic.started_at + timedelta(seconds=rules.cooldown_seconds)
+    backlog = last.any_ended_at is not None and pending.first_at <= last.any_ended_at
+    if last.automatic_started_at is not None and not backlog:
+        cooled_at = last.automatic_started_at + timedelta(seconds=rules.cooldown_seconds)
     run_at = max(settled_at, cooled_at)
     if now >= run_at:
         return TriggerState(READY, f"{pending.count} new labels have settled", now)
