@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients, mesh_error
-from sentiloop.core.convert import metrics_to_proto
+from sentiloop.core.convert import datetime_of, metrics_to_proto
 from sentiloop.model_init.jobs import TrainingJob
 from sentiloop.model_init.manager import EndpointStatus
 from sentiloop.v1 import common_pb2, inference_pb2, registry_pb2
@@ -86,10 +86,7 @@ class LocalEndpoint:
         if not answer.activations:
             return None, None
         newest, oldest = answer.activations[0], answer.activations[-1]
-        return (
-            oldest.activated_at.ToDatetime(tzinfo=UTC),
-            newest.activated_at.ToDatetime(tzinfo=UTC),
-        )
+        return datetime_of(oldest, "activated_at"), datetime_of(newest, "activated_at")
 
     async def _serving(self) -> inference_pb2.GetServingStatusResponse | None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -12,7 +11,7 @@ from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings, env_flag, env_float, env_int
-from sentiloop.core.convert import list_value, timestamp
+from sentiloop.core.convert import datetime_of, list_value, timestamp
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
@@ -34,10 +33,6 @@ from sentiloop.v1 import retraining_pb2 as pb
 from sentiloop.v1 import retraining_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _time(message: Any, name: str) -> datetime | None:
-    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
 
 
 def _comparison(message: common_pb2.ModelComparison) -> Comparison:
@@ -67,8 +62,8 @@ class GrpcMesh:
             total=int(stats.total),
             pending=Pending(
                 count=int(stats.new_count),
-                first_at=_time(stats, "first_new_time"),
-                latest_at=_time(stats, "latest_time"),
+                first_at=datetime_of(stats, "first_new_time"),
+                latest_at=datetime_of(stats, "latest_time"),
             ),
         )
 
