@@ -35,11 +35,8 @@ RECIPES = ("default", "naive")
 @dataclass(frozen=True)
 class Policy:
     enabled: bool
-    min_new_feedback: int
-    cooldown_seconds: int
-    # A burst of labels is snapshotted once it has settled (see retraining.trigger).
-    quiet_seconds: float = 60.0
-    max_wait_seconds: float = 600.0
+    # When a run starts: enough new labels, settled, and the cooldown (retraining.trigger).
+    trigger: TriggerRules
     holdout_fraction: float = 0.2
     tolerance: float = DEFAULT_TOLERANCE
     preset: str = "minilm"
@@ -251,17 +248,11 @@ class Retrainer:
         counts = await self._mesh.feedback_counts(last.feedback_total if last else 0)
         running = await asyncio.to_thread(self._runs.running)
         last_auto = await asyncio.to_thread(self._runs.last_automatic)
-        policy = self.policy
         state = trigger_state(
             datetime.now(UTC),
-            TriggerRules(
-                policy.min_new_feedback,
-                policy.quiet_seconds,
-                policy.max_wait_seconds,
-                policy.cooldown_seconds,
-            ),
+            self.policy.trigger,
             counts.pending,
-            enabled=policy.enabled,
+            enabled=self.policy.enabled,
             running_job=running.job_name if running else None,
             last=LastRuns(
                 automatic_started_at=last_auto.started_at if last_auto else None,

@@ -21,7 +21,7 @@ from sentiloop.notification.notify import Notifier
 from sentiloop.retraining.runs import RunStore
 from sentiloop.retraining.service import FeedbackCounts, JobResult, Outcome, Policy, Retrainer
 from sentiloop.retraining.snapshot import Snapshot, build_snapshot
-from sentiloop.retraining.trigger import Pending
+from sentiloop.retraining.trigger import Pending, TriggerRules
 from sentiloop.v1 import (
     common_pb2,
     evaluation_pb2,
@@ -213,15 +213,15 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
         state, pending = await self._retrainer.trigger()
         return pb.GetPolicyResponse(
             enabled=policy.enabled,
-            min_new_feedback=policy.min_new_feedback,
-            cooldown_seconds=policy.cooldown_seconds,
+            min_new_feedback=policy.trigger.min_new_feedback,
+            cooldown_seconds=round(policy.trigger.cooldown_seconds),
             new_feedback_since_last_run=pending.count,
             running_job_name=await self._retrainer.running_job(),
             state=state.state,
             reason=state.reason,
             next_run_time=timestamp(state.next_run_at),
-            quiet_seconds=round(policy.quiet_seconds),
-            max_wait_seconds=round(policy.max_wait_seconds),
+            quiet_seconds=round(policy.trigger.quiet_seconds),
+            max_wait_seconds=round(policy.trigger.max_wait_seconds),
             first_pending_time=timestamp(pending.first_at),
             latest_label_time=timestamp(pending.latest_at),
         )
@@ -230,10 +230,18 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
 def load_policy(settings: Settings) -> Policy:
     return Policy(
         enabled=env_flag("SENTILOOP_RETRAIN_AUTO", False),
-        min_new_feedback=env_int("SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", 50),
-        cooldown_seconds=env_int("SENTILOOP_RETRAIN_COOLDOWN_SECONDS", 600),
-        quiet_seconds=env_float("SENTILOOP_RETRAIN_QUIET_SECONDS", Policy.quiet_seconds),
-        max_wait_seconds=env_float("SENTILOOP_RETRAIN_MAX_WAIT_SECONDS", Policy.max_wait_seconds),
+        trigger=TriggerRules(
+            min_new_feedback=env_int(
+                "SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", TriggerRules.min_new_feedback
+            ),
+            quiet_seconds=env_float("SENTILOOP_RETRAIN_QUIET_SECONDS", TriggerRules.quiet_seconds),
+            max_wait_seconds=env_float(
+                "SENTILOOP_RETRAIN_MAX_WAIT_SECONDS", TriggerRules.max_wait_seconds
+            ),
+            cooldown_seconds=env_int(
+                "SENTILOOP_RETRAIN_COOLDOWN_SECONDS", round(TriggerRules.cooldown_seconds)
+            ),
+        ),
         holdout_fraction=env_float("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
         tolerance=env_float("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
         preset=settings.default_preset,
