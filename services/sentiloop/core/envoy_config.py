@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from google.rpc import code_pb2
 
 from sentiloop.core import static_site
 from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
@@ -28,10 +29,7 @@ MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 # The message is copied as the JSON string the transcoder wrote: inside it every quote
 # is escaped, so the first `","details":` after `"message":"` ends it.
 EDGE_LUA = """
-local GRPC_STATUS = {[0] = "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-  "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+local GRPC_STATUS = {GRPC_STATUS_NAMES}
 
 -- The transcoder streams a JSON body upstream instead of holding it to its
 -- max_request_body_size, so an oversized one would reach the service and come back as
@@ -91,21 +89,21 @@ end
 # no healthy upstream, timeouts) as the gRPC code a client reading `code` expects; the
 # inverse of the transcoder's mapping of service statuses to HTTP.
 LOCAL_REPLY_CODES: dict[int, int] = {
-    400: 3,  # INVALID_ARGUMENT
-    401: 16,  # UNAUTHENTICATED
-    403: 7,  # PERMISSION_DENIED
-    404: 5,  # NOT_FOUND
-    405: 12,  # UNIMPLEMENTED
-    408: 4,  # DEADLINE_EXCEEDED
-    409: 6,  # ALREADY_EXISTS
-    413: 8,  # RESOURCE_EXHAUSTED
-    429: 8,  # RESOURCE_EXHAUSTED
-    431: 8,  # RESOURCE_EXHAUSTED
-    500: 13,  # INTERNAL
-    501: 12,  # UNIMPLEMENTED
-    502: 14,  # UNAVAILABLE
-    503: 14,  # UNAVAILABLE
-    504: 4,  # DEADLINE_EXCEEDED
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.NOT_FOUND,
+    405: code_pb2.UNIMPLEMENTED,
+    408: code_pb2.DEADLINE_EXCEEDED,
+    409: code_pb2.ALREADY_EXISTS,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    431: code_pb2.RESOURCE_EXHAUSTED,
+    500: code_pb2.INTERNAL,
+    501: code_pb2.UNIMPLEMENTED,
+    502: code_pb2.UNAVAILABLE,
+    503: code_pb2.UNAVAILABLE,
+    504: code_pb2.DEADLINE_EXCEEDED,
 }
 
 
@@ -163,8 +161,18 @@ def _local_replies() -> dict[str, Any]:
         }
 
     mappers = [mapper(status("EQ", http), code) for http, code in LOCAL_REPLY_CODES.items()]
-    mappers.append(mapper(status("GE", 400), 2))  # UNKNOWN
+    mappers.append(mapper(status("GE", 400), code_pb2.UNKNOWN))
     return {"mappers": mappers}
+
+
+def _edge_lua() -> str:
+    """EDGE_LUA with the body limit and grpc's status names (a Lua array from index 0)."""
+    names = ", ".join(
+        f'[{number}] = "{code_pb2.Code.Name(number)}"' for number in code_pb2.Code.values()
+    )
+    return EDGE_LUA.replace("MAX_BODY", str(MAX_REQUEST_BODY_BYTES)).replace(
+        "GRPC_STATUS_NAMES", names
+    )
 
 
 def _socket(address: str) -> dict[str, Any]:
@@ -253,9 +261,7 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {
-                    "inline_string": EDGE_LUA.replace("MAX_BODY", str(MAX_REQUEST_BODY_BYTES))
-                },
+                "default_source_code": {"inline_string": _edge_lua()},
             },
         },
         {
