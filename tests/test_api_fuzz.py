@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from sentiloop.core import static_site
-from sentiloop.testing import RunningMesh, start_mesh, wait_for
+from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
 
 # A deeper run: SENTILOOP_FUZZ_EXAMPLES=300 .venv/bin/pytest tests/test_api_fuzz.py
 EXAMPLES_PER_ROUTE_AND_MODE = int(os.environ.get("SENTILOOP_FUZZ_EXAMPLES", "30"))
@@ -76,9 +76,7 @@ class Ledger:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("fuzz"), extra_env={"SENTILOOP_DEFAULT_PRESET": "tiny"}
-    )
+    running = start_mesh(tmp_path_factory.mktemp("fuzz"), extra_env=TINY_ENV)
     with httpx.Client(base_url=running.url, timeout=120) as http:
         started = http.post("/model-init/bootstrap", json={"auto_deploy": True})
         assert started.status_code == 200, started.text

@@ -16,15 +16,13 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import REVIEWS, RunningMesh, give_feedback, start_mesh, wait_for
+from sentiloop.testing import REVIEWS, TINY_ENV, RunningMesh, give_feedback, start_mesh, wait_for
 from sentiloop.v1 import (
     notification_pb2,
     notification_pb2_grpc,
     retraining_pb2,
     retraining_pb2_grpc,
 )
-
-TINY = {"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"}
 
 
 def bootstrap(client: httpx.Client) -> str:
@@ -61,7 +59,7 @@ class EventRecorder:
 
 @pytest.fixture(scope="module")
 def loop_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = start_mesh(tmp_path_factory.mktemp("loop"), extra_env=TINY)
+    running = start_mesh(tmp_path_factory.mktemp("loop"), extra_env=TINY_ENV)
     yield running
     assert running.stop() == 0
 
@@ -246,7 +244,7 @@ COOLDOWN_SECONDS = 300
 
 @pytest.fixture(scope="module")
 def auto_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    env = TINY | {
+    env = TINY_ENV | {
         "SENTILOOP_RETRAIN_AUTO": "true",
         "SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK": "12",
         "SENTILOOP_RETRAIN_COOLDOWN_SECONDS": str(COOLDOWN_SECONDS),

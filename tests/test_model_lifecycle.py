@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import RunningMesh, start_mesh, wait_for
+from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
 from sentiloop.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -32,7 +32,7 @@ LABELS = {"positive", "negative", "neutral"}
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     running = start_mesh(
         tmp_path_factory.mktemp("lifecycle"),
-        extra_env={"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"},
+        extra_env=TINY_ENV,
     )
     yield running
     assert running.stop() == 0

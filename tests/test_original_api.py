@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sentiloop.testing import RunningMesh, start_mesh, wait_for
+from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
 
 # The requests of ORIGINAL_API.md, verbatim.
 HEALTH = "curl http://HOST:8080/health"
@@ -232,7 +232,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     preset is the default here."""
     running = start_mesh(
         tmp_path_factory.mktemp("original-api"),
-        extra_env={"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"},
+        extra_env=TINY_ENV,
     )
     yield running
     assert running.stop() == 0

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     import httpx
 
 
+# A mesh for mechanics: bootstraps train the tiny model in seconds, and inference picks
+# up a newly active version quickly.
+TINY_ENV = {"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
