@@ -324,6 +324,9 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
                             "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
                             "status": "%RESPONSE_CODE%",
                             "grpc_status": "%GRPC_STATUS%",
+                            # Why Envoy answered as it did (e.g. upstream_reset_before_response_started).
+                            "details": "%RESPONSE_CODE_DETAILS%",
+                            "flags": "%RESPONSE_FLAGS%",
                             "duration_ms": "%DURATION%",
                             "upstream": "%UPSTREAM_CLUSTER%",
                         }
