@@ -49,7 +49,21 @@ weight_decay              AdamW (not on biases/LayerNorm)      0.01         0
 feedback_weight           multiplies feedback rows' weights    1            1
 init_model_dir            continue from an earlier model       none         none
 group_by_length           length-grouped batches (faster)      true         true
+replay_ratio              original rows kept per feedback row  none (all)   none (all)
+cross_fit_folds           k: out-of-fold feedback predictions  0 (off)      0 (off)
 ========================  ===================================  ===========  ==========
+
+``replay_ratio`` (only when the train channel holds feedback rows): train on every feedback
+row and a seeded sample of ``replay_ratio`` times as many of the other rows, instead of all
+of them. Continuing from ``init_model_dir`` on the new labels plus a replay sample of the old
+data keeps what the model knew at a fraction of the cost of a pass over everything.
+
+``cross_fit_folds`` = k >= 2 (only with at least k feedback rows): before the final model,
+train k fold models the same way, each without one k-th of the feedback rows (folds are
+seeded and stratified by label), and predict that held-out fold with ``inference.py``'s own
+``predict_texts`` (the serving path). Every feedback row thus gets a prediction from a model
+that never saw it; they are written to ``crossfit.csv`` in the model folder (columns
+``text,label,prediction,fold``) for the promotion gate. The job then costs k + 1 trainings.
 
 ``init_model_dir`` is a model folder written by this script, or a folder/file holding its
 ``model.tar.gz``. ``$SENTILOOP_DEVICE=cpu`` keeps a CUDA machine on the CPU; on CUDA the
@@ -83,10 +97,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import inspect
 import json
 import math
 import os
+import random
 import re
 import shutil
 import sys
@@ -260,6 +276,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _nonnegative_int(value: Any) -> int:
+    number = int(str(value).strip())
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
 def _positive_float(value: Any) -> float:
     number = float(value)
     if not (math.isfinite(number) and number > 0):
@@ -321,9 +344,11 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "feedback_weight": _nonnegative_float,
     "init_model_dir": _optional(_text),
     "group_by_length": _boolean,
+    "replay_ratio": _optional(_nonnegative_float),
+    "cross_fit_folds": _nonnegative_int,
 }
 """Every hyperparameter this script accepts, with its parser/validator."""
-_OPTIONAL = ("max_steps", "init_model_dir")
+_OPTIONAL = ("max_steps", "init_model_dir", "replay_ratio")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Fine-tune MiniLM-L6: 4 epochs of the Amazon train split (~2,600 sentences) are ~330
@@ -343,6 +368,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "feedback_weight": 1.0,
         "init_model_dir": None,
         "group_by_length": True,
+        "replay_ratio": None,
+        "cross_fit_folds": 0,
     },
     # A randomly initialised 2-layer BERT of width 32 with the MiniLM tokenizer: seconds on a
     # CPU, for testing the mechanics (its accuracy means nothing).
@@ -360,6 +387,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "feedback_weight": 1.0,
         "init_model_dir": None,
         "group_by_length": True,
+        "replay_ratio": None,
+        "cross_fit_folds": 0,
     },
 }
 
@@ -474,10 +503,59 @@ class Split:
     texts: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
-    feedback_rows: int = 0
+    is_feedback: list[bool] = field(default_factory=list)
+
+    @property
+    def feedback_rows(self) -> int:
+        return sum(self.is_feedback)
 
     def label_counts(self) -> dict[str, int]:
         return {label: self.labels.count(i) for i, label in enumerate(LABELS)}
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        return Split(
+            self.name,
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            [self.weights[i] for i in indices],
+            [self.is_feedback[i] for i in indices],
+        )
+
+
+def with_replay(split: Split, ratio: float | None, seed: int) -> Split:
+    """Every feedback row plus a seeded sample of ``ratio`` times as many other rows (in
+    their original order); the split unchanged without a ratio or without feedback."""
+    feedback = [i for i, flag in enumerate(split.is_feedback) if flag]
+    if ratio is None or not feedback:
+        return split
+    others = [i for i, flag in enumerate(split.is_feedback) if not flag]
+    keep = min(len(others), round(ratio * len(feedback)))
+    sample = set(random.Random(seed).sample(others, keep))
+    return split.subset([i for i in range(len(split.texts)) if i in sample or split.is_feedback[i]])
+
+
+def fold_training_split(split: Split, held_out: Sequence[int], hps: dict[str, Any]) -> Split:
+    """What a fold model trains on: everything but its held-out feedback rows, with the
+    same replay sampling as the final model."""
+    excluded = set(held_out)
+    rest = split.subset([i for i in range(len(split.texts)) if i not in excluded])
+    return with_replay(rest, hps["replay_ratio"], hps["seed"])
+
+
+def feedback_folds(split: Split, folds: int, seed: int) -> list[list[int]]:
+    """Row indices of the feedback in ``folds`` folds, stratified by label: each label's rows
+    are shuffled (seeded) and dealt in turn, continuing where the previous label stopped, so
+    fold sizes differ by at most one and each fold has every label in proportion."""
+    dealt: list[list[int]] = [[] for _ in range(folds)]
+    rng = random.Random(seed)
+    turn = 0
+    for label in range(len(LABELS)):
+        rows = [i for i, flag in enumerate(split.is_feedback) if flag and split.labels[i] == label]
+        rng.shuffle(rows)
+        for row in rows:
+            dealt[turn % folds].append(row)
+            turn += 1
+    return [sorted(fold) for fold in dealt]
 
 
 def _channel_files(path: Path, channel: str) -> list[Path]:
@@ -530,12 +608,13 @@ def read_channel(path: Path, channel: str, feedback_weight: float = 1.0) -> Spli
                             raise TrainingError(
                                 f"{where}: sample_weight {raw_weight!r} is not a number >= 0"
                             ) from None
-                    if (row.get("source") or "").strip().lower() == "feedback":
+                    is_feedback = (row.get("source") or "").strip().lower() == "feedback"
+                    if is_feedback:
                         weight *= feedback_weight
-                        split.feedback_rows += 1
                     split.texts.append(text)
                     split.labels.append(label_ids[key])
                     split.weights.append(weight)
+                    split.is_feedback.append(is_feedback)
         except UnicodeDecodeError as error:
             raise TrainingError(f"{channel} data {file.name} is not UTF-8: {error}") from None
         except csv.Error as error:
@@ -698,8 +777,150 @@ def _save_model(model: Any, tokenizer: Any, model_dir: Path) -> None:
         shutil.copyfile(handler, model_dir / "code" / "inference.py")
 
 
+def _inference_script() -> Any:
+    """inference.py beside this file (SageMaker ships both in the source dir): fold models
+    predict through the very function that serves."""
+    path = Path(__file__).resolve().with_name("inference.py")
+    spec = importlib.util.spec_from_file_location("sentiloop_inference_script", path)
+    if spec is None or spec.loader is None:
+        raise TrainingError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _steps(hps: dict[str, Any], rows: int) -> int:
+    total = math.ceil(hps["epochs"] * math.ceil(rows / hps["batch_size"]))
+    if hps["max_steps"]:
+        total = min(total, hps["max_steps"])
+    return max(total, 1)
+
+
+@dataclass
+class _Runtime:
+    device: Any
+    amp: Callable[[], Any]
+    scratch: Path
+    total_steps: int  # over every model the job trains, for one progress bar
+    done_steps: int = 0
+
+
+def _fit(hps: dict[str, Any], split: Split, runtime: _Runtime) -> tuple[Any, Any, float]:
+    """Train one model on ``split``; returns tokenizer, model and mean training loss."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(hps["seed"])  # also fixes the new head's initialisation and dropout
+    tokenizer, model = _load_model(hps, runtime.scratch)
+    model.to(runtime.device)
+    device, amp = runtime.device, runtime.amp
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_length = min(hps["max_length"], int(model.config.max_position_embeddings))
+    train_ids = _tokenize(tokenizer, split.texts, max_length)
+    lengths = [len(ids) for ids in train_ids]
+    labels = torch.tensor(split.labels, dtype=torch.long)
+    weights = torch.tensor(split.weights, dtype=torch.float32)
+
+    steps_per_epoch = math.ceil(len(train_ids) / hps["batch_size"])
+    total_steps = _steps(hps, len(train_ids))
+    warmup_steps = round(hps["warmup_ratio"] * total_steps)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+            "weight_decay": hps["weight_decay"],
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=hps["learning_rate"])
+
+    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0
+        if step < warmup_steps:
+            return float((step + 1) / (warmup_steps + 1))
+        return float(max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    report_every = max(1, runtime.total_steps // 20)
+    generator = torch.Generator().manual_seed(hps["seed"])
+
+    model.train()
+    step = 0
+    loss_sum, window_sum, window_steps = 0.0, 0.0, 0
+    while step < total_steps:
+        for batch in _epoch_batches(lengths, hps["batch_size"], generator, hps["group_by_length"]):
+            if step >= total_steps:
+                break
+            ids, mask = _collate(train_ids, batch, pad_id)
+            index = torch.tensor(batch, dtype=torch.long)
+            batch_labels, batch_weights = labels[index].to(device), weights[index].to(device)
+            with amp():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            per_example = F.cross_entropy(logits.float(), batch_labels, reduction="none")
+            loss = (per_example * batch_weights).sum() / batch_weights.sum().clamp_min(1e-12)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            runtime.done_steps += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(f"loss is {value} at step {step}: training diverged")
+            loss_sum += value
+            window_sum += value
+            window_steps += 1
+            if runtime.done_steps % report_every == 0 or runtime.done_steps == runtime.total_steps:
+                _emit(
+                    f"progress step={runtime.done_steps} total_steps={runtime.total_steps} "
+                    f"epoch={step / steps_per_epoch:.4f} loss={window_sum / window_steps:.6f}"
+                )
+                window_sum, window_steps = 0.0, 0
+    return tokenizer, model, loss_sum / step
+
+
+def _cross_fit(
+    hps: dict[str, Any], train: Split, folds: list[list[int]], runtime: _Runtime
+) -> list[dict[str, Any]]:
+    """Out-of-fold predictions for every feedback row (see ``cross_fit_folds``)."""
+    inference = _inference_script()
+    rows: list[dict[str, Any]] = []
+    for number, held_out in enumerate(folds):
+        tokenizer, model, _ = _fit(hps, fold_training_split(train, held_out, hps), runtime)
+        folder = runtime.scratch / f"fold-{number}"
+        model.to("cpu")
+        _save_model(model, tokenizer, folder)
+        del model
+        loaded = inference.model_fn(str(folder))
+        predictions = inference.predict_texts(loaded, [train.texts[i] for i in held_out])
+        for i, prediction in zip(held_out, predictions, strict=True):
+            rows.append(
+                {
+                    "text": train.texts[i],
+                    "label": LABELS[train.labels[i]],
+                    "prediction": prediction["label"],
+                    "fold": number,
+                }
+            )
+        shutil.rmtree(folder)
+        _log(f"fold {number + 1}/{len(folds)}: predicted {len(held_out)} held-out feedback rows")
+    return rows
+
+
+def _write_crossfit(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label", "prediction", "fold"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
-    """Fine-tune, evaluate, save; returns what goes into metrics.json."""
+    """Fine-tune (cross-fitting first when asked), evaluate, save; returns what goes into
+    metrics.json."""
     hps = job.hyperparameters
     started = time.monotonic()
     emit_status("Downloading")
@@ -707,7 +928,6 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
     import contextlib
 
     import torch
-    import torch.nn.functional as F
     import transformers
 
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
@@ -728,113 +948,64 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
 
         precision = "fp32"
     torch.use_deterministic_algorithms(True, warn_only=True)
-    seed = hps["seed"]
-    torch.manual_seed(seed)  # also fixes the new head's initialisation and dropout masks
 
-    tokenizer, model = _load_model(hps, scratch)
-    model.to(device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    max_length = min(hps["max_length"], int(model.config.max_position_embeddings))
-    train_ids = _tokenize(tokenizer, job.train.texts, max_length)
-    lengths = [len(ids) for ids in train_ids]
-    labels = torch.tensor(job.train.labels, dtype=torch.long)
-    weights = torch.tensor(job.train.weights, dtype=torch.float32)
-    parameters = sum(p.numel() for p in model.parameters())
-    _log(
-        f"device={device.type} precision={precision} parameters={parameters} "
-        f"train={len(train_ids)} validation={len(job.validation.texts)} "
-        f"test={len(job.test.texts) if job.test else 0} torch_threads={torch.get_num_threads()}"
+    train = with_replay(job.train, hps["replay_ratio"], hps["seed"])
+    folds: list[list[int]] = []
+    if hps["cross_fit_folds"] >= 2 and job.train.feedback_rows >= hps["cross_fit_folds"]:
+        folds = feedback_folds(job.train, hps["cross_fit_folds"], hps["seed"])
+    elif hps["cross_fit_folds"] >= 2:
+        _log(f"cross-fitting skipped: {job.train.feedback_rows} feedback rows, fewer than folds")
+    fold_rows = [len(fold_training_split(job.train, fold, hps).texts) for fold in folds]
+    runtime = _Runtime(
+        device, amp, scratch, sum(_steps(hps, n) for n in [*fold_rows, len(train.texts)])
     )
-
-    batch_size = hps["batch_size"]
-    steps_per_epoch = math.ceil(len(train_ids) / batch_size)
-    total_steps = math.ceil(hps["epochs"] * steps_per_epoch)
-    if hps["max_steps"]:
-        total_steps = min(total_steps, hps["max_steps"])
-    total_steps = max(total_steps, 1)
-    warmup_steps = round(hps["warmup_ratio"] * total_steps)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-            "weight_decay": hps["weight_decay"],
-        },
-        {
-            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=hps["learning_rate"])
-
-    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0
-        if step < warmup_steps:
-            return float((step + 1) / (warmup_steps + 1))
-        return float(max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    report_every = max(1, total_steps // 20)
-    generator = torch.Generator().manual_seed(seed)
+    _log(
+        f"device={device.type} precision={precision} "
+        f"train={len(train.texts)} (of {len(job.train.texts)}, feedback {train.feedback_rows}) "
+        f"validation={len(job.validation.texts)} test={len(job.test.texts) if job.test else 0} "
+        f"folds={len(folds)} total_steps={runtime.total_steps} "
+        f"torch_threads={torch.get_num_threads()}"
+    )
 
     emit_status("Training")
     train_started = time.monotonic()
-    model.train()
-    step = 0
-    loss_sum, window_sum, window_steps = 0.0, 0.0, 0
-    while step < total_steps:
-        for batch in _epoch_batches(lengths, batch_size, generator, hps["group_by_length"]):
-            if step >= total_steps:
-                break
-            ids, mask = _collate(train_ids, batch, pad_id)
-            index = torch.tensor(batch, dtype=torch.long)
-            batch_labels, batch_weights = labels[index].to(device), weights[index].to(device)
-            with amp():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            per_example = F.cross_entropy(logits.float(), batch_labels, reduction="none")
-            loss = (per_example * batch_weights).sum() / batch_weights.sum().clamp_min(1e-12)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingError(f"loss is {value} at step {step}: training diverged")
-            loss_sum += value
-            window_sum += value
-            window_steps += 1
-            if step % report_every == 0 or step == total_steps:
-                _emit(
-                    f"progress step={step} total_steps={total_steps} "
-                    f"epoch={step / steps_per_epoch:.4f} loss={window_sum / window_steps:.6f}"
-                )
-                window_sum, window_steps = 0.0, 0
+    crossfit = _cross_fit(hps, job.train, folds, runtime) if folds else []
+    tokenizer, model, train_loss = _fit(hps, train, runtime)
     train_seconds = time.monotonic() - train_started
-    train_loss = loss_sum / step
+    parameters = sum(p.numel() for p in model.parameters())
 
     emit_status("Evaluating")
-    eval_batch = hps["eval_batch_size"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_length = min(hps["max_length"], int(model.config.max_position_embeddings))
     evaluated: dict[str, Any] = {}
     for split in (job.validation, job.test):
         if split is None:
             continue
         encoded = _tokenize(tokenizer, split.texts, max_length)
-        predictions = _predict(model, encoded, pad_id, eval_batch, device, amp)
+        predictions = _predict(model, encoded, pad_id, hps["eval_batch_size"], device, amp)
         evaluated[split.name] = compute_metrics(split.labels, predictions, LABELS)
+    if crossfit:
+        label_ids = {label: i for i, label in enumerate(LABELS)}
+        evaluated["cross_fit"] = compute_metrics(
+            [label_ids[row["label"]] for row in crossfit],
+            [label_ids[row["prediction"]] for row in crossfit],
+            LABELS,
+        )
 
     emit_status("Uploading")
     model.to("cpu")
     _save_model(model, tokenizer, job.model_dir)
-    splits = [s for s in (job.train, job.validation, job.test) if s is not None]
+    if crossfit:
+        _write_crossfit(job.model_dir / "crossfit.csv", crossfit)
+    splits = [s for s in (train, job.validation, job.test) if s is not None]
     metrics: dict[str, Any] = {
         **evaluated,
         "labels": LABELS,
         "train_loss": train_loss,
         "train_seconds": round(train_seconds, 3),
         "total_seconds": round(time.monotonic() - started, 3),
-        "total_steps": total_steps,
-        "epochs_completed": round(step / steps_per_epoch, 4),
+        "total_steps": runtime.total_steps,
+        "cross_fit_folds": len(folds),
         "hyperparameters": hps,
         "dataset_sizes": {s.name: len(s.texts) for s in splits},
         "label_counts": {s.name: s.label_counts() for s in splits},

@@ -114,7 +114,10 @@ def test_retrain_needs_ten_labels_then_runs_the_loop(
         assert gate["decision"] in {"promoted", "rejected"} and gate["reason"]
         assert gate["baseline_version"] == "v1" and gate["tolerance"] == 0.01
         assert gate["feedback"]["samples"] > 0 and gate["test"]["samples"] > 0
-        assert result["feedback_samples"] + gate["feedback"]["samples"] == 30
+        # Cross-fitted: the candidate trained on all 30 labels, and every one of them was
+        # scored by a fold model that had not seen it.
+        assert result["feedback_samples"] == gate["feedback"]["samples"] == 30
+        assert gate["feedback"]["folds"] == 4 and gate["class_floor"] == 0.05
         registered = client.get("/models/v2").json()["model"]
         assert registered["gate"]["decision"] == gate["decision"]
         assert registered["source"] == "retraining"

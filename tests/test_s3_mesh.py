@@ -81,7 +81,6 @@ def test_the_loop_keeps_everything_in_the_bucket(
     for channel in ("train", "validation", "test"):
         assert any(k.endswith(f"/{channel}/{channel}.csv") for k in under("datasets/amazon/"))
     assert any(k.endswith("/train/train.csv") for k in under("datasets/retraining/"))
-    assert any(k.endswith("/holdout/holdout.csv") for k in under("datasets/retraining/"))
     # Both model artifacts.
     for job in (bootstrap_job, retrain_job):
         assert f"models/{job}/output/model.tar.gz" in relative, (job, relative)

@@ -377,3 +377,78 @@ def test_compute_metrics_by_hand() -> None:
         "f1": 0.0,
         "support": 0,
     }
+
+
+def _feedback_split(originals: int, feedback: int) -> Any:
+    split = train.Split("train")
+    for i in range(originals + feedback):
+        split.texts.append(f"text {i}")
+        split.labels.append(i % 3)
+        split.weights.append(1.0)
+        split.is_feedback.append(i >= originals)
+    return split
+
+
+def test_feedback_folds_are_stratified_disjoint_and_seeded() -> None:
+    split = _feedback_split(originals=10, feedback=31)
+    folds = train.feedback_folds(split, 4, seed=13)
+    rows = [i for fold in folds for i in fold]
+    assert sorted(rows) == list(range(10, 41))  # every feedback row once, no original
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    for fold in folds:
+        counts = [sum(split.labels[i] == label for i in fold) for label in range(3)]
+        assert max(counts) - min(counts) <= 1, counts  # each fold has every label
+    assert train.feedback_folds(split, 4, seed=13) == folds
+    assert train.feedback_folds(split, 4, seed=14) != folds
+
+
+def test_a_fold_model_never_trains_on_its_fold_and_replays_a_sample() -> None:
+    split = _feedback_split(originals=100, feedback=40)
+    hps = {"replay_ratio": 0.5, "seed": 13}
+    for fold in train.feedback_folds(split, 4, seed=13):
+        rows = train.fold_training_split(split, fold, hps)
+        held_out = {split.texts[i] for i in fold}
+        assert not held_out & set(rows.texts)
+        assert rows.feedback_rows == 30 and len(rows.texts) == 30 + 15
+    final = train.with_replay(split, 0.5, 13)
+    assert final.feedback_rows == 40 and len(final.texts) == 60
+    assert train.with_replay(split, 0.5, 13).texts == final.texts  # seeded
+    assert train.with_replay(split, None, 13) is split  # no ratio: every row
+    assert len(train.with_replay(split, 10.0, 13).texts) == 140  # never more than there are
+
+
+def test_cross_fitting_predicts_every_feedback_row_out_of_fold(tmp_path: Path, data: Path) -> None:
+    channels = tmp_path / "data"
+    (channels / "train").mkdir(parents=True)
+    rows = (data / "train" / "train.csv").read_text().splitlines()
+    lines = [rows[0] + ",source"] + [
+        f"{row},{'feedback' if i < 24 else 'original'}" for i, row in enumerate(rows[1:])
+    ]
+    (channels / "train" / "train.csv").write_text("\n".join(lines) + "\n")
+    (channels / "validation").symlink_to(data / "validation")
+    (channels / "test").symlink_to(data / "test")
+    run = run_train(
+        tmp_path / "job",
+        channels,
+        {"preset": "tiny", "max_steps": 3, "cross_fit_folds": 3, "replay_ratio": 1},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    import csv
+
+    with (run.model_dir / "crossfit.csv").open(newline="") as handle:
+        crossfit = list(csv.DictReader(handle))
+    feedback = list(csv.DictReader(lines[: 24 + 1]))
+    assert sorted((r["text"], r["label"]) for r in crossfit) == sorted(
+        (r["text"], r["label"].lower()) for r in feedback
+    )
+    assert {r["fold"] for r in crossfit} == {"0", "1", "2"}
+    assert {r["prediction"] for r in crossfit} <= set(LABELS)
+    metrics = run.metrics()
+    assert metrics["cross_fit_folds"] == 3
+    assert metrics["cross_fit"]["total_samples"] == 24
+    assert metrics["total_steps"] == 4 * 3  # three fold models and the final one
+    assert metrics["dataset_sizes"]["train"] == 48  # 24 feedback + 24 replayed originals
+    progress = [
+        p for p in map(train.parse_line, run.stdout.splitlines()) if p and p["kind"] == "progress"
+    ]
+    assert progress[-1]["step"] == progress[-1]["total_steps"] == 12

@@ -288,11 +288,14 @@ def _print_gate(gate: Any) -> None:
     print(f"gate: {gate.decision} against {gate.baseline_version or 'no model'}: {gate.reason}")
     for comparison in (gate.test, gate.feedback):
         if comparison.samples:
+            scored = f"out of fold, {comparison.folds} folds" if comparison.folds else "held out"
             print(
-                f"  {comparison.data_set:<8} {comparison.samples:>5} samples  macro-F1"
+                f"  {comparison.data_set:<8} {comparison.samples:>5} samples ({scored})  macro-F1"
                 f" {comparison.baseline_macro_f1:.4f} -> {comparison.candidate_macro_f1:.4f}"
-                f" ({comparison.delta_macro_f1 * 100:+.1f} points, 95% CI"
-                f" {comparison.delta_ci_low * 100:+.1f} to {comparison.delta_ci_high * 100:+.1f})"
+                f" ({comparison.delta_macro_f1 * 100:+.1f} points, at least"
+                f" {comparison.delta_macro_f1_lower_bound * 100:+.1f} with 95% confidence),"
+                f" accuracy {comparison.baseline_accuracy:.4f} ->"
+                f" {comparison.candidate_accuracy:.4f}"
             )
 
 

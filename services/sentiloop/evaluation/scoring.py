@@ -60,8 +60,9 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
     return result
 
 
-def _macro_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 of each row of (resamples x samples) label arrays, vectorised."""
+def _class_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Per-class F1 along the last axis: shape (..., k); a class neither present nor
+    predicted scores 0, as in train.py's compute_metrics."""
     f1s = []
     for c in range(k):
         tp = ((pred == c) & (truth == c)).sum(axis=-1)
@@ -69,7 +70,12 @@ def _macro_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
         actual = (truth == c).sum(axis=-1)
         denominator = predicted + actual
         f1s.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
-    mean: np.ndarray = np.mean(f1s, axis=0)
+    return np.stack(f1s, axis=-1)
+
+
+def _macro_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 of each row of (resamples x samples) label arrays, vectorised."""
+    mean: np.ndarray = _class_f1(truth, pred, k).mean(axis=-1)
     return mean
 
 
@@ -80,10 +86,17 @@ class Comparison:
     candidate_macro_f1: float
     baseline_macro_f1: float
     delta_macro_f1: float
-    delta_ci_low: float
+    delta_ci_low: float  # 95% two-sided paired-bootstrap interval of the delta
     delta_ci_high: float
     candidate_accuracy: float
     baseline_accuracy: float
+    # One-sided 95% lower bounds (the 5th percentiles): "at least this much better".
+    delta_macro_f1_lower_bound: float = 0.0
+    delta_accuracy_lower_bound: float = 0.0
+    candidate_class_f1: tuple[float, ...] = ()  # in LABELS order
+    baseline_class_f1: tuple[float, ...] = ()
+    # k when the candidate's predictions are out-of-fold (cross-fitted), else 0.
+    folds: int = 0
 
 
 def compare(
@@ -93,31 +106,58 @@ def compare(
     baseline: Sequence[int],
     seed: int = 13,
     resamples: int = BOOTSTRAP_RESAMPLES,
+    folds: int = 0,
 ) -> Comparison:
-    """Both models on the same samples, with a 95% paired-bootstrap interval of the
-    macro-F1 difference: each resample draws the same samples for both models, so
-    the interval reflects how much the difference depends on which samples were drawn."""
+    """Both models on the same samples, with paired-bootstrap bounds of the macro-F1 and
+    accuracy differences: each resample draws the same samples for both models, so the
+    bounds reflect how much the difference depends on which samples were drawn."""
     y = np.asarray(truth)
     a = np.asarray(candidate)
     b = np.asarray(baseline)
     k = len(LABELS)
     n = len(y)
     if n == 0:
-        return Comparison(data_set, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    f1_a = float(_macro_f1(y, a, k))
-    f1_b = float(_macro_f1(y, b, k))
+        return Comparison(data_set, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, folds=folds)
+    class_a = _class_f1(y, a, k)
+    class_b = _class_f1(y, b, k)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(resamples, n))
     deltas = _macro_f1(y[draws], a[draws], k) - _macro_f1(y[draws], b[draws], k)
-    low, high = np.quantile(deltas, [0.025, 0.975])
+    accuracy_deltas = (a[draws] == y[draws]).mean(axis=1) - (b[draws] == y[draws]).mean(axis=1)
+    low, lower_bound, high = np.quantile(deltas, [0.025, 0.05, 0.975])
     return Comparison(
         data_set=data_set,
         samples=n,
-        candidate_macro_f1=f1_a,
-        baseline_macro_f1=f1_b,
-        delta_macro_f1=f1_a - f1_b,
+        candidate_macro_f1=float(class_a.mean()),
+        baseline_macro_f1=float(class_b.mean()),
+        delta_macro_f1=float(class_a.mean() - class_b.mean()),
         delta_ci_low=float(low),
         delta_ci_high=float(high),
         candidate_accuracy=float((a == y).mean()),
         baseline_accuracy=float((b == y).mean()),
+        delta_macro_f1_lower_bound=float(lower_bound),
+        delta_accuracy_lower_bound=float(np.quantile(accuracy_deltas, 0.05)),
+        candidate_class_f1=tuple(float(f) for f in class_a),
+        baseline_class_f1=tuple(float(f) for f in class_b),
+        folds=folds,
+    )
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """The candidate's out-of-fold predictions on the feedback it was trained with
+    (train.py's crossfit.csv): each from a fold model that never saw that text."""
+
+    feedback: Labelled
+    predictions: list[int]
+    folds: int
+
+
+def read_crossfit_csv(content: bytes) -> CrossFitted:
+    index = {label: i for i, label in enumerate(LABELS)}
+    rows = list(csv.DictReader(io.StringIO(content.decode("utf-8"))))
+    return CrossFitted(
+        feedback=labelled([(row["text"], row["label"]) for row in rows]),
+        predictions=[index[row["prediction"].lower()] for row in rows],
+        folds=len({row["fold"] for row in rows}),
     )

@@ -7,6 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
-from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
@@ -23,10 +24,12 @@ from sentiloop.core.validation import page_size
 from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.evaluation.scoring import (
     Comparison,
+    CrossFitted,
     Labelled,
     compare,
     metrics,
     predict_labels,
+    read_crossfit_csv,
     read_feedback_jsonl,
     read_labelled_csv,
 )
@@ -41,6 +44,9 @@ MODEL_CACHE_SIZE = 3
 
 def comparison_to_proto(comparison: Comparison | None) -> common_pb2.ModelComparison | None:
     return common_pb2.ModelComparison(**asdict(comparison)) if comparison else None
+
+
+CROSSFIT_FILE = "crossfit.csv"  # written into the model folder by train.py
 
 
 def report_to_proto(report: Report) -> pb.EvaluateResponse:
@@ -66,9 +72,12 @@ class Models:
         self._cache_dir = cache_dir
         self._loaded: dict[str, Any] = {}
 
+    def folder(self, artifact: str) -> Path:
+        return unpack_artifact(self._store, artifact, self._cache_dir)
+
     def get(self, artifact: str) -> Any:
         if artifact not in self._loaded:
-            folder = unpack_artifact(self._store, artifact, self._cache_dir)
+            folder = self.folder(artifact)
             if len(self._loaded) >= MODEL_CACHE_SIZE:
                 self._loaded.pop(next(iter(self._loaded)))
             self._loaded[artifact] = load_script("inference").model_fn(str(folder))
@@ -150,6 +159,20 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
         candidate, base = await self._run(both, test)
         on_test = compare("test", test.labels, candidate, base, seed)
         on_feedback = None
+        if request.cross_fitted and request.feedback_key:
+            raise InvalidArgument(
+                {"cross_fitted": "compare on the out-of-fold predictions or on feedback_key,"
+                 " not both"}
+            )  # fmt: skip
+        if request.cross_fitted:
+            crossfit = await self._run(self._crossfit, request.candidate_path)
+            base = await self._run(
+                lambda: predict_labels(self._models.get(baseline.path), crossfit.feedback.texts)
+            )
+            on_feedback = compare(
+                "feedback", crossfit.feedback.labels, crossfit.predictions, base, seed,
+                folds=crossfit.folds,
+            )  # fmt: skip
         if holdout is not None:
             candidate, base = await self._run(both, holdout)
             on_feedback = compare("feedback", holdout.labels, candidate, base, seed)
@@ -158,6 +181,15 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
             feedback=comparison_to_proto(on_feedback),
             baseline_version=baseline.version,
         )
+
+    def _crossfit(self, artifact: str) -> CrossFitted:
+        path = self._models.folder(artifact) / CROSSFIT_FILE
+        if not path.is_file():
+            raise FailedPrecondition(
+                f"the candidate has no out-of-fold predictions ({CROSSFIT_FILE}): train it"
+                " with cross_fit_folds >= 2 on at least that many feedback rows"
+            )
+        return read_crossfit_csv(path.read_bytes())
 
     async def ListEvaluations(
         self, request: pb.ListEvaluationsRequest, context: Context

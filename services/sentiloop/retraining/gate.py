@@ -1,16 +1,29 @@
-"""The promotion gate: promote a candidate only when it is not worse on the fixed
-test set beyond a tolerance and really better on held-out feedback, judged on the
-same samples for both models with a paired-bootstrap confidence interval rather than
-a bare difference (run-to-run noise is as large as the effects we look for)."""
+"""The promotion gate. A candidate is promoted only when all of these hold:
+
+1. **A real gain on the feedback.** Every feedback label counts as evidence: the training
+   job cross-fits (k fold models, each predicting the fold it did not see), so the
+   candidate's out-of-fold predictions cover all of the feedback, not a 20% holdout. The
+   one-sided 95% paired-bootstrap lower bound of the macro-F1 difference must be above 0
+   (a one-sided test at 5%: the bound on false promotions), and accuracy must not fall.
+2. **Not worse on the fixed test set** by more than a tolerance (macro-F1 points): what the
+   model knew stays known.
+3. **No class collapses**: on both sets, no class's F1 falls by more than a floor, so a gain
+   in two classes cannot pay for losing the third.
+
+Decisions are pure functions of the comparisons, so the benchmark can re-run the gate on
+stored predictions to measure its power and its false-promotion rate.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sentiloop.core.validation import LABELS
 from sentiloop.evaluation.scoring import Comparison
 
-DEFAULT_TOLERANCE = 0.01  # one point of macro-F1
+DEFAULT_TOLERANCE = 0.01  # one point of macro-F1 on the test set
+DEFAULT_CLASS_FLOOR = 0.05  # five points of one class's F1
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,7 @@ class Decision:
     feedback: Comparison | None
     tolerance: float
     baseline_version: str
+    class_floor: float = DEFAULT_CLASS_FLOOR
 
     @property
     def promoted(self) -> bool:
@@ -33,12 +47,40 @@ class Decision:
         return result
 
 
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def _collapsed(comparison: Comparison, floor: float) -> list[str]:
+    return [
+        f"{label} F1 fell {(base - cand) * 100:.1f} points on {comparison.data_set}"
+        for label, cand, base in zip(
+            LABELS, comparison.candidate_class_f1, comparison.baseline_class_f1, strict=False
+        )
+        if cand < base - floor
+    ]
+
+
+def _describe(feedback: Comparison) -> str:
+    evidence = (
+        f"{feedback.samples} feedback labels, out-of-fold over {feedback.folds} folds"
+        if feedback.folds
+        else f"{feedback.samples} held-out feedback labels"
+    )
+    return (
+        f"feedback macro-F1 {_points(feedback.delta_macro_f1)} points (at least"
+        f" {_points(feedback.delta_macro_f1_lower_bound)} with 95% confidence), accuracy"
+        f" {_points(feedback.candidate_accuracy - feedback.baseline_accuracy)} on {evidence}"
+    )
+
+
 def decide(
     test: Comparison,
     feedback: Comparison | None,
     baseline_version: str,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
+    class_floor: float = DEFAULT_CLASS_FLOOR,
 ) -> Decision:
     problems = []
     if test.delta_macro_f1 < -tolerance:
@@ -47,29 +89,30 @@ def decide(
             f" (tolerance {tolerance * 100:.1f})"
         )
     if feedback is None or feedback.samples == 0:
-        problems.append("no held-out feedback to show an improvement on")
-    elif feedback.delta_ci_low <= 0:
-        problems.append(
-            f"held-out feedback macro-F1 {feedback.delta_macro_f1 * 100:+.1f} points is not a"
-            f" significant gain (95% CI {feedback.delta_ci_low * 100:+.1f}"
-            f" to {feedback.delta_ci_high * 100:+.1f})"
-        )
+        problems.append("no feedback predictions to show an improvement on")
+    else:
+        if feedback.delta_macro_f1_lower_bound <= 0:
+            problems.append(f"no significant gain: {_describe(feedback)}")
+        if feedback.candidate_accuracy < feedback.baseline_accuracy:
+            problems.append(
+                f"feedback accuracy fell"
+                f" {(feedback.baseline_accuracy - feedback.candidate_accuracy) * 100:.1f} points"
+            )
+        problems += _collapsed(feedback, class_floor)
+    problems += _collapsed(test, class_floor)
+
+    def decision(verdict: str, reason: str) -> Decision:
+        return Decision(
+            verdict, reason, test, feedback, tolerance, baseline_version, class_floor
+        )  # fmt: skip
+
     if not problems:
         assert feedback is not None
-        return Decision(
+        return decision(
             "promoted",
-            f"held-out feedback macro-F1 {feedback.delta_macro_f1 * 100:+.1f} points"
-            f" (95% CI {feedback.delta_ci_low * 100:+.1f} to {feedback.delta_ci_high * 100:+.1f}),"
-            f" test macro-F1 {test.delta_macro_f1 * 100:+.1f} points",
-            test,
-            feedback,
-            tolerance,
-            baseline_version,
+            f"{_describe(feedback)}; test macro-F1 {_points(test.delta_macro_f1)} points",
         )
-    reason = "; ".join(problems)
+    reason = "; ".join(dict.fromkeys(problems))  # in order, each once
     if force:
-        return Decision(
-            "forced", f"forced by an operator despite: {reason}", test, feedback, tolerance,
-            baseline_version,
-        )  # fmt: skip
-    return Decision("rejected", reason, test, feedback, tolerance, baseline_version)
+        return decision("forced", f"forced by an operator despite: {reason}")
+    return decision("rejected", reason)

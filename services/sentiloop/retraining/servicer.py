@@ -36,11 +36,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _comparison(message: common_pb2.ModelComparison) -> Comparison:
-    return Comparison(
-        **json_format.MessageToDict(
-            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
+    fields = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    for name in ("candidate_class_f1", "baseline_class_f1"):
+        fields[name] = tuple(fields[name])
+    return Comparison(**fields)
 
 
 class GrpcMesh:
@@ -90,8 +91,8 @@ class GrpcMesh:
     async def base_dataset(self) -> StoredDataset:
         return await asyncio.to_thread(ensure_dataset, self._store)
 
-    async def snapshot(self, base: StoredDataset, feedback: bytes, holdout: float) -> Snapshot:
-        return await asyncio.to_thread(build_snapshot, self._store, base, feedback, holdout)
+    async def snapshot(self, base: StoredDataset, feedback: bytes) -> Snapshot:
+        return await asyncio.to_thread(build_snapshot, self._store, base, feedback)
 
     async def start_training(
         self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
@@ -140,14 +141,14 @@ class GrpcMesh:
         )
 
     async def compare(
-        self, candidate: str, baseline: str, feedback_key: str, seed: int
+        self, candidate: str, baseline: str, seed: int
     ) -> tuple[Comparison, Comparison | None]:
         try:
             answer = await self._clients.evaluation.CompareModels(
                 evaluation_pb2.CompareModelsRequest(
                     candidate_path=candidate,
                     baseline_version=baseline,
-                    feedback_key=feedback_key,
+                    cross_fitted=True,
                     seed=seed,
                 ),
                 timeout=1800,
@@ -228,6 +229,11 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
 
 
 def load_policy(settings: Settings) -> Policy:
+    folds = env_int("SENTILOOP_RETRAIN_FOLDS", Policy.folds)
+    if folds < 2:
+        raise ValueError(
+            f"SENTILOOP_RETRAIN_FOLDS must be at least 2 (the gate cross-fits), not {folds}"
+        )
     return Policy(
         enabled=env_flag("SENTILOOP_RETRAIN_AUTO", False),
         trigger=TriggerRules(
@@ -242,9 +248,12 @@ def load_policy(settings: Settings) -> Policy:
                 "SENTILOOP_RETRAIN_COOLDOWN_SECONDS", round(TriggerRules.cooldown_seconds)
             ),
         ),
-        holdout_fraction=env_float("SENTILOOP_RETRAIN_HOLDOUT_FRACTION", Policy.holdout_fraction),
+        folds=folds,
         tolerance=env_float("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
+        class_floor=env_float("SENTILOOP_GATE_CLASS_FLOOR", Policy.class_floor),
         preset=settings.default_preset,
+        seed=env_int("SENTILOOP_RETRAIN_SEED", Policy.seed),
+        replay_ratio=env_float("SENTILOOP_RETRAIN_REPLAY_RATIO", Policy.replay_ratio),
         feedback_weight=env_float("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
         epochs=env_float("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
         learning_rate=env_float("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),

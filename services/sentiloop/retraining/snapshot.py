@@ -1,6 +1,7 @@
-"""The training data of a retraining run: the original training set plus feedback,
-deduplicated (the latest label per text wins), with a share of the feedback held out
-for the promotion gate. Snapshots are immutable and content-hashed."""
+"""The training data of a retraining run: the original training set plus all feedback,
+deduplicated (the latest label per text wins; feedback on an original text replaces its
+label). None is held out: the training job cross-fits, so the gate scores every feedback
+label out of fold. Snapshots are immutable and content-hashed."""
 
 from __future__ import annotations
 
@@ -18,15 +19,7 @@ from sentiloop.model_init.datasets import StoredDataset
 class Snapshot:
     content_hash: str
     channels: dict[str, str]  # train / validation / test key prefixes
-    holdout_key: str  # held-out feedback, CSV text,label
-    feedback_train: int
-    feedback_holdout: int
-
-
-def held_out(text: str, fraction: float) -> bool:
-    """Deterministic by text, so a text stays on its side across runs."""
-    digest = hashlib.sha256(text.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    feedback: int  # feedback rows in the train channel
 
 
 def _csv(rows: list[dict[str, str]], columns: list[str]) -> bytes:
@@ -37,41 +30,26 @@ def _csv(rows: list[dict[str, str]], columns: list[str]) -> bytes:
     return out.getvalue().encode()
 
 
-def build_snapshot(
-    store: ObjectStore, base: StoredDataset, feedback_jsonl: bytes, holdout_fraction: float
-) -> Snapshot:
+def build_snapshot(store: ObjectStore, base: StoredDataset, feedback_jsonl: bytes) -> Snapshot:
     latest: dict[str, str] = {}
     for line in feedback_jsonl.decode().splitlines():
         if line.strip():
             record = json.loads(line)
             latest[record["text"]] = record["user_label"]
-    train_feedback = {t: label for t, label in latest.items() if not held_out(t, holdout_fraction)}
-    holdout = {t: label for t, label in latest.items() if held_out(t, holdout_fraction)}
-
     original = csv.DictReader(
         io.StringIO(store.get_bytes(base.channels["train"] + "train.csv").decode())
     )
     rows = [
         {"text": row["text"], "label": row["label"], "source": "original"}
         for row in original
-        # feedback on a training text replaces its original label; held-out texts leave
-        # training altogether, so the gate never scores a text the model trained on
         if row["text"] not in latest
     ]
-    rows += [
-        {"text": t, "label": label, "source": "feedback"} for t, label in train_feedback.items()
-    ]
+    rows += [{"text": t, "label": label, "source": "feedback"} for t, label in latest.items()]
     train = _csv(rows, ["text", "label", "source"])
-    holdout_csv = _csv(
-        [{"text": t, "label": label} for t, label in holdout.items()], ["text", "label"]
-    )
-    content_hash = hashlib.sha256(
-        base.content_hash.encode() + b"\0" + train + b"\0" + holdout_csv
-    ).hexdigest()
+    content_hash = hashlib.sha256(base.content_hash.encode() + b"\0" + train).hexdigest()
     prefix = f"datasets/retraining/{content_hash}"
-    if not store.exists(f"{prefix}/holdout/holdout.csv"):
+    if not store.exists(f"{prefix}/train/train.csv"):
         store.put_bytes(f"{prefix}/train/train.csv", train)
-        store.put_bytes(f"{prefix}/holdout/holdout.csv", holdout_csv)  # written last
     return Snapshot(
         content_hash=content_hash,
         channels={
@@ -79,7 +57,5 @@ def build_snapshot(
             "validation": base.channels["validation"],
             "test": base.channels["test"],
         },
-        holdout_key=f"{prefix}/holdout/holdout.csv",
-        feedback_train=len(train_feedback),
-        feedback_holdout=len(holdout),
+        feedback=len(latest),
     )

@@ -77,8 +77,15 @@ class ModelComparison(_message.Message):
     DELTA_CI_HIGH_FIELD_NUMBER: _builtins.int
     CANDIDATE_ACCURACY_FIELD_NUMBER: _builtins.int
     BASELINE_ACCURACY_FIELD_NUMBER: _builtins.int
+    DELTA_MACRO_F1_LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    DELTA_ACCURACY_LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    CANDIDATE_CLASS_F1_FIELD_NUMBER: _builtins.int
+    BASELINE_CLASS_F1_FIELD_NUMBER: _builtins.int
+    FOLDS_FIELD_NUMBER: _builtins.int
     data_set: _builtins.str
-    """Which data: "test" (the fixed held-out test set) or "feedback" (held-out feedback)."""
+    """Which data: "test" (the fixed held-out test set) or "feedback" (the
+    feedback labels; out-of-fold predictions when `folds` is set).
+    """
     samples: _builtins.int
     """Number of samples both models were scored on."""
     candidate_macro_f1: _builtins.float
@@ -88,13 +95,34 @@ class ModelComparison(_message.Message):
     delta_macro_f1: _builtins.float
     """candidate_macro_f1 - baseline_macro_f1."""
     delta_ci_low: _builtins.float
-    """Lower end of the 95% paired-bootstrap confidence interval of the delta."""
+    """Lower end of the two-sided 95% paired-bootstrap confidence interval of the
+    delta.
+    """
     delta_ci_high: _builtins.float
     """Upper end of that interval."""
     candidate_accuracy: _builtins.float
     """Accuracy of the candidate."""
     baseline_accuracy: _builtins.float
     """Accuracy of the baseline."""
+    delta_macro_f1_lower_bound: _builtins.float
+    """One-sided 95% lower confidence bound of the macro-F1 delta (the 5th
+    percentile of the paired bootstrap): the gain is at least this, with 95%
+    confidence.
+    """
+    delta_accuracy_lower_bound: _builtins.float
+    """The same bound for the accuracy delta."""
+    folds: _builtins.int
+    """k when the candidate's predictions are out-of-fold (cross-fitted over k
+    folds of the feedback it trained on); 0 for plain held-out data.
+    """
+    @_builtins.property
+    def candidate_class_f1(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per-class F1 of the candidate, in label order (negative, neutral, positive)."""
+
+    @_builtins.property
+    def baseline_class_f1(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per-class F1 of the baseline, in the same order."""
+
     def __init__(
         self,
         *,
@@ -107,10 +135,15 @@ class ModelComparison(_message.Message):
         delta_ci_high: _builtins.float = ...,
         candidate_accuracy: _builtins.float = ...,
         baseline_accuracy: _builtins.float = ...,
+        delta_macro_f1_lower_bound: _builtins.float = ...,
+        delta_accuracy_lower_bound: _builtins.float = ...,
+        candidate_class_f1: _abc.Iterable[_builtins.float] | None = ...,
+        baseline_class_f1: _abc.Iterable[_builtins.float] | None = ...,
+        folds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_accuracy", b"baseline_accuracy", "baseline_macro_f1", b"baseline_macro_f1", "candidate_accuracy", b"candidate_accuracy", "candidate_macro_f1", b"candidate_macro_f1", "data_set", b"data_set", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_macro_f1", b"delta_macro_f1", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_accuracy", b"baseline_accuracy", "baseline_class_f1", b"baseline_class_f1", "baseline_macro_f1", b"baseline_macro_f1", "candidate_accuracy", b"candidate_accuracy", "candidate_class_f1", b"candidate_class_f1", "candidate_macro_f1", b"candidate_macro_f1", "data_set", b"data_set", "delta_accuracy_lower_bound", b"delta_accuracy_lower_bound", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_macro_f1", b"delta_macro_f1", "delta_macro_f1_lower_bound", b"delta_macro_f1_lower_bound", "folds", b"folds", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,6 +161,7 @@ class GateDecision(_message.Message):
     FEEDBACK_FIELD_NUMBER: _builtins.int
     TOLERANCE_FIELD_NUMBER: _builtins.int
     BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    CLASS_FLOOR_FIELD_NUMBER: _builtins.int
     decision: _builtins.str
     """"promoted", "rejected" or "forced"."""
     reason: _builtins.str
@@ -136,13 +170,17 @@ class GateDecision(_message.Message):
     """The largest macro-F1 loss on the test set the gate tolerates (0.01 = 1 point)."""
     baseline_version: _builtins.str
     """The version the candidate was compared with ("" when none was active)."""
+    class_floor: _builtins.float
+    """The largest fall of one class's F1 the gate tolerates, on either data set
+    (0.05 = 5 points).
+    """
     @_builtins.property
     def test(self) -> Global___ModelComparison:
         """Both models on the fixed test set."""
 
     @_builtins.property
     def feedback(self) -> Global___ModelComparison:
-        """Both models on held-out feedback."""
+        """Both models on the feedback: the candidate's out-of-fold predictions."""
 
     def __init__(
         self,
@@ -153,10 +191,11 @@ class GateDecision(_message.Message):
         feedback: Global___ModelComparison | None = ...,
         tolerance: _builtins.float = ...,
         baseline_version: _builtins.str = ...,
+        class_floor: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "test", b"test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "decision", b"decision", "feedback", b"feedback", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "class_floor", b"class_floor", "decision", b"decision", "feedback", b"feedback", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

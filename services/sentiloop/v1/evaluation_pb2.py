@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sentiloop.v1 import common_pb2 as sentiloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/evaluation.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"(\n\x0f\x45valuateRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xc8\x02\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x1b\n\x13\x63orrect_predictions\x18\x03 \x01(\x05\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12=\n\x10\x66\x65\x65\x64\x62\x61\x63k_metrics\x18\x06 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12\x39\n\x0ctest_metrics\x18\x07 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12\x15\n\revaluation_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x14\x43ompareModelsRequest\x12\x16\n\x0e\x63\x61ndidate_path\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65\x65\x64\x62\x61\x63k_key\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x05\"\x8f\x01\n\x15\x43ompareModelsResponse\x12+\n\x04test\x18\x01 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12/\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\"B\n\x16ListEvaluationsRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"N\n\x17ListEvaluationsResponse\x12\x33\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1e.sentiloop.v1.EvaluateResponse2\xe2\x02\n\x11\x45valuationService\x12_\n\x08\x45valuate\x12\x1d.sentiloop.v1.EvaluateRequest\x1a\x1e.sentiloop.v1.EvaluateResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/evaluate:\x01*\x12v\n\rCompareModels\x12\".sentiloop.v1.CompareModelsRequest\x1a#.sentiloop.v1.CompareModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/evaluate/compare:\x01*\x12t\n\x0fListEvaluations\x12$.sentiloop.v1.ListEvaluationsRequest\x1a%.sentiloop.v1.ListEvaluationsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/evaluationsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiloop/v1/evaluation.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"(\n\x0f\x45valuateRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xc8\x02\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x15\n\rtotal_samples\x18\x02 \x01(\x05\x12\x1b\n\x13\x63orrect_predictions\x18\x03 \x01(\x05\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12=\n\x10\x66\x65\x65\x64\x62\x61\x63k_metrics\x18\x06 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12\x39\n\x0ctest_metrics\x18\x07 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12\x15\n\revaluation_id\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x14\x43ompareModelsRequest\x12\x16\n\x0e\x63\x61ndidate_path\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65\x65\x64\x62\x61\x63k_key\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x05\x12\x14\n\x0c\x63ross_fitted\x18\x05 \x01(\x08\"\x8f\x01\n\x15\x43ompareModelsResponse\x12+\n\x04test\x18\x01 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12/\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.sentiloop.v1.ModelComparison\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\"B\n\x16ListEvaluationsRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"N\n\x17ListEvaluationsResponse\x12\x33\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1e.sentiloop.v1.EvaluateResponse2\xe2\x02\n\x11\x45valuationService\x12_\n\x08\x45valuate\x12\x1d.sentiloop.v1.EvaluateRequest\x1a\x1e.sentiloop.v1.EvaluateResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/evaluate:\x01*\x12v\n\rCompareModels\x12\".sentiloop.v1.CompareModelsRequest\x1a#.sentiloop.v1.CompareModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/evaluate/compare:\x01*\x12t\n\x0fListEvaluations\x12$.sentiloop.v1.ListEvaluationsRequest\x1a%.sentiloop.v1.ListEvaluationsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/evaluationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,14 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATEREQUEST']._serialized_end=177
   _globals['_EVALUATERESPONSE']._serialized_start=180
   _globals['_EVALUATERESPONSE']._serialized_end=508
-  _globals['_COMPAREMODELSREQUEST']._serialized_start=510
-  _globals['_COMPAREMODELSREQUEST']._serialized_end=618
-  _globals['_COMPAREMODELSRESPONSE']._serialized_start=621
-  _globals['_COMPAREMODELSRESPONSE']._serialized_end=764
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=766
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=832
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=834
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=912
-  _globals['_EVALUATIONSERVICE']._serialized_start=915
-  _globals['_EVALUATIONSERVICE']._serialized_end=1269
+  _globals['_COMPAREMODELSREQUEST']._serialized_start=511
+  _globals['_COMPAREMODELSREQUEST']._serialized_end=641
+  _globals['_COMPAREMODELSRESPONSE']._serialized_start=644
+  _globals['_COMPAREMODELSRESPONSE']._serialized_end=787
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=789
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=855
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=857
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=935
+  _globals['_EVALUATIONSERVICE']._serialized_start=938
+  _globals['_EVALUATIONSERVICE']._serialized_end=1292
 # @@protoc_insertion_point(module_scope)

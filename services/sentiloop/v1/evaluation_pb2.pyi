@@ -112,6 +112,7 @@ class CompareModelsRequest(_message.Message):
     BASELINE_VERSION_FIELD_NUMBER: _builtins.int
     FEEDBACK_KEY_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    CROSS_FITTED_FIELD_NUMBER: _builtins.int
     candidate_path: _builtins.str
     """The candidate's artifact location (it need not be registered)."""
     baseline_version: _builtins.str
@@ -120,6 +121,11 @@ class CompareModelsRequest(_message.Message):
     """Object-store key of held-out feedback (a CSV text,label); empty for none."""
     seed: _builtins.int
     """Seed of the bootstrap resampling."""
+    cross_fitted: _builtins.bool
+    """Also compare on the feedback the candidate trained on, through its
+    out-of-fold predictions (crossfit.csv, written by a training job run with
+    cross_fit_folds); FAILED_PRECONDITION when the artifact has none.
+    """
     def __init__(
         self,
         *,
@@ -127,10 +133,11 @@ class CompareModelsRequest(_message.Message):
         baseline_version: _builtins.str = ...,
         feedback_key: _builtins.str = ...,
         seed: _builtins.int = ...,
+        cross_fitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "candidate_path", b"candidate_path", "feedback_key", b"feedback_key", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "candidate_path", b"candidate_path", "cross_fitted", b"cross_fitted", "feedback_key", b"feedback_key", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,7 +160,9 @@ class CompareModelsResponse(_message.Message):
 
     @_builtins.property
     def feedback(self) -> _common_pb2.ModelComparison:
-        """On the held-out feedback (unset when none was given)."""
+        """On the feedback: the held-out file or the out-of-fold predictions (unset
+        when neither was asked for).
+        """
 
     def __init__(
         self,
