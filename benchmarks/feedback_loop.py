@@ -10,7 +10,8 @@ time from the last label to the new version serving.
 
 Scenarios: each domain (VADER tweets, movie-review and editorial sentences) with seeds
 13, 1 and 2 (the seed picks the 400 labels and seeds training), then the gate's null
-cases: per domain a candidate trained on the same 400 texts with shuffled labels, and one
+cases: a candidate trained on a domain's 400 texts with shuffled labels (the first domain's,
+or the first --shuffled domains'), and one
 trained on 400 more sentences of the original (Amazon) distribution. The gate's error
 rates are measured by re-running its decision on stored predictions (75% subsamples of
 the feedback and of the test set, new bootstrap seeds): no new training per decision.
@@ -106,7 +107,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             sample = random.Random(seed).sample(pool, args.feedback)
             chosen.append(Scenario(domain, seed, "real", sample))
     if args.null:
-        for domain in args.domains:
+        for domain in args.domains[: args.shuffled]:
             pool = vader.split_examples(vader.load_domain(domain))["train"]
             sample = random.Random(13).sample(pool, args.feedback)
             labels = [e.label for e in sample]
@@ -132,6 +133,9 @@ def main() -> None:
     parser.add_argument("--preset", default="minilm")
     parser.add_argument("--decisions", type=int, default=25, help="gate re-runs per scenario")
     parser.add_argument("--no-null", dest="null", action="store_false")
+    parser.add_argument(
+        "--shuffled", type=int, default=1, help="domains with a shuffled-label null candidate"
+    )
     args = parser.parse_args()
 
     import torch

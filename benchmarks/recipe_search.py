@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,9 @@ def main() -> None:
             for seed in args.seeds:
                 for number, recipe in enumerate(recipes):
                     run = Path(tmp) / f"{domain}-{seed}-{number}"
-                    write_snapshot(run / "train", amazon["train"], split["train"][: args.feedback])
+                    # The seed picks the labels and seeds training, as in feedback_loop.py.
+                    feedback = random.Random(seed).sample(split["train"], args.feedback)
+                    write_snapshot(run / "train", amazon["train"], feedback)
                     hyperparameters = {"init_model_dir": str(args.base), "seed": seed, **recipe}
                     command = [
                         sys.executable, str(scripts_dir() / "train.py"),

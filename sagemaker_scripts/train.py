@@ -51,12 +51,16 @@ init_model_dir            continue from an earlier model       none         none
 group_by_length           length-grouped batches (faster)      true         true
 replay_ratio              original rows kept per feedback row  none (all)   none (all)
 cross_fit_folds           k: out-of-fold feedback predictions  0 (off)      0 (off)
+balance_feedback          equal total weight per feedback label false        false
 ========================  ===================================  ===========  ==========
 
 ``replay_ratio`` (only when the train channel holds feedback rows): train on every feedback
 row and a seeded sample of ``replay_ratio`` times as many of the other rows, instead of all
 of them. Continuing from ``init_model_dir`` on the new labels plus a replay sample of the old
 data keeps what the model knew at a fraction of the cost of a pass over everything.
+
+``balance_feedback``: reweight the feedback rows so that each label's rows weigh the same in
+total (macro-F1 counts a rare class of a new domain as much as a common one).
 
 ``cross_fit_folds`` = k >= 2 (only with at least k feedback rows): before the final model,
 train k fold models the same way, each without one k-th of the feedback rows (folds are
@@ -346,6 +350,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "group_by_length": _boolean,
     "replay_ratio": _optional(_nonnegative_float),
     "cross_fit_folds": _nonnegative_int,
+    "balance_feedback": _boolean,
 }
 """Every hyperparameter this script accepts, with its parser/validator."""
 _OPTIONAL = ("max_steps", "init_model_dir", "replay_ratio")
@@ -370,6 +375,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "group_by_length": True,
         "replay_ratio": None,
         "cross_fit_folds": 0,
+        "balance_feedback": False,
     },
     # A randomly initialised 2-layer BERT of width 32 with the MiniLM tokenizer: seconds on a
     # CPU, for testing the mechanics (its accuracy means nothing).
@@ -389,6 +395,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "group_by_length": True,
         "replay_ratio": None,
         "cross_fit_folds": 0,
+        "balance_feedback": False,
     },
 }
 
@@ -534,12 +541,32 @@ def with_replay(split: Split, ratio: float | None, seed: int) -> Split:
     return split.subset([i for i in range(len(split.texts)) if i in sample or split.is_feedback[i]])
 
 
+def balance_feedback(split: Split) -> Split:
+    """Feedback rows reweighted so that each label's rows weigh the same in total
+    (n / (k * n_label)): macro-F1 counts a rare class of the new domain as much as a
+    common one. Other rows keep their weights."""
+    rows = [i for i, flag in enumerate(split.is_feedback) if flag]
+    counts = {label: sum(split.labels[i] == label for i in rows) for label in range(len(LABELS))}
+    present = [label for label, count in counts.items() if count]
+    weights = list(split.weights)
+    for i in rows:
+        weights[i] *= len(rows) / (len(present) * counts[split.labels[i]])
+    return Split(split.name, split.texts, split.labels, weights, split.is_feedback)
+
+
+def training_split(split: Split, hps: dict[str, Any]) -> Split:
+    """The rows a model trains on, and their weights (replay, then class balance)."""
+    chosen = with_replay(split, hps["replay_ratio"], hps["seed"])
+    return balance_feedback(chosen) if hps["balance_feedback"] else chosen
+
+
 def fold_training_split(split: Split, held_out: Sequence[int], hps: dict[str, Any]) -> Split:
-    """What a fold model trains on: everything but its held-out feedback rows, with the
-    same replay sampling as the final model."""
+    """What a fold model trains on: everything but its held-out feedback rows, prepared as
+    the final model's rows are."""
     excluded = set(held_out)
-    rest = split.subset([i for i in range(len(split.texts)) if i not in excluded])
-    return with_replay(rest, hps["replay_ratio"], hps["seed"])
+    return training_split(
+        split.subset([i for i in range(len(split.texts)) if i not in excluded]), hps
+    )
 
 
 def feedback_folds(split: Split, folds: int, seed: int) -> list[list[int]]:
@@ -949,7 +976,7 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
         precision = "fp32"
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    train = with_replay(job.train, hps["replay_ratio"], hps["seed"])
+    train = training_split(job.train, hps)
     folds: list[list[int]] = []
     if hps["cross_fit_folds"] >= 2 and job.train.feedback_rows >= hps["cross_fit_folds"]:
         folds = feedback_folds(job.train, hps["cross_fit_folds"], hps["seed"])

@@ -185,6 +185,35 @@ def test_the_gate_keeps_a_rejected_candidate_out_then_force_and_rollback(
     )
 
 
+def test_compare_scores_a_retrained_candidate_out_of_fold(
+    loop_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    models = {m["version"]: m for m in client.get("/models").json()["models"]}
+    retrained = next(m for m in models.values() if m["source"] == "retraining")
+    answer = client.post(
+        "/evaluate/compare",
+        json={"candidate_path": retrained["path"], "baseline_version": "v1", "cross_fitted": True},
+    )
+    assert answer.status_code == 200, answer.text
+    feedback = answer.json()["feedback"]
+    assert (
+        feedback["folds"] == 4 and feedback["samples"] == retrained["gate"]["feedback"]["samples"]
+    )
+    assert len(feedback["candidate_class_f1"]) == len(feedback["baseline_class_f1"]) == 3
+    assert feedback["delta_ci_low"] <= feedback["delta_macro_f1_lower_bound"]
+
+    # A bootstrap has no out-of-fold predictions; and one source of feedback at a time.
+    missing = client.post(
+        "/evaluate/compare", json={"candidate_path": models["v1"]["path"], "cross_fitted": True}
+    )
+    assert missing.status_code == 400 and "crossfit.csv" in missing.json()["message"]
+    both = client.post(
+        "/evaluate/compare",
+        json={"candidate_path": retrained["path"], "cross_fitted": True, "feedback_key": "x.csv"},
+    )
+    assert both.status_code == 400 and "cross_fitted" in both.json()["message"]
+
+
 def test_concurrent_retrain_calls_run_exactly_once(loop_mesh: RunningMesh) -> None:
     with grpc.insecure_channel(loop_mesh.envoy_address) as channel:
         stub = retraining_pb2_grpc.RetrainingServiceStub(channel)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from sentiloop.evaluation.scoring import compare
-from sentiloop.retraining.gate import decide
+from sentiloop.retraining.gate import GateRules, decide
 
 
 def noisy(truth: list[int], accuracy: float, seed: int) -> list[int]:
@@ -59,10 +59,10 @@ def test_a_class_collapse_is_rejected_even_with_a_macro_gain() -> None:
     feedback = compare(
         "feedback", FEEDBACK, noisy(FEEDBACK, 0.80, 7), noisy(FEEDBACK, 0.55, 8), folds=4
     )
-    decision = decide(test, feedback, "v1", tolerance=1.0)  # macro-F1 alone would pass
+    decision = decide(test, feedback, "v1", GateRules(tolerance=1.0))  # macro-F1 alone would pass
     assert decision.decision == "rejected"
     assert "neutral F1 fell" in decision.reason and "on test" in decision.reason
-    assert decide(test, feedback, "v1", tolerance=1.0, class_floor=1.0).promoted
+    assert decide(test, feedback, "v1", GateRules(tolerance=1.0, class_floor=1.0)).promoted
 
 
 def test_a_gain_within_noise_is_not_promoted() -> None:
@@ -96,7 +96,10 @@ def test_losing_more_than_the_tolerance_on_the_test_set_blocks_a_feedback_gain()
     assert test.delta_macro_f1 < -0.01
     assert decide(test, feedback, "v1").decision == "rejected"
     # Within a wider tolerance and class floor the same candidate passes.
-    assert decide(test, feedback, "v1", tolerance=0.5, class_floor=0.5).decision == "promoted"
+    assert (
+        decide(test, feedback, "v1", GateRules(tolerance=0.5, class_floor=0.5)).decision
+        == "promoted"
+    )
 
 
 def test_falling_accuracy_on_the_feedback_blocks_a_macro_f1_gain() -> None:
@@ -109,7 +112,7 @@ def test_falling_accuracy_on_the_feedback_blocks_a_macro_f1_gain() -> None:
     assert (
         feedback.delta_macro_f1 > 0.3 and feedback.candidate_accuracy < feedback.baseline_accuracy
     )
-    decision = decide(test, feedback, "v1", class_floor=1.0)
+    decision = decide(test, feedback, "v1", GateRules(class_floor=1.0))
     assert decision.decision == "rejected" and "feedback accuracy fell" in decision.reason
 
 

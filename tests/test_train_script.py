@@ -404,7 +404,7 @@ def test_feedback_folds_are_stratified_disjoint_and_seeded() -> None:
 
 def test_a_fold_model_never_trains_on_its_fold_and_replays_a_sample() -> None:
     split = _feedback_split(originals=100, feedback=40)
-    hps = {"replay_ratio": 0.5, "seed": 13}
+    hps = {"replay_ratio": 0.5, "seed": 13, "balance_feedback": False}
     for fold in train.feedback_folds(split, 4, seed=13):
         rows = train.fold_training_split(split, fold, hps)
         held_out = {split.texts[i] for i in fold}
@@ -415,6 +415,28 @@ def test_a_fold_model_never_trains_on_its_fold_and_replays_a_sample() -> None:
     assert train.with_replay(split, 0.5, 13).texts == final.texts  # seeded
     assert train.with_replay(split, None, 13) is split  # no ratio: every row
     assert len(train.with_replay(split, 10.0, 13).texts) == 140  # never more than there are
+
+
+def test_balanced_feedback_weighs_each_label_alike() -> None:
+    split = _feedback_split(originals=6, feedback=0)
+    for label in [1] * 8 + [0] * 2 + [2] * 2:  # a new domain where most labels are neutral
+        split.texts.append(f"feedback {len(split.texts)}")
+        split.labels.append(label)
+        split.weights.append(2.0)  # feedback_weight already applied
+        split.is_feedback.append(True)
+    balanced = train.balance_feedback(split)
+    totals = [
+        sum(
+            w
+            for w, y, f in zip(balanced.weights, balanced.labels, balanced.is_feedback, strict=True)
+            if f and y == c
+        )
+        for c in range(3)
+    ]
+    assert totals == pytest.approx([8.0, 8.0, 8.0])  # the feedback's total weight (24) kept
+    assert balanced.weights[:6] == split.weights[:6]  # original rows untouched
+    hps = {"replay_ratio": None, "seed": 13, "balance_feedback": False}
+    assert train.training_split(split, hps).weights == split.weights
 
 
 def test_cross_fitting_predicts_every_feedback_row_out_of_fold(tmp_path: Path, data: Path) -> None:

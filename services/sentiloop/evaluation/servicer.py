@@ -143,6 +143,11 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     ) -> pb.CompareModelsResponse:
         if not request.candidate_path:
             raise InvalidArgument({"candidate_path": "is required"})
+        if request.cross_fitted and request.feedback_key:
+            raise InvalidArgument(
+                {"cross_fitted": "compare on the out-of-fold predictions or on feedback_key,"
+                 " not both"}
+            )  # fmt: skip
         baseline = await self._model(request.baseline_version)
         test = await asyncio.to_thread(self._test_set)
         holdout = None
@@ -159,11 +164,6 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
         candidate, base = await self._run(both, test)
         on_test = compare("test", test.labels, candidate, base, seed)
         on_feedback = None
-        if request.cross_fitted and request.feedback_key:
-            raise InvalidArgument(
-                {"cross_fitted": "compare on the out-of-fold predictions or on feedback_key,"
-                 " not both"}
-            )  # fmt: skip
         if request.cross_fitted:
             crossfit = await self._run(self._crossfit, request.candidate_path)
             base = await self._run(

@@ -3,8 +3,9 @@
 1. **A real gain on the feedback.** Every feedback label counts as evidence: the training
    job cross-fits (k fold models, each predicting the fold it did not see), so the
    candidate's out-of-fold predictions cover all of the feedback, not a 20% holdout. The
-   one-sided 95% paired-bootstrap lower bound of the macro-F1 difference must be above 0
-   (a one-sided test at 5%: the bound on false promotions), and accuracy must not fall.
+   one-sided 95% paired-bootstrap lower bound of the macro-F1 difference must be above
+   ``min_gain`` (a one-sided test at 5%: a candidate whose true gain is below ``min_gain``
+   is promoted at most about 5% of the time), and accuracy must not fall.
 2. **Not worse on the fixed test set** by more than a tolerance (macro-F1 points): what the
    model knew stays known.
 3. **No class collapses**: on both sets, no class's F1 falls by more than a floor, so a gain
@@ -22,8 +23,12 @@ from typing import Any
 from sentiloop.core.validation import LABELS
 from sentiloop.evaluation.scoring import Comparison
 
-DEFAULT_TOLERANCE = 0.01  # one point of macro-F1 on the test set
-DEFAULT_CLASS_FLOOR = 0.05  # five points of one class's F1
+
+@dataclass(frozen=True)
+class GateRules:
+    tolerance: float = 0.01  # the largest test-set macro-F1 loss accepted (1 point)
+    class_floor: float = 0.05  # the largest fall of one class's F1, on either set
+    min_gain: float = 0.0  # the feedback gain the candidate must show with 95% confidence
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class Decision:
     feedback: Comparison | None
     tolerance: float
     baseline_version: str
-    class_floor: float = DEFAULT_CLASS_FLOOR
+    class_floor: float
+    min_gain: float
 
     @property
     def promoted(self) -> bool:
@@ -78,10 +84,10 @@ def decide(
     test: Comparison,
     feedback: Comparison | None,
     baseline_version: str,
-    tolerance: float = DEFAULT_TOLERANCE,
+    rules: GateRules = GateRules(),
     force: bool = False,
-    class_floor: float = DEFAULT_CLASS_FLOOR,
 ) -> Decision:
+    tolerance, class_floor = rules.tolerance, rules.class_floor
     problems = []
     if test.delta_macro_f1 < -tolerance:
         problems.append(
@@ -91,8 +97,9 @@ def decide(
     if feedback is None or feedback.samples == 0:
         problems.append("no feedback predictions to show an improvement on")
     else:
-        if feedback.delta_macro_f1_lower_bound <= 0:
-            problems.append(f"no significant gain: {_describe(feedback)}")
+        if feedback.delta_macro_f1_lower_bound <= rules.min_gain:
+            wanted = f" of more than {rules.min_gain * 100:.1f} points" if rules.min_gain else ""
+            problems.append(f"no significant gain{wanted}: {_describe(feedback)}")
         if feedback.candidate_accuracy < feedback.baseline_accuracy:
             problems.append(
                 f"feedback accuracy fell"
@@ -103,7 +110,8 @@ def decide(
 
     def decision(verdict: str, reason: str) -> Decision:
         return Decision(
-            verdict, reason, test, feedback, tolerance, baseline_version, class_floor
+            verdict, reason, test, feedback, tolerance, baseline_version, class_floor,
+            rules.min_gain,
         )  # fmt: skip
 
     if not problems:

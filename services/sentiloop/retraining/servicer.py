@@ -18,6 +18,7 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.evaluation.scoring import Comparison
 from sentiloop.model_init.datasets import StoredDataset, ensure_dataset
 from sentiloop.notification.notify import Notifier
+from sentiloop.retraining.gate import GateRules
 from sentiloop.retraining.runs import RunStore
 from sentiloop.retraining.service import FeedbackCounts, JobResult, Outcome, Policy, Retrainer
 from sentiloop.retraining.snapshot import Snapshot, build_snapshot
@@ -249,11 +250,15 @@ def load_policy(settings: Settings) -> Policy:
             ),
         ),
         folds=folds,
-        tolerance=env_float("SENTILOOP_GATE_TOLERANCE", Policy.tolerance),
-        class_floor=env_float("SENTILOOP_GATE_CLASS_FLOOR", Policy.class_floor),
+        gate=GateRules(
+            tolerance=env_float("SENTILOOP_GATE_TOLERANCE", GateRules.tolerance),
+            class_floor=env_float("SENTILOOP_GATE_CLASS_FLOOR", GateRules.class_floor),
+            min_gain=env_float("SENTILOOP_GATE_MIN_GAIN", GateRules.min_gain),
+        ),
         preset=settings.default_preset,
         seed=env_int("SENTILOOP_RETRAIN_SEED", Policy.seed),
         replay_ratio=env_float("SENTILOOP_RETRAIN_REPLAY_RATIO", Policy.replay_ratio),
+        balance_feedback=env_flag("SENTILOOP_RETRAIN_BALANCE_FEEDBACK", Policy.balance_feedback),
         feedback_weight=env_float("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
         epochs=env_float("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
         learning_rate=env_float("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),

@@ -162,6 +162,7 @@ class GateDecision(_message.Message):
     TOLERANCE_FIELD_NUMBER: _builtins.int
     BASELINE_VERSION_FIELD_NUMBER: _builtins.int
     CLASS_FLOOR_FIELD_NUMBER: _builtins.int
+    MIN_GAIN_FIELD_NUMBER: _builtins.int
     decision: _builtins.str
     """"promoted", "rejected" or "forced"."""
     reason: _builtins.str
@@ -173,6 +174,10 @@ class GateDecision(_message.Message):
     class_floor: _builtins.float
     """The largest fall of one class's F1 the gate tolerates, on either data set
     (0.05 = 5 points).
+    """
+    min_gain: _builtins.float
+    """The feedback macro-F1 gain the candidate had to show with 95% confidence
+    (0.02 = 2 points).
     """
     @_builtins.property
     def test(self) -> Global___ModelComparison:
@@ -192,10 +197,11 @@ class GateDecision(_message.Message):
         tolerance: _builtins.float = ...,
         baseline_version: _builtins.str = ...,
         class_floor: _builtins.float = ...,
+        min_gain: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "test", b"test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "class_floor", b"class_floor", "decision", b"decision", "feedback", b"feedback", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "class_floor", b"class_floor", "decision", b"decision", "feedback", b"feedback", "min_gain", b"min_gain", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
