@@ -117,7 +117,7 @@ def test_retrain_needs_ten_labels_then_runs_the_loop(
         # Cross-fitted: the candidate trained on all 30 labels, and every one of them was
         # scored by a fold model that had not seen it.
         assert result["feedback_samples"] == gate["feedback"]["samples"] == 30
-        assert gate["feedback"]["folds"] == 4 and gate["class_floor"] == 0.05
+        assert gate["feedback"]["folds"] == 3 and gate["class_floor"] == 0.05
         registered = client.get("/models/v2").json()["model"]
         assert registered["gate"]["decision"] == gate["decision"]
         assert registered["source"] == "retraining"
@@ -197,7 +197,7 @@ def test_compare_scores_a_retrained_candidate_out_of_fold(
     assert answer.status_code == 200, answer.text
     feedback = answer.json()["feedback"]
     assert (
-        feedback["folds"] == 4 and feedback["samples"] == retrained["gate"]["feedback"]["samples"]
+        feedback["folds"] == 3 and feedback["samples"] == retrained["gate"]["feedback"]["samples"]
     )
     assert len(feedback["candidate_class_f1"]) == len(feedback["baseline_class_f1"]) == 3
     assert feedback["delta_ci_low"] <= feedback["delta_macro_f1_lower_bound"]

@@ -95,6 +95,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._executor.shutdown(wait=True)
 
 
+REGISTRY_WAIT_SECONDS = 30.0
+
+
 class RegistryFollower:
     """Polls the registry's active version and loads it beside the served one, then
     swaps: requests in flight finish on the version they started with."""
@@ -116,23 +119,35 @@ class RegistryFollower:
                 log.exception("following the registry failed")
             await asyncio.sleep(self._interval)
 
-    async def sync_once(self) -> None:
+    async def first_sync(self, timeout: float) -> None:
+        """Sync once the registry answers: the services start together, and reporting
+        SERVING before knowing the active model would answer the first requests with
+        "no model is deployed yet". After ``timeout`` the polling carries on alone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await self.sync_once() and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+
+    async def sync_once(self) -> bool:
+        """Follow the registry's active version; False when the registry did not answer."""
         try:
             answer = await self._clients.registry.GetModel(
                 registry_pb2.GetModelRequest(version="active"), timeout=5
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND and self._predictor.current is None:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                return False  # registry unreachable: keep serving what we have
+            if self._predictor.current is None:
                 self._predictor.state = ServingState("NotDeployed")
-            return  # registry unreachable: keep serving what we have
+            return True
         version, artifact = answer.model.version, answer.model.path
         predictor = self._predictor
         current = predictor.current
         if current is not None and current.version == version:
-            return
+            return True
         loop = asyncio.get_running_loop()
         if self._failed and self._failed[0] == version and loop.time() - self._failed[1] < 30:
-            return
+            return True
         serving = current.version if current else ""
         predictor.state = ServingState(
             "Loading", serving, version, loaded_at=predictor.state.loaded_at
@@ -148,10 +163,11 @@ class RegistryFollower:
                 status="Failed",
                 failure_reason=f"loading {version} failed: {error}",
             )
-            return
+            return True
         predictor.current = loaded
         predictor.state = ServingState("InService", version, version, loaded_at=loaded.loaded_at)
         log.info("serving model version %s", version, extra={"fields": {"version": version}})
+        return True
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
@@ -198,7 +214,7 @@ def create_app(settings: Settings) -> ServiceApp:
         async def startup() -> None:
             # Serve the active model from the first request on, when there is one.
             assert follower is not None
-            await follower.sync_once()
+            await follower.first_sync(REGISTRY_WAIT_SECONDS)
             tasks.append(asyncio.create_task(follower.run()))
 
     async def shutdown() -> None:

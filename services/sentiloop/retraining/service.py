@@ -39,7 +39,7 @@ class Policy:
     trigger: TriggerRules
     # The gate's evidence: the job trains this many fold models first, so that every
     # feedback label gets an out-of-fold prediction (retraining.gate).
-    folds: int = 4
+    folds: int = 3
     gate: GateRules = field(default_factory=GateRules)
     preset: str = "minilm"
     seed: int = 13  # of runs that do not name one (the policy's): reproducible runs
@@ -48,8 +48,8 @@ class Policy:
     # benchmarks/recipe_search.py, movies kept aside; measured in benchmarks/feedback_loop.py).
     replay_ratio: float = 1.0
     balance_feedback: bool = True
-    feedback_weight: float = 2.0
-    epochs: float = 3.0
+    feedback_weight: float = 1.0
+    epochs: float = 4.0
     learning_rate: float = 1e-4
 
 

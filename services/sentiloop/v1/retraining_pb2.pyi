@@ -38,11 +38,13 @@ class RetrainRequest(_message.Message):
     force_promotion: _builtins.bool
     """Promote the candidate even if the gate rejects it (recorded as forced)."""
     recipe: _builtins.str
-    """The training recipe: "default" (fine-tune the active model, feedback weighted up)
-    or "naive" (train the base model on the merged data, feedback unweighted).
+    """The training recipe: "default" (fine-tune the active model on the feedback,
+    balanced by label, plus a replay sample of the original data) or "naive"
+    (train the base model on all of the merged data, feedback unweighted). Both
+    cross-fit for the gate.
     """
     seed: _builtins.int
-    """Training seed (default 13)."""
+    """Training seed (default: the service's SENTILOOP_RETRAIN_SEED, 13 unless set)."""
     def __init__(
         self,
         *,
