@@ -287,14 +287,18 @@ def test_a_restarted_mesh_serves_its_model_from_the_first_request(tmp_path: Path
     answers: it waits for the registry before it reports SERVING, so that `up` is not
     ready while the active model is still unknown."""
     mesh = start_mesh(tmp_path, extra_env=TINY_ENV)
-    with httpx.Client(base_url=mesh.url, timeout=120) as client:
-        client.post("/model-init/bootstrap?auto_deploy=true", json={})
-        wait_for(lambda: endpoint(client)["status"] == "InService", 180)
-    assert mesh.stop() == 0
+    try:
+        with httpx.Client(base_url=mesh.url, timeout=120) as client:
+            client.post("/model-init/bootstrap?auto_deploy=true", json={})
+            wait_for(lambda: endpoint(client)["status"] == "InService", 180)
+    finally:
+        assert mesh.stop() == 0
     for _ in range(2):
         mesh = start_mesh(tmp_path, extra_env=TINY_ENV)
-        with httpx.Client(base_url=mesh.url, timeout=60) as client:
-            first = client.post("/predict", json={"text": "Works as promised"})
-            assert first.status_code == 200, first.text
-            assert first.json()["model_version"] == "v1"
-        assert mesh.stop() == 0
+        try:  # a failed assertion must not leave a mesh holding its ports
+            with httpx.Client(base_url=mesh.url, timeout=60) as client:
+                first = client.post("/predict", json={"text": "Works as promised"})
+        finally:
+            assert mesh.stop() == 0
+        assert first.status_code == 200, first.text
+        assert first.json()["model_version"] == "v1"
