@@ -46,6 +46,7 @@ from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.core.scripts import load_script
 from sentiloop.data import vader
 from sentiloop.evaluation.scoring import (
+    CROSSFIT_FILE,
     compare,
     labelled,
     metrics,
@@ -66,8 +67,6 @@ from sentiloop.v1 import (
     retraining_pb2,
     retraining_pb2_grpc,
 )
-
-CROSSFIT_FILE = "crossfit.csv"
 
 
 @dataclass

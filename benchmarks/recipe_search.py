@@ -64,6 +64,8 @@ def main() -> None:
     print(f"base model: amazon test macro-F1 {base_amazon:.4f}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        validation = Path(tmp) / "validation"
+        vader.write_csv(amazon["validation"], validation / "validation.csv")
         for domain in args.domains:
             split = vader.split_examples(vader.load_domain(domain))
             held_out = labelled([(e.text, e.label) for e in split["test"]])
@@ -79,14 +81,10 @@ def main() -> None:
                     command = [
                         sys.executable, str(scripts_dir() / "train.py"),
                         "--train", str(run / "train"),
-                        "--validation", str(Path(args.base).parent / "validation-channel"),
+                        "--validation", str(validation),
                         "--model-dir", str(run / "model"),
                         "--output-data-dir", str(run / "out"),
                     ]  # fmt: skip
-                    validation = Path(args.base).parent / "validation-channel"
-                    if not validation.exists():
-                        validation.mkdir()
-                        vader.write_csv(amazon["validation"], validation / "validation.csv")
                     for name, value in hyperparameters.items():
                         command += [f"--{name}", str(value)]
                     started = time.monotonic()

@@ -911,13 +911,17 @@ def _fit(hps: dict[str, Any], split: Split, runtime: _Runtime) -> tuple[Any, Any
 
 
 def _cross_fit(
-    hps: dict[str, Any], train: Split, folds: list[list[int]], runtime: _Runtime
+    hps: dict[str, Any],
+    train: Split,
+    folds: list[tuple[list[int], Split]],
+    runtime: _Runtime,
 ) -> list[dict[str, Any]]:
-    """Out-of-fold predictions for every feedback row (see ``cross_fit_folds``)."""
+    """Out-of-fold predictions for every feedback row (see ``cross_fit_folds``); each fold
+    is its held-out rows of ``train`` and the split its model trains on."""
     inference = _inference_script()
     rows: list[dict[str, Any]] = []
-    for number, held_out in enumerate(folds):
-        tokenizer, model, _ = _fit(hps, fold_training_split(train, held_out, hps), runtime)
+    for number, (held_out, fold_split) in enumerate(folds):
+        tokenizer, model, _ = _fit(hps, fold_split, runtime)
         folder = runtime.scratch / f"fold-{number}"
         model.to("cpu")
         _save_model(model, tokenizer, folder)
@@ -977,14 +981,19 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     train = training_split(job.train, hps)
-    folds: list[list[int]] = []
+    folds: list[tuple[list[int], Split]] = []
     if hps["cross_fit_folds"] >= 2 and job.train.feedback_rows >= hps["cross_fit_folds"]:
-        folds = feedback_folds(job.train, hps["cross_fit_folds"], hps["seed"])
+        folds = [
+            (held_out, fold_training_split(job.train, held_out, hps))
+            for held_out in feedback_folds(job.train, hps["cross_fit_folds"], hps["seed"])
+        ]
     elif hps["cross_fit_folds"] >= 2:
         _log(f"cross-fitting skipped: {job.train.feedback_rows} feedback rows, fewer than folds")
-    fold_rows = [len(fold_training_split(job.train, fold, hps).texts) for fold in folds]
     runtime = _Runtime(
-        device, amp, scratch, sum(_steps(hps, n) for n in [*fold_rows, len(train.texts)])
+        device,
+        amp,
+        scratch,
+        sum(_steps(hps, len(split.texts)) for split in [*(f for _, f in folds), train]),
     )
     _log(
         f"device={device.type} precision={precision} "

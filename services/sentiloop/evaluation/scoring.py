@@ -143,6 +143,9 @@ def compare(
     )
 
 
+CROSSFIT_FILE = "crossfit.csv"  # written into the model folder by train.py
+
+
 @dataclass(frozen=True)
 class CrossFitted:
     """The candidate's out-of-fold predictions on the feedback it was trained with

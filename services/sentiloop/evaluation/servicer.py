@@ -23,6 +23,7 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.evaluation.scoring import (
+    CROSSFIT_FILE,
     Comparison,
     CrossFitted,
     Labelled,
@@ -44,9 +45,6 @@ MODEL_CACHE_SIZE = 3
 
 def comparison_to_proto(comparison: Comparison | None) -> common_pb2.ModelComparison | None:
     return common_pb2.ModelComparison(**asdict(comparison)) if comparison else None
-
-
-CROSSFIT_FILE = "crossfit.csv"  # written into the model folder by train.py
 
 
 def report_to_proto(report: Report) -> pb.EvaluateResponse:
@@ -160,12 +158,15 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
             base = predict_labels(self._models.get(baseline.path), data.texts)
             return candidate, base
 
+        crossfit = None
+        if request.cross_fitted:  # before the test set: a candidate without it fails fast
+            crossfit = await self._run(self._crossfit, request.candidate_path)
+
         seed = request.seed or 13
         candidate, base = await self._run(both, test)
         on_test = compare("test", test.labels, candidate, base, seed)
         on_feedback = None
-        if request.cross_fitted:
-            crossfit = await self._run(self._crossfit, request.candidate_path)
+        if crossfit is not None:
             base = await self._run(
                 lambda: predict_labels(self._models.get(baseline.path), crossfit.feedback.texts)
             )
