@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import load_settings
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.supervisor import envoy_routes_ready
 from sentiloop.notification.events import KNOWN_TYPES, EventLog
 from sentiloop.notification.notify import Notifier
 from sentiloop.testing import RunningMesh, free_port, pid_alive, start_mesh
@@ -406,9 +407,18 @@ def test_notifier_emits_and_never_raises(
 def wait_until_serving(mesh: RunningMesh, client: httpx.Client) -> None:
     mesh.wait_for_health(200, timeout=30)
     deadline = time.monotonic() + 5  # Envoy's own health check takes the service back
-    while client.get("/events", params={"page_size": 1}).status_code != 200:
+    admin_port = int(mesh.env["SENTILOOP_ENVOY_ADMIN_PORT"])
+    # A check sent to the stopping process may fail after a later one passed: wait until
+    # Envoy has held every host healthy for two of its 0.5 s unhealthy intervals.
+    healthy_since: float | None = None
+    while healthy_since is None or time.monotonic() - healthy_since < 1.0:
         assert time.monotonic() < deadline
+        if envoy_routes_ready(admin_port):
+            healthy_since = healthy_since or time.monotonic()
+        else:
+            healthy_since = None
         time.sleep(0.1)
+    assert client.get("/events", params={"page_size": 1}).status_code == 200
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])

@@ -30,6 +30,23 @@ log = logging.getLogger("sentiloop.supervisor")
 MAX_RESTART_DELAY_SECONDS = 30.0
 
 
+def envoy_routes_ready(admin_port: int) -> bool:
+    """True once Envoy's own health checks pass for every host, so that it routes to
+    every service (its first checks run before the services listen, and a restarted
+    service is routed to again only after its next passing check)."""
+    url = f"http://127.0.0.1:{admin_port}/clusters?format=json"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            clusters = json.loads(response.read())["cluster_statuses"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(
+        not host.get("health_status", {}).get("failed_active_health_check", False)
+        for cluster in clusters
+        for host in cluster.get("host_statuses", [])
+    )
+
+
 @dataclass
 class Child:
     name: str
@@ -133,19 +150,7 @@ class Mesh:
             return 0, {"error": str(error)}
 
     def envoy_routes_ready(self) -> bool:
-        """True once Envoy's own health checks pass for every host, so that it routes
-        to every service (its first checks run before the services listen)."""
-        url = f"http://127.0.0.1:{self.settings.envoy_admin_port}/clusters?format=json"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                clusters = json.loads(response.read())["cluster_statuses"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return all(
-            not host.get("health_status", {}).get("failed_active_health_check", False)
-            for cluster in clusters
-            for host in cluster.get("host_statuses", [])
-        )
+        return envoy_routes_ready(self.settings.envoy_admin_port)
 
     def report_exits(self) -> None:
         """Says which children died and why (a configuration error, say, is in the last
