@@ -81,6 +81,9 @@ def _http_rules() -> Iterator[tuple[str, str, str]]:
             continue
         for service in file.service:
             for method in service.method:
+                if method.client_streaming:  # gRPC only (UploadDataset; JSON: ImportDataset)
+                    assert not method.options.HasExtension(annotations_pb2.http), method.name
+                    continue
                 rule = method.options.Extensions[annotations_pb2.http]
                 for binding in [rule, *rule.additional_bindings]:
                     verb = binding.WhichOneof("pattern")

@@ -103,3 +103,35 @@ def under_exports(seaweed: SeaweedS3, bucket: str) -> list[int] | None:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
         ids += [json.loads(line)["id"] for line in body.splitlines()]
     return sorted(ids) if len(ids) >= 14 else None
+
+
+def test_import_a_dataset_from_an_s3_uri(
+    seaweed: SeaweedS3, s3_mesh: tuple[RunningMesh, str]
+) -> None:
+    """The user's own bucket (not the store's): read through the S3 object store's client."""
+    mesh, store_bucket = s3_mesh
+    user_bucket = f"user-{uuid.uuid4().hex[:12]}"
+    seaweed.create_bucket(user_bucket)
+    lines = ["text,label"] + [
+        f'"a {word} sentence, number {i}",{label}'
+        for i in range(20)
+        for word, label in (("fine", "Positive"), ("bad", "NEGATIVE"), ("plain", "neutral"))
+    ]
+    seaweed.client().put_object(
+        Bucket=user_bucket, Key="in/train_data.csv", Body="\n".join(lines).encode()
+    )
+    with httpx.Client(base_url=mesh.url, timeout=60) as client:
+        uri = f"s3://{user_bucket}/in/train_data.csv"
+        imported = client.post("/datasets", json={"name": "mine", "train": {"uri": uri}})
+        assert imported.status_code == 200, imported.text
+        dataset = imported.json()["dataset"]
+        assert dataset["source"] == f"train: {uri}"
+        assert {c: n["total"] for c, n in dataset["counts"].items()} == {
+            "train": 42, "validation": 9, "test": 9
+        }  # fmt: skip
+        missing = client.post("/datasets", json={"train": {"uri": f"s3://{user_bucket}/nope.csv"}})
+        assert missing.status_code == 404, missing.text
+    # Stored in the store's bucket, in the channel layout, with its record.
+    keys = seaweed.keys(store_bucket, f"{PREFIX}/datasets/imported/{dataset['dataset_id']}/")
+    assert sorted(k.rsplit("/", 2)[-2] for k in keys) == ["test", "train", "validation"]
+    assert seaweed.keys(store_bucket, f"{PREFIX}/datasets/index/{dataset['dataset_id']}.json")

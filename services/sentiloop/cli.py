@@ -153,15 +153,105 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
                 last = watch_job(channel, running[0].job_name) if args.watch else None
                 return 0 if last is None or last.job.status == "Completed" else 1
         answer = stub.Bootstrap(
-            model_init_pb2.BootstrapRequest(auto_deploy=args.auto_deploy, preset=args.preset or "")
+            model_init_pb2.BootstrapRequest(
+                auto_deploy=args.auto_deploy,
+                preset=args.preset or "",
+                dataset=args.dataset or "",
+                base_model=args.base_model or "",
+                hyperparameters=_pairs(args.hyperparameter),
+            )
         )
-        print(answer.message)
+        print(f"{answer.message} (dataset {answer.dataset_id[:12]})")
         if args.watch:
             last = watch_job(channel, answer.job_name)
             if last is None or last.job.status != "Completed":
                 return 1
             if args.auto_deploy:
                 return wait_for_endpoint(channel)
+        return 0
+
+    return int(_grpc_call(args, call))
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise SystemExit(f"error: {item!r} is not NAME=VALUE")
+        pairs[name] = value
+    return pairs
+
+
+UPLOAD_CHUNK = 1 << 20  # gRPC's default message limit is 4 MiB
+
+
+def _upload_requests(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from sentiloop.v1 import model_init_pb2
+
+    files = {"train": args.file, "validation": args.validation, "test": args.test}
+    name = args.name or Path(args.file).stem
+    for channel, path in files.items():
+        if not path:
+            continue
+        with open(path, "rb") as handle:
+            # The first message goes even for an empty file, so the service names the problem.
+            chunk = handle.read(UPLOAD_CHUNK)
+            yield model_init_pb2.UploadDatasetRequest(
+                name=name, channel=channel, filename=Path(path).name, chunk=chunk
+            )
+            while chunk := handle.read(UPLOAD_CHUNK):
+                yield model_init_pb2.UploadDatasetRequest(channel=channel, chunk=chunk)
+
+
+def _show_dataset(dataset: Any, created: bool | None = None) -> None:
+    state = "" if created is None else (" (new)" if created else " (imported before)")
+    print(f"dataset {dataset.dataset_id}{state}")
+    print(f"  name {dataset.name!r}, {dataset.kind}, from {dataset.source}")
+    for channel in ("train", "validation", "test"):
+        c = dataset.counts[channel]
+        print(
+            f"  {channel:<10} {c.total:>6}  negative {c.negative}, neutral {c.neutral},"
+            f" positive {c.positive}"
+        )
+    if dataset.split:
+        print(f"  split: {dataset.split}")
+    for channel, found in dataset.files.items():
+        print(
+            f"  {channel} file: {found.rows_read} rows read, {found.duplicates_collapsed}"
+            f" duplicates collapsed, {found.conflicting_texts} texts with conflicting labels"
+        )
+        for conflict in found.conflicts:
+            print(f"    {conflict}")
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from sentiloop.v1 import model_init_pb2 as pb
+    from sentiloop.v1 import model_init_pb2_grpc
+
+    def call(channel: Any) -> int:
+        stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
+        if args.action == "list":
+            for dataset in stub.ListDatasets(pb.ListDatasetsRequest()).datasets:
+                total = sum(c.total for c in dataset.counts.values())
+                print(f"{dataset.dataset_id[:12]}  {dataset.kind:<8} {total:>7}  {dataset.name}")
+            return 0
+        if args.action == "show":
+            _show_dataset(stub.GetDataset(pb.GetDatasetRequest(dataset_id=args.file)).dataset)
+            return 0
+        if "://" in args.file:  # read by the service, where the object store is
+            request = pb.ImportDatasetRequest(
+                name=args.name or "", train=pb.DatasetFile(uri=args.file)
+            )
+            for channel in ("validation", "test"):
+                if getattr(args, channel):
+                    getattr(request, channel).uri = getattr(args, channel)
+            answer = stub.ImportDataset(request, timeout=600)
+        else:
+            answer = stub.UploadDataset(_upload_requests(args), timeout=600)
+        _show_dataset(answer.dataset, answer.created)
         return 0
 
     return int(_grpc_call(args, call))
@@ -440,10 +530,35 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--watch", action="store_true", help="show progress until it ends")
     bootstrap.add_argument("--preset", choices=["minilm", "tiny"], help="model preset")
     bootstrap.add_argument(
+        "--dataset", help="dataset id (sentiloop dataset list), or an s3:// URI to import first"
+    )
+    bootstrap.add_argument("--base-model", help="model folder (or hub id) to fine-tune")
+    bootstrap.add_argument(
+        "--hyperparameter",
+        "-H",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a train.py hyperparameter, e.g. -H epochs=3 (repeatable)",
+    )
+    bootstrap.add_argument(
         "--if-empty",
         action="store_true",
         help="only when no model is deployed and none is on its way",
     )
+
+    dataset = with_address(
+        command("dataset", "import, list or show labelled datasets", _cmd_dataset)
+    )
+    dataset.add_argument("action", choices=["import", "list", "show"])
+    dataset.add_argument(
+        "file",
+        nargs="?",
+        help="import: a CSV (text,label) or JSON Lines file, or an s3:// URI; show: dataset id",
+    )
+    dataset.add_argument("--name", help="a name for people (default: the file's name)")
+    dataset.add_argument("--validation", help="a validation file (default: split from FILE)")
+    dataset.add_argument("--test", help="a test file (default: split from FILE)")
 
     status = with_address(command("status", "show a training job", _cmd_status))
     status.add_argument("job_name")
@@ -486,7 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "dataset" and args.action != "list" and not args.file:
+        parser.error(f"sentiloop dataset {args.action} needs a file or dataset id")
     raise SystemExit(args.func(args))
 
 

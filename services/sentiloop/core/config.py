@@ -79,6 +79,8 @@ class Settings:
     # The model preset of a training that names none (bootstrap, retraining).
     default_preset: str
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # The largest labelled file an import accepts, per file.
+    dataset_max_bytes: int = 50_000_000
 
     def address(self, service: str) -> str:
         return self.addresses[service]
@@ -108,6 +110,7 @@ def load_settings() -> Settings:
         object_store=_env("SENTILOOP_OBJECT_STORE", "local").lower(),
         default_preset=_env("SENTILOOP_DEFAULT_PRESET", "minilm"),
         envoy_descriptor=Path(d) if (d := os.environ.get("SENTILOOP_ENVOY_DESCRIPTOR")) else None,
+        dataset_max_bytes=env_int("SENTILOOP_DATASET_MAX_BYTES", 50_000_000),
         cors_origins=[
             o.strip() for o in _env("SENTILOOP_CORS_ORIGINS", "*").split(",") if o.strip()
         ],

@@ -310,6 +310,19 @@ class S3ObjectStore:
             body: bytes = response["Body"].read()
         return body
 
+    def read_uri(self, uri: str, max_bytes: int) -> bytes | None:
+        """Any object these credentials can read (``s3://bucket/key``, not only this store's
+        bucket), or None when it is larger than ``max_bytes`` (checked before reading)."""
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise InvalidArgument({"uri": f"{uri!r} is not s3://BUCKET/KEY"})
+        with self._errors(f"read {uri!r}", uri):
+            size = int(self.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            if size > max_bytes:
+                return None
+            body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
     def download(self, key: str, destination: Path) -> Path:
         """Downloads (in parts for big objects) to a temporary name, then renames."""
         full = self._full(key)

@@ -114,6 +114,37 @@ def _request_id(metadata: Any) -> str:
     return ""
 
 
+@contextlib.asynccontextmanager
+async def _mapped_errors(
+    method: str, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[None]:
+    """One call's request id, log line and error mapping, whatever its kind of streaming."""
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except errors.SentiloopError as error:
+        status = status_for(error)
+        code = status.code.name
+        await _abort(context, status)
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = _code_of(context)
+        if code != "UNKNOWN":
+            raise  # the servicer aborted with a status of its own
+        log.exception("unhandled error in %s", method)
+        code = "INTERNAL"
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    finally:
+        _log_call(method, code, started)
+        # A stream grpc cancels is finalized from another task's context.
+        with contextlib.suppress(ValueError):
+            request_id_var.reset(token)
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Binds the request id to the logs, maps domain errors, and logs every call."""
 
@@ -132,26 +163,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_unary: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                token = request_id_var.set(request_id)
-                started = time.perf_counter()
-                code = "OK"
-                try:
+                async with _mapped_errors(method, request_id, context):
                     _check_decoded(request)
                     return await inner_unary(request, context)
-                except errors.SentiloopError as error:
-                    status = status_for(error)
-                    code = status.code.name
-                    await _abort(context, status)
-                except Exception:
-                    code = _code_of(context)
-                    if code != "UNKNOWN":
-                        raise  # the servicer aborted with a status of its own
-                    log.exception("unhandled error in %s", method)
-                    code = "INTERNAL"
-                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-                finally:
-                    _log_call(method, code, started)
-                    request_id_var.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -164,35 +178,30 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                token = request_id_var.set(request_id)
-                started = time.perf_counter()
-                code = "OK"
-                try:
+                async with _mapped_errors(method, request_id, context):
                     _check_decoded(request)
                     async for item in inner_stream(request, context):
                         yield item
-                except errors.SentiloopError as error:
-                    status = status_for(error)
-                    code = status.code.name
-                    await _abort(context, status)
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except Exception:
-                    code = _code_of(context)
-                    if code != "UNKNOWN":
-                        raise
-                    log.exception("unhandled error in %s", method)
-                    code = "INTERNAL"
-                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-                finally:
-                    _log_call(method, code, started)
-                    # A stream grpc cancels is finalized from another task's context.
-                    with contextlib.suppress(ValueError):
-                        request_id_var.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
+                request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:  # client streaming (uploads)
+            inner_upload: Any = handler.stream_unary
+
+            async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                async for request in requests:
+                    _check_decoded(request)
+                    yield request
+
+            async def upload(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async with _mapped_errors(method, request_id, context):
+                    return await inner_upload(checked(requests), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                upload,
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )

@@ -279,7 +279,7 @@ def split_examples(
     return {name: [example for _h, _i, example in sorted(keyed[name])] for name in SPLITS}
 
 
-def _csv_bytes(examples: Iterable[Example]) -> bytes:
+def csv_bytes(examples: Iterable[Example]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["text", "label"])
@@ -295,7 +295,7 @@ def write_csv(examples: Iterable[Example], path: Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_csv_bytes(examples))
+    path.write_bytes(csv_bytes(examples))
 
 
 def read_csv(path: Path) -> list[Example]:
@@ -351,7 +351,7 @@ def build_dataset(
     digest = hashlib.sha256()
     files: dict[str, str] = {}
     for name in SPLITS:
-        data = _csv_bytes(splits[name])
+        data = csv_bytes(splits[name])
         relative = f"{name}/{name}.csv"
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
+from sentiloop.data.datasets import lineage_dataset
 from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.evaluation.scoring import (
     CROSSFIT_FILE,
@@ -34,7 +35,6 @@ from sentiloop.evaluation.scoring import (
     read_feedback_jsonl,
     read_labelled_csv,
 )
-from sentiloop.model_init.datasets import ensure_dataset
 from sentiloop.v1 import common_pb2, feedback_pb2, registry_pb2
 from sentiloop.v1 import evaluation_pb2 as pb
 from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc
@@ -107,8 +107,9 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
             raise mesh_error("registry", error, field="model_version") from error
         return answer.model
 
-    def _test_set(self) -> Labelled:
-        dataset = ensure_dataset(self._store)
+    def _test_set(self, dataset_hash: str) -> Labelled:
+        """The test split of the dataset the model belongs to (see lineage_dataset)."""
+        dataset = lineage_dataset(self._store, dataset_hash)
         return read_labelled_csv(self._store.get_bytes(dataset.channels["test"] + "test.csv"))
 
     async def _feedback(self) -> tuple[Labelled, int]:
@@ -128,7 +129,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
         model = await self._model(request.model_version)
         feedback, count = await self._feedback()
-        test = await asyncio.to_thread(self._test_set)
+        test = await asyncio.to_thread(self._test_set, model.dataset_hash)
         on_feedback = await self._run(self._score, model.path, feedback)
         on_test = await self._run(self._score, model.path, test)
         report = await asyncio.to_thread(
@@ -147,7 +148,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
                  " not both"}
             )  # fmt: skip
         baseline = await self._model(request.baseline_version)
-        test = await asyncio.to_thread(self._test_set)
+        test = await asyncio.to_thread(self._test_set, baseline.dataset_hash)
         holdout = None
         if request.feedback_key:
             content = await asyncio.to_thread(self._store.get_bytes, request.feedback_key)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.processes import dying_with_parent
 from sentiloop.core.scripts import load_script, scripts_dir
@@ -49,11 +51,20 @@ class TrainingBackend(Protocol):
         """How long a job of this preset takes, in words (the original API's estimated_time)."""
         ...
 
+    def check_base_model(self, base_model: str) -> None:
+        """Raises a domain error at once when a job could not load ``base_model``."""
+        ...
+
     async def run(self, job: TrainingJob, report: Report) -> None:
         """Runs the job to its end, reporting as it goes."""
         ...
 
     async def stop(self, job_name: str) -> None: ...
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``org/name`` or ``name``, as the Hugging Face hub spells model ids."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", value) is not None
 
 
 def artifact_key(job_name: str) -> str:
@@ -149,6 +160,23 @@ class LocalTrainingBackend:
         metrics = json.loads(metrics_file.read_text())
         artifact = await asyncio.to_thread(self._upload, job.name, paths["model"])
         await report(TrainingEvent("completed", artifact=artifact, metrics=metrics))
+
+    @staticmethod
+    def check_base_model(base_model: str) -> None:
+        folder = Path(base_model).expanduser()
+        if folder.is_dir():
+            if not (folder / "config.json").is_file():
+                raise InvalidArgument(
+                    {"base_model": f"folder {base_model!r} holds no config.json: not a"
+                     " Hugging Face model folder"}
+                )  # fmt: skip
+            return
+        if looks_like_hub_id(base_model):
+            raise FailedPrecondition(
+                f"base_model {base_model!r} is not a local folder, and local training runs"
+                " offline (HF_HUB_OFFLINE=1): give the folder of a downloaded model"
+            )
+        raise InvalidArgument({"base_model": f"no folder {base_model!r} on the training host"})
 
     @staticmethod
     def estimated_time(preset: str) -> str:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, SentiloopError
+from sentiloop.core.scripts import load_script
 from sentiloop.core.validation import quoted
 from sentiloop.model_init.backends import TrainingBackend, TrainingEvent
 from sentiloop.model_init.jobs import (
@@ -150,6 +151,16 @@ class ModelInit:
         task.add_done_callback(self._tasks.discard)
 
     # ---- training
+
+    def check_hyperparameters(self, hyperparameters: dict[str, str]) -> None:
+        """What train.py would reject, rejected now; and a base model the job could not
+        load (blocking: the hub check may take seconds)."""
+        try:
+            resolved = load_script("train").resolve_hyperparameters({}, hyperparameters)
+        except Exception as error:  # train.py's TrainingError: the message says what is wrong
+            raise InvalidArgument({"hyperparameters": str(error)}) from None
+        if "base_model" in hyperparameters:
+            self._backend.check_base_model(str(resolved["base_model"]))
 
     async def start_training(self, new: NewTraining) -> TrainingJob:
         check_preset(new.preset)

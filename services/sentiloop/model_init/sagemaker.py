@@ -30,10 +30,10 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     ClientError,
 )
 
-from sentiloop.core.errors import Unavailable
+from sentiloop.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script, scripts_dir
-from sentiloop.model_init.backends import Report, TrainingEvent
+from sentiloop.model_init.backends import Report, TrainingEvent, looks_like_hub_id
 from sentiloop.model_init.jobs import TrainingJob
 from sentiloop.model_init.manager import EndpointStatus
 
@@ -267,6 +267,26 @@ class SageMakerTrainingBackend:
         self._config = config
         self._client = sagemaker_client
         self._train = load_script("train")
+
+    @staticmethod
+    def check_base_model(base_model: str) -> None:
+        if Path(base_model).expanduser().exists():
+            raise InvalidArgument(
+                {"base_model": f"{base_model!r} is a local folder, which a SageMaker job cannot"
+                 " read: give a Hugging Face hub id"}
+            )  # fmt: skip
+        if not looks_like_hub_id(base_model):
+            raise InvalidArgument({"base_model": f"{base_model!r} is not a hub id (org/name)"})
+        import huggingface_hub
+
+        try:
+            huggingface_hub.model_info(base_model, timeout=10)
+        except Exception as error:  # offline, unknown id, gated: all mean "cannot start"
+            raise FailedPrecondition(
+                f"base_model {base_model!r} cannot be checked on the Hugging Face hub from"
+                f" here ({type(error).__name__}: {str(error)[:200]}); the job would fail"
+                " to load it"
+            ) from None
 
     # ---- the request
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -17,9 +18,16 @@ from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size, quoted
+from sentiloop.data.datasets import StoredDataset, ensure_dataset, get_dataset, list_datasets
+from sentiloop.data.importer import (
+    NAME_PATTERN,
+    ImportFile,
+    Limits,
+    import_dataset,
+    read_source,
+)
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend, TrainingBackend
-from sentiloop.model_init.datasets import ensure_dataset
 from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
 from sentiloop.model_init.manager import EndpointPort, ModelInit, NewTraining, check_preset
 from sentiloop.notification.notify import Notifier
@@ -52,23 +60,89 @@ def job_to_proto(job: TrainingJob) -> pb.TrainingJob:
     )
 
 
+def dataset_to_proto(dataset: StoredDataset) -> pb.Dataset:
+    files = {
+        channel: pb.FileReport(
+            rows_read=int(found.get("rows_read", 0)),
+            duplicates_collapsed=int(found.get("duplicates_collapsed", 0)),
+            conflicting_texts=int(found.get("conflicting_texts", 0)),
+            conflicts=[str(c) for c in found.get("conflicts", [])],
+        )
+        for channel, found in dataset.report.items()
+        if isinstance(found, dict)
+    }
+    return pb.Dataset(
+        dataset_id=dataset.content_hash,
+        name=dataset.name,
+        kind=dataset.kind,
+        source=dataset.source,
+        counts={
+            channel: pb.LabelCounts(
+                negative=counts.get("Negative", 0),
+                neutral=counts.get("Neutral", 0),
+                positive=counts.get("Positive", 0),
+                total=sum(counts.values()),
+            )
+            for channel, counts in dataset.counts.items()
+        },
+        create_time=timestamp(datetime.fromisoformat(dataset.created_at))
+        if dataset.created_at
+        else None,
+        channels=dataset.channels,
+        files=files,
+        split=str(dataset.report.get("split", "")),
+    )
+
+
 class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
-    def __init__(self, model_init: ModelInit, store: ObjectStore, default_preset: str) -> None:
+    def __init__(
+        self, model_init: ModelInit, store: ObjectStore, default_preset: str, limits: Limits
+    ) -> None:
         self._model_init = model_init
         self._store = store
         self._default_preset = default_preset
+        self._limits = limits
+
+    async def _import(self, name: str, files: dict[str, ImportFile]) -> tuple[StoredDataset, bool]:
+        return await asyncio.to_thread(
+            import_dataset, self._store, name or "imported", files, self._limits
+        )
+
+    async def _file(self, channel: str, file: pb.DatasetFile) -> ImportFile:
+        if file.WhichOneof("source") == "uri":
+            return await asyncio.to_thread(
+                read_source, self._store, file.uri, file.format, self._limits
+            )
+        return ImportFile(file.content.encode(), f"{channel} content", file.format)
+
+    async def _bootstrap_dataset(self, dataset: str) -> StoredDataset:
+        if not dataset:
+            return await asyncio.to_thread(ensure_dataset, self._store)
+        if all(c in "0123456789abcdefABCDEF" for c in dataset) and len(dataset) >= 8:
+            return await asyncio.to_thread(get_dataset, self._store, dataset, "dataset")
+        file = await asyncio.to_thread(read_source, self._store, dataset, "", self._limits)
+        name = dataset.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "imported"
+        stored, _ = await self._import(name if NAME_PATTERN.match(name) else "imported",
+                                       {"train": file})  # fmt: skip
+        return stored
 
     async def Bootstrap(
         self, request: pb.BootstrapRequest, context: Context
     ) -> pb.BootstrapResponse:
         preset = check_preset(request.preset or self._default_preset)
-        dataset = await asyncio.to_thread(ensure_dataset, self._store)
+        hyperparameters = {**request.hyperparameters, "preset": preset}
+        if request.base_model:
+            hyperparameters["base_model"] = request.base_model
+        # Everything is checked before anything is imported or started: a mistake costs
+        # seconds, not a failed job minutes later.
+        await asyncio.to_thread(self._model_init.check_hyperparameters, hyperparameters)
+        dataset = await self._bootstrap_dataset(request.dataset.strip())
         job = await self._model_init.start_training(
             NewTraining(
                 source="bootstrap",
                 channels=dataset.channels,
                 dataset_hash=dataset.content_hash,
-                hyperparameters={"preset": preset},
+                hyperparameters=hyperparameters,
                 preset=preset,
                 auto_deploy=request.auto_deploy,
             )
@@ -88,7 +162,69 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
                 else f"Deploy it with POST /model-init/deploy/{job.name} once it completes;"
                 f" {follow}."
             ),
+            dataset_id=dataset.content_hash,
         )
+
+    async def ImportDataset(
+        self, request: pb.ImportDatasetRequest, context: Context
+    ) -> pb.ImportDatasetResponse:
+        if not request.HasField("train") or not request.train.WhichOneof("source"):
+            raise InvalidArgument({"train": "is required: a uri or the content of a file"})
+        files = {
+            channel: await self._file(channel, getattr(request, channel))
+            for channel in ("train", "validation", "test")
+            if request.HasField(channel) and getattr(request, channel).WhichOneof("source")
+        }
+        dataset, created = await self._import(request.name, files)
+        return pb.ImportDatasetResponse(dataset=dataset_to_proto(dataset), created=created)
+
+    async def UploadDataset(
+        self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: Context
+    ) -> pb.UploadDatasetResponse:
+        name = ""
+        chunks: dict[str, list[bytes]] = {}
+        sizes: dict[str, int] = {}
+        formats: dict[str, str] = {}
+        filenames: dict[str, str] = {}
+        async for message in request_iterator:
+            channel = message.channel or "train"
+            if channel not in ("train", "validation", "test"):
+                raise InvalidArgument(
+                    {"channel": f"{quoted(channel)} is not one of train, validation, test"}
+                )
+            name = name or message.name
+            formats[channel] = formats.get(channel) or message.format
+            filenames[channel] = filenames.get(channel) or message.filename
+            sizes[channel] = sizes.get(channel, 0) + len(message.chunk)
+            if sizes[channel] > self._limits.max_bytes:  # stop reading: nothing is stored
+                raise InvalidArgument(
+                    {channel: f"is over the limit of {self._limits.max_bytes:,} bytes"
+                     " (SENTILOOP_DATASET_MAX_BYTES)"}
+                )  # fmt: skip
+            chunks.setdefault(channel, []).append(message.chunk)
+        if "train" not in chunks:
+            raise InvalidArgument({"train": "the upload sent no train file"})
+        files = {
+            channel: ImportFile(
+                b"".join(parts), filenames[channel] or f"uploaded {channel}", formats[channel]
+            )
+            for channel, parts in chunks.items()
+        }
+        dataset, created = await self._import(name, files)
+        return pb.UploadDatasetResponse(dataset=dataset_to_proto(dataset), created=created)
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> pb.ListDatasetsResponse:
+        await asyncio.to_thread(ensure_dataset, self._store)  # the built-in one is always there
+        datasets = await asyncio.to_thread(list_datasets, self._store)
+        return pb.ListDatasetsResponse(datasets=[dataset_to_proto(d) for d in datasets])
+
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Context
+    ) -> pb.GetDatasetResponse:
+        dataset = await asyncio.to_thread(get_dataset, self._store, request.dataset_id)
+        return pb.GetDatasetResponse(dataset=dataset_to_proto(dataset))
 
     async def StartTrainingJob(
         self, request: pb.StartTrainingJobRequest, context: Context
@@ -235,7 +371,12 @@ def create_app(settings: Settings) -> ServiceApp:
         Notifier(clients).emit,
         deploy_timeout=deploy_timeout,
     )
-    servicer = ModelInitServicer(model_init, store, settings.default_preset)
+    servicer = ModelInitServicer(
+        model_init,
+        store,
+        settings.default_preset,
+        Limits(max_bytes=settings.dataset_max_bytes, max_text_length=settings.max_text_length),
+    )
 
     async def startup() -> None:
         await model_init.recover()

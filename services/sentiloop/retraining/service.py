@@ -8,12 +8,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.validation import quoted
+from sentiloop.data.datasets import StoredDataset
 from sentiloop.evaluation.scoring import Comparison
-from sentiloop.model_init.datasets import StoredDataset
 from sentiloop.retraining.gate import Decision, GateRules, decide
 from sentiloop.retraining.runs import Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot
@@ -68,11 +68,17 @@ class FeedbackCounts:
     pending: Pending  # what came after the count asked about
 
 
+class ActiveModel(NamedTuple):
+    version: str
+    path: str
+    dataset_hash: str  # what it was trained on: retraining merges feedback into its dataset
+
+
 class MeshPort(Protocol):
     async def feedback_counts(self, after_count: int = 0) -> FeedbackCounts: ...
     async def export_feedback(self) -> bytes: ...
-    async def active_model(self) -> tuple[str, str] | None: ...
-    async def base_dataset(self) -> StoredDataset: ...
+    async def active_model(self) -> ActiveModel | None: ...
+    async def base_dataset(self, dataset_hash: str) -> StoredDataset: ...
     async def snapshot(self, base: StoredDataset, feedback: bytes) -> Snapshot: ...
     async def start_training(
         self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
@@ -131,7 +137,7 @@ class Retrainer:
         except BaseException as error:
             await asyncio.to_thread(self._runs.finish, run.id, "failed", {"error": str(error)})
             raise
-        finished = asyncio.ensure_future(self._finish(run.id, job_name, snapshot, active[0]))
+        finished = asyncio.ensure_future(self._finish(run.id, job_name, snapshot, active.version))
         self._tasks.add(finished)
         finished.add_done_callback(self._tasks.discard)
         if not wait:
@@ -145,8 +151,8 @@ class Retrainer:
         # Shielded: a caller that goes away does not abandon the run half way.
         return await asyncio.shield(finished)
 
-    async def _start(self, run: Run, active: tuple[str, str]) -> tuple[str, Snapshot]:
-        base = await self._mesh.base_dataset()
+    async def _start(self, run: Run, active: ActiveModel) -> tuple[str, Snapshot]:
+        base = await self._mesh.base_dataset(active.dataset_hash)
         feedback = await self._mesh.export_feedback()
         snapshot = await self._mesh.snapshot(base, feedback)
         hyperparameters = {
@@ -156,7 +162,7 @@ class Retrainer:
         }
         if run.recipe == "default":
             hyperparameters |= {
-                "init_model_dir": active[1],
+                "init_model_dir": active.path,
                 "replay_ratio": str(self.policy.replay_ratio),
                 "balance_feedback": str(self.policy.balance_feedback).lower(),
                 "feedback_weight": str(self.policy.feedback_weight),

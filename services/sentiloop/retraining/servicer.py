@@ -15,12 +15,19 @@ from sentiloop.core.convert import datetime_of, list_value, timestamp
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.data.datasets import StoredDataset, lineage_dataset
 from sentiloop.evaluation.scoring import Comparison
-from sentiloop.model_init.datasets import StoredDataset, ensure_dataset
 from sentiloop.notification.notify import Notifier
 from sentiloop.retraining.gate import GateRules
 from sentiloop.retraining.runs import RunStore
-from sentiloop.retraining.service import FeedbackCounts, JobResult, Outcome, Policy, Retrainer
+from sentiloop.retraining.service import (
+    ActiveModel,
+    FeedbackCounts,
+    JobResult,
+    Outcome,
+    Policy,
+    Retrainer,
+)
 from sentiloop.retraining.snapshot import Snapshot, build_snapshot
 from sentiloop.retraining.trigger import Pending, TriggerRules
 from sentiloop.v1 import (
@@ -78,7 +85,7 @@ class GrpcMesh:
             raise mesh_error("feedback", error) from error
         return await asyncio.to_thread(self._store.get_bytes, snapshot.key)
 
-    async def active_model(self) -> tuple[str, str] | None:
+    async def active_model(self) -> ActiveModel | None:
         try:
             answer = await self._clients.registry.GetModel(
                 registry_pb2.GetModelRequest(version="active"), timeout=10
@@ -87,10 +94,10 @@ class GrpcMesh:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise mesh_error("registry", error) from error
-        return answer.model.version, answer.model.path
+        return ActiveModel(answer.model.version, answer.model.path, answer.model.dataset_hash)
 
-    async def base_dataset(self) -> StoredDataset:
-        return await asyncio.to_thread(ensure_dataset, self._store)
+    async def base_dataset(self, dataset_hash: str) -> StoredDataset:
+        return await asyncio.to_thread(lineage_dataset, self._store, dataset_hash)
 
     async def snapshot(self, base: StoredDataset, feedback: bytes) -> Snapshot:
         return await asyncio.to_thread(build_snapshot, self._store, base, feedback)

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 
 from sentiloop.core.objectstore import ObjectStore
-from sentiloop.model_init.datasets import StoredDataset
+from sentiloop.data import vader
+from sentiloop.data.datasets import StoredDataset, now, save_record
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,24 @@ def build_snapshot(store: ObjectStore, base: StoredDataset, feedback_jsonl: byte
     prefix = f"datasets/retraining/{content_hash}"
     if not store.exists(f"{prefix}/train/train.csv"):
         store.put_bytes(f"{prefix}/train/train.csv", train)
+    counts = {label: 0 for label in vader.LABELS}
+    for row in rows:
+        counts[vader.canonical_label(row["label"])] += 1
+    # The record names the base, so a model trained on this snapshot belongs to the base
+    # dataset (lineage), and the next retraining merges its feedback into that base again.
+    save_record(
+        store,
+        StoredDataset(
+            content_hash=content_hash,
+            channels={**base.channels, "train": f"{prefix}/train/"},
+            counts={**base.counts, "train": counts},
+            name=f"{base.name} + {len(latest)} feedback",
+            kind="snapshot",
+            source=f"retraining snapshot of {base.content_hash}",
+            base=base.content_hash,
+            created_at=now(),
+        ),
+    )
     return Snapshot(
         content_hash=content_hash,
         channels={

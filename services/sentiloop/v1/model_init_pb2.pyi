@@ -154,21 +154,60 @@ class BootstrapRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     AUTO_DEPLOY_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     auto_deploy: _builtins.bool
     """Deploy the model as soon as the job completes."""
     preset: _builtins.str
     """Model preset: "minilm" (default) or "tiny" (for tests)."""
+    dataset: _builtins.str
+    """The dataset to train on: a dataset id (see ListDatasets), or the URI of a file to
+    import first. Default: the built-in product-review sentences.
+    """
+    base_model: _builtins.str
+    """The model to fine-tune: a local folder holding a Hugging Face model (local training)
+    or a hub id (where a hub is reachable). Default: the preset's. Checked before the job
+    starts.
+    """
+    @_builtins.property
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """train.py hyperparameters (checked before the job starts), e.g. {"epochs": "3"}."""
+
     def __init__(
         self,
         *,
         auto_deploy: _builtins.bool = ...,
         preset: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        base_model: _builtins.str = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "preset", b"preset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "base_model", b"base_model", "dataset", b"dataset", "hyperparameters", b"hyperparameters", "preset", b"preset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +226,7 @@ class BootstrapResponse(_message.Message):
     TRAINING_JOB_NAME_FIELD_NUMBER: _builtins.int
     ESTIMATED_TIME_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """A human-readable summary."""
     job_name: _builtins.str
@@ -201,6 +241,8 @@ class BootstrapResponse(_message.Message):
     """How long training should take, in words, e.g. "3-6 minutes"."""
     note: _builtins.str
     """What happens next, in words: where to follow the job and whether it deploys itself."""
+    dataset_id: _builtins.str
+    """The dataset the job trains on (the model version records it as its dataset_hash)."""
     def __init__(
         self,
         *,
@@ -211,10 +253,11 @@ class BootstrapResponse(_message.Message):
         training_job_name: _builtins.str = ...,
         estimated_time: _builtins.str = ...,
         note: _builtins.str = ...,
+        dataset_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "estimated_time", b"estimated_time", "job_name", b"job_name", "message", b"message", "note", b"note", "status", b"status", "training_job_name", b"training_job_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_deploy", b"auto_deploy", "dataset_id", b"dataset_id", "estimated_time", b"estimated_time", "job_name", b"job_name", "message", b"message", "note", b"note", "status", b"status", "training_job_name", b"training_job_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -701,3 +744,452 @@ class GetEndpointStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEndpointStatusResponse: _TypeAlias = GetEndpointStatusResponse  # noqa: Y015
+
+@_typing.final
+class LabelCounts(_message.Message):
+    """Examples per label in one split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEGATIVE_FIELD_NUMBER: _builtins.int
+    NEUTRAL_FIELD_NUMBER: _builtins.int
+    POSITIVE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    negative: _builtins.int
+    """Negative examples."""
+    neutral: _builtins.int
+    """Neutral examples."""
+    positive: _builtins.int
+    """Positive examples."""
+    total: _builtins.int
+    """All examples."""
+    def __init__(
+        self,
+        *,
+        negative: _builtins.int = ...,
+        neutral: _builtins.int = ...,
+        positive: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["negative", b"negative", "neutral", b"neutral", "positive", b"positive", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelCounts: _TypeAlias = LabelCounts  # noqa: Y015
+
+@_typing.final
+class FileReport(_message.Message):
+    """What the import found in one file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    DUPLICATES_COLLAPSED_FIELD_NUMBER: _builtins.int
+    CONFLICTING_TEXTS_FIELD_NUMBER: _builtins.int
+    CONFLICTS_FIELD_NUMBER: _builtins.int
+    rows_read: _builtins.int
+    """Rows read (blank lines not counted)."""
+    duplicates_collapsed: _builtins.int
+    """Rows dropped because another row had the same text (the latest label wins)."""
+    conflicting_texts: _builtins.int
+    """Texts that appeared with different labels."""
+    @_builtins.property
+    def conflicts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The first ten conflicts: lines, text and labels."""
+
+    def __init__(
+        self,
+        *,
+        rows_read: _builtins.int = ...,
+        duplicates_collapsed: _builtins.int = ...,
+        conflicting_texts: _builtins.int = ...,
+        conflicts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicting_texts", b"conflicting_texts", "conflicts", b"conflicts", "duplicates_collapsed", b"duplicates_collapsed", "rows_read", b"rows_read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileReport: _TypeAlias = FileReport  # noqa: Y015
+
+@_typing.final
+class Dataset(_message.Message):
+    """A dataset in SageMaker's channel layout (train, validation, test)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LabelCounts: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LabelCounts | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ChannelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___FileReport: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___FileReport | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    """The SHA-256 of its three CSV files: the same content is always the same dataset."""
+    name: _builtins.str
+    """A name for people."""
+    kind: _builtins.str
+    """"builtin", "imported", or "snapshot" (a retraining's training data: its base
+    dataset's train split plus the feedback; ListDatasets leaves these out).
+    """
+    source: _builtins.str
+    """Where it came from (file names or URIs per channel)."""
+    split: _builtins.str
+    """How the splits were made: "as given" or the split rule."""
+    @_builtins.property
+    def counts(self) -> _containers.MessageMap[_builtins.str, Global___LabelCounts]:
+        """Examples per label, by split ("train", "validation", "test")."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was stored."""
+
+    @_builtins.property
+    def channels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Object-store key prefix of each channel."""
+
+    @_builtins.property
+    def files(self) -> _containers.MessageMap[_builtins.str, Global___FileReport]:
+        """What the import found, by file ("train", and "validation"/"test" where given)."""
+
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        source: _builtins.str = ...,
+        counts: _abc.Mapping[_builtins.str, Global___LabelCounts] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        channels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        files: _abc.Mapping[_builtins.str, Global___FileReport] | None = ...,
+        split: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "counts", b"counts", "create_time", b"create_time", "dataset_id", b"dataset_id", "files", b"files", "kind", b"kind", "name", b"name", "source", b"source", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dataset: _TypeAlias = Dataset  # noqa: Y015
+
+@_typing.final
+class DatasetFile(_message.Message):
+    """One labelled file for an import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """"s3://bucket/key" (with the S3 object store) or a key of the configured object store."""
+    content: _builtins.str
+    """The file's content (small files through the JSON API; larger ones: UploadDataset)."""
+    format: _builtins.str
+    """"csv" or "jsonl"; default: from the name's extension, else from the content."""
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        content: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "format", b"format", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["uri", "content"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___DatasetFile: _TypeAlias = DatasetFile  # noqa: Y015
+
+@_typing.final
+class ImportDatasetRequest(_message.Message):
+    """Asks to import a dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name for people (letters, digits, '.', '_', '-', spaces; default "imported")."""
+    @_builtins.property
+    def train(self) -> Global___DatasetFile:
+        """The training file (required). Split 70/15/15 unless both others are given."""
+
+    @_builtins.property
+    def validation(self) -> Global___DatasetFile:
+        """An optional validation file."""
+
+    @_builtins.property
+    def test(self) -> Global___DatasetFile:
+        """An optional test file."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        train: Global___DatasetFile | None = ...,
+        validation: Global___DatasetFile | None = ...,
+        test: Global___DatasetFile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDatasetRequest: _TypeAlias = ImportDatasetRequest  # noqa: Y015
+
+@_typing.final
+class ImportDatasetResponse(_message.Message):
+    """The imported dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this content had been imported before (the stored dataset is returned)."""
+    @_builtins.property
+    def dataset(self) -> Global___Dataset:
+        """The dataset."""
+
+    def __init__(
+        self,
+        *,
+        dataset: Global___Dataset | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDatasetResponse: _TypeAlias = ImportDatasetResponse  # noqa: Y015
+
+@_typing.final
+class UploadDatasetRequest(_message.Message):
+    """One message of an upload. Chunks of a channel are concatenated in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name for people (taken from the first message that sets it)."""
+    channel: _builtins.str
+    """"train" (default), "validation" or "test"."""
+    format: _builtins.str
+    """"csv" or "jsonl" for this channel (default: sniffed from the content)."""
+    chunk: _builtins.bytes
+    """The next bytes of the channel's file."""
+    filename: _builtins.str
+    """The channel's file name, shown in the dataset's source."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        format: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "chunk", b"chunk", "filename", b"filename", "format", b"format", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDatasetRequest: _TypeAlias = UploadDatasetRequest  # noqa: Y015
+
+@_typing.final
+class UploadDatasetResponse(_message.Message):
+    """The uploaded dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this content had been imported before."""
+    @_builtins.property
+    def dataset(self) -> Global___Dataset:
+        """The dataset."""
+
+    def __init__(
+        self,
+        *,
+        dataset: Global___Dataset | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDatasetResponse: _TypeAlias = UploadDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ListDatasetsRequest(_message.Message):
+    """Asks for the datasets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsRequest: _TypeAlias = ListDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class ListDatasetsResponse(_message.Message):
+    """The datasets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dataset]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___Dataset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class GetDatasetRequest(_message.Message):
+    """Asks for one dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    """Its id, or a unique prefix of at least 8 hex digits."""
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetRequest: _TypeAlias = GetDatasetRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetResponse(_message.Message):
+    """One dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> Global___Dataset:
+        """The dataset."""
+
+    def __init__(
+        self,
+        *,
+        dataset: Global___Dataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetResponse: _TypeAlias = GetDatasetResponse  # noqa: Y015

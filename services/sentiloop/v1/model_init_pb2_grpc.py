@@ -71,6 +71,26 @@ class ModelInitServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_model__init__pb2.DeployRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.ImportDataset = channel.unary_unary(
+                '/sentiloop.v1.ModelInitService/ImportDataset',
+                request_serializer=sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetResponse.FromString,
+                _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/sentiloop.v1.ModelInitService/UploadDataset',
+                request_serializer=sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/sentiloop.v1.ModelInitService/ListDatasets',
+                request_serializer=sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/sentiloop.v1.ModelInitService/GetDataset',
+                request_serializer=sentiloop_dot_v1_dot_model__init__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_model__init__pb2.GetDatasetResponse.FromString,
+                _registered_method=True)
         self.GetEndpointStatus = channel.unary_unary(
                 '/sentiloop.v1.ModelInitService/GetEndpointStatus',
                 request_serializer=sentiloop_dot_v1_dot_model__init__pb2.GetEndpointStatusRequest.SerializeToString,
@@ -134,6 +154,36 @@ class ModelInitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportDataset(self, request, context):
+        """Imports a labelled file (CSV with a text,label header, or JSON Lines) named by an
+        object-store URI or given inline, validates it whole (INVALID_ARGUMENT lists every
+        problem with its lines; nothing is stored then) and stores it content-hashed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadDataset(self, request_iterator, context):
+        """The same import from a client-streamed upload: any number of chunks per channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Lists the datasets (built-in and imported), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Returns one dataset by its id (or a unique prefix of at least 8 hex digits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEndpointStatus(self, request, context):
         """Reports the endpoint's status and the version it serves.
         """
@@ -178,6 +228,26 @@ def add_ModelInitServiceServicer_to_server(servicer, server):
                     servicer.Deploy,
                     request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.DeployRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_model__init__pb2.DeployResponse.SerializeToString,
+            ),
+            'ImportDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDataset,
+                    request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=sentiloop_dot_v1_dot_model__init__pb2.GetDatasetRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_model__init__pb2.GetDatasetResponse.SerializeToString,
             ),
             'GetEndpointStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEndpointStatus,
@@ -376,6 +446,114 @@ class ModelInitService:
             '/sentiloop.v1.ModelInitService/Deploy',
             sentiloop_dot_v1_dot_model__init__pb2.DeployRequest.SerializeToString,
             sentiloop_dot_v1_dot_model__init__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.ModelInitService/ImportDataset',
+            sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetRequest.SerializeToString,
+            sentiloop_dot_v1_dot_model__init__pb2.ImportDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sentiloop.v1.ModelInitService/UploadDataset',
+            sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetRequest.SerializeToString,
+            sentiloop_dot_v1_dot_model__init__pb2.UploadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.ModelInitService/ListDatasets',
+            sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsRequest.SerializeToString,
+            sentiloop_dot_v1_dot_model__init__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.ModelInitService/GetDataset',
+            sentiloop_dot_v1_dot_model__init__pb2.GetDatasetRequest.SerializeToString,
+            sentiloop_dot_v1_dot_model__init__pb2.GetDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,17 @@ class ModelInitServiceStub:
     """Stops a running training job."""
     Deploy: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.DeployRequest, _model_init_pb2.DeployResponse]
     """Registers a completed job's model as a new version and makes the endpoint serve it."""
+    ImportDataset: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.ImportDatasetRequest, _model_init_pb2.ImportDatasetResponse]
+    """Imports a labelled file (CSV with a text,label header, or JSON Lines) named by an
+    object-store URI or given inline, validates it whole (INVALID_ARGUMENT lists every
+    problem with its lines; nothing is stored then) and stores it content-hashed.
+    """
+    UploadDataset: _grpc.StreamUnaryMultiCallable[_model_init_pb2.UploadDatasetRequest, _model_init_pb2.UploadDatasetResponse]
+    """The same import from a client-streamed upload: any number of chunks per channel."""
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.ListDatasetsRequest, _model_init_pb2.ListDatasetsResponse]
+    """Lists the datasets (built-in and imported), newest first."""
+    GetDataset: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.GetDatasetRequest, _model_init_pb2.GetDatasetResponse]
+    """Returns one dataset by its id (or a unique prefix of at least 8 hex digits)."""
     GetEndpointStatus: _grpc.UnaryUnaryMultiCallable[_model_init_pb2.GetEndpointStatusRequest, _model_init_pb2.GetEndpointStatusResponse]
     """Reports the endpoint's status and the version it serves."""
 
@@ -81,6 +92,17 @@ class ModelInitServiceAsyncStub(ModelInitServiceStub):
     """Stops a running training job."""
     Deploy: _aio.UnaryUnaryMultiCallable[_model_init_pb2.DeployRequest, _model_init_pb2.DeployResponse]  # type: ignore[assignment]
     """Registers a completed job's model as a new version and makes the endpoint serve it."""
+    ImportDataset: _aio.UnaryUnaryMultiCallable[_model_init_pb2.ImportDatasetRequest, _model_init_pb2.ImportDatasetResponse]  # type: ignore[assignment]
+    """Imports a labelled file (CSV with a text,label header, or JSON Lines) named by an
+    object-store URI or given inline, validates it whole (INVALID_ARGUMENT lists every
+    problem with its lines; nothing is stored then) and stores it content-hashed.
+    """
+    UploadDataset: _aio.StreamUnaryMultiCallable[_model_init_pb2.UploadDatasetRequest, _model_init_pb2.UploadDatasetResponse]  # type: ignore[assignment]
+    """The same import from a client-streamed upload: any number of chunks per channel."""
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_model_init_pb2.ListDatasetsRequest, _model_init_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    """Lists the datasets (built-in and imported), newest first."""
+    GetDataset: _aio.UnaryUnaryMultiCallable[_model_init_pb2.GetDatasetRequest, _model_init_pb2.GetDatasetResponse]  # type: ignore[assignment]
+    """Returns one dataset by its id (or a unique prefix of at least 8 hex digits)."""
     GetEndpointStatus: _aio.UnaryUnaryMultiCallable[_model_init_pb2.GetEndpointStatusRequest, _model_init_pb2.GetEndpointStatusResponse]  # type: ignore[assignment]
     """Reports the endpoint's status and the version it serves."""
 
@@ -148,6 +170,41 @@ class ModelInitServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_init_pb2.DeployResponse, _abc.Awaitable[_model_init_pb2.DeployResponse]]:
         """Registers a completed job's model as a new version and makes the endpoint serve it."""
+
+    @_abc_1.abstractmethod
+    def ImportDataset(
+        self,
+        request: _model_init_pb2.ImportDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_init_pb2.ImportDatasetResponse, _abc.Awaitable[_model_init_pb2.ImportDatasetResponse]]:
+        """Imports a labelled file (CSV with a text,label header, or JSON Lines) named by an
+        object-store URI or given inline, validates it whole (INVALID_ARGUMENT lists every
+        problem with its lines; nothing is stored then) and stores it content-hashed.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadDataset(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_init_pb2.UploadDatasetRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_init_pb2.UploadDatasetResponse, _abc.Awaitable[_model_init_pb2.UploadDatasetResponse]]:
+        """The same import from a client-streamed upload: any number of chunks per channel."""
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _model_init_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_init_pb2.ListDatasetsResponse, _abc.Awaitable[_model_init_pb2.ListDatasetsResponse]]:
+        """Lists the datasets (built-in and imported), newest first."""
+
+    @_abc_1.abstractmethod
+    def GetDataset(
+        self,
+        request: _model_init_pb2.GetDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_init_pb2.GetDatasetResponse, _abc.Awaitable[_model_init_pb2.GetDatasetResponse]]:
+        """Returns one dataset by its id (or a unique prefix of at least 8 hex digits)."""
 
     @_abc_1.abstractmethod
     def GetEndpointStatus(
