@@ -293,3 +293,48 @@ def test_bootstrap_deploy_and_predict_on_aws(aws: Aws, aws_mesh: RunningMesh) ->
     assert by_type["model.registered"]["subject"] == "v1"
     assert by_type["model.deployed"]["subject"] == "v1"
     assert "InService" in by_type["model.deployed"]["message"]
+
+
+def test_sagemaker_trains_on_an_imported_dataset(aws: Aws, aws_mesh: RunningMesh) -> None:
+    lines = ["text,label"] + [
+        f"a {word} message number {i},{label}"
+        for i in range(20)
+        for word, label in (("great", "positive"), ("awful", "negative"), ("plain", "neutral"))
+    ]
+    aws.s3.put_object(Bucket=BUCKET, Key="incoming/train_data.csv", Body="\n".join(lines).encode())
+    with httpx.Client(base_url=aws_mesh.url, timeout=30) as client:
+        imported = client.post(
+            "/datasets", json={"train": {"uri": f"s3://{BUCKET}/incoming/train_data.csv"}}
+        )
+        assert imported.status_code == 200, imported.text
+        dataset_id = imported.json()["dataset"]["dataset_id"]
+        # A SageMaker job cannot read a folder of this machine; a hub id it cannot reach
+        # from here fails at once too (no job is created for either).
+        for base_model, status, says in [
+            (str(Path.cwd()), 400, "a SageMaker job cannot read"),
+            ("no-such-org/no-such-model", 400, "cannot be checked on the Hugging Face hub"),
+        ]:
+            refused = client.post(
+                "/model-init/bootstrap", json={"dataset": dataset_id, "base_model": base_model}
+            )
+            assert refused.status_code == status and says in refused.json()["message"], refused.text
+        assert aws.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+        boot = client.post("/model-init/bootstrap", json={"dataset": dataset_id})
+        assert boot.status_code == 200, boot.text
+        job_name = boot.json()["job_name"]
+
+        def created() -> dict[str, Any] | None:  # the job is created in the background
+            jobs = aws.sagemaker.list_training_jobs()["TrainingJobSummaries"]
+            if not any(j["TrainingJobName"] == job_name for j in jobs):
+                return None
+            return dict(aws.sagemaker.describe_training_job(TrainingJobName=job_name))
+
+        described = wait_for(created, 20, "the training job was not created")
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in described["InputDataConfig"]
+    }
+    assert channels == {
+        name: f"s3://{BUCKET}/datasets/imported/{dataset_id}/{name}/"
+        for name in ("train", "validation", "test")
+    }
