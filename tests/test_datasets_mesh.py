@@ -154,15 +154,19 @@ def test_a_bad_base_model_or_hyperparameter_fails_before_any_training(
 def test_bootstrap_on_an_imported_dataset_and_retraining_merges_feedback_into_it(
     dataset_mesh: RunningMesh, client: httpx.Client
 ) -> None:
-    dataset = client.post(
-        "/datasets", json={"name": "tweets", "train": {"content": tweets_csv()}}
-    ).json()["dataset"]
+    # The bootstrap imports a file of the object store first (a dataset id works as well).
+    upload = dataset_mesh.data_dir / "objects" / "uploads" / "tweets.csv"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_text(tweets_csv(270))  # content no other test imports
     started = client.post(
         "/model-init/bootstrap?auto_deploy=true",
-        json={"dataset": dataset["dataset_id"][:12], "hyperparameters": {"max_steps": "10"}},
+        json={"dataset": "uploads/tweets.csv", "hyperparameters": {"max_steps": "10"}},
     )
     assert started.status_code == 200, started.text
-    assert started.json()["dataset_id"] == dataset["dataset_id"]
+    again = client.post("/datasets", json={"train": {"content": tweets_csv(270)}}).json()
+    dataset = again["dataset"]
+    assert started.json()["dataset_id"] == dataset["dataset_id"] and not again["created"]
+    assert dataset["name"] == "tweets" and dataset["source"] == "train: uploads/tweets.csv"
     wait_for(lambda: client.get("/model-init/endpoint-status").json()["status"] == "InService", 180)
     v1 = client.get("/models/active").json()["model"]
     assert v1["dataset_hash"] == dataset["dataset_id"]  # the version's lineage names it
