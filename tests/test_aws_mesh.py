@@ -310,6 +310,7 @@ def test_sagemaker_trains_on_an_imported_dataset(aws: Aws, aws_mesh: RunningMesh
         dataset_id = imported.json()["dataset"]["dataset_id"]
         # A SageMaker job cannot read a folder of this machine; a hub id it cannot reach
         # from here fails at once too (no job is created for either).
+        jobs_before = aws.sagemaker.list_training_jobs()["TrainingJobSummaries"]
         for base_model, status, says in [
             (str(Path.cwd()), 400, "a SageMaker job cannot read"),
             ("no-such-org/no-such-model", 400, "cannot be checked on the Hugging Face hub"),
@@ -318,7 +319,7 @@ def test_sagemaker_trains_on_an_imported_dataset(aws: Aws, aws_mesh: RunningMesh
                 "/model-init/bootstrap", json={"dataset": dataset_id, "base_model": base_model}
             )
             assert refused.status_code == status and says in refused.json()["message"], refused.text
-        assert aws.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+        assert aws.sagemaker.list_training_jobs()["TrainingJobSummaries"] == jobs_before
         boot = client.post("/model-init/bootstrap", json={"dataset": dataset_id})
         assert boot.status_code == 200, boot.text
         job_name = boot.json()["job_name"]
