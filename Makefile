@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
 DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
 OPENAPI := services/sentiloop/v1/openapi.json
 
-.PHONY: venv system-deps run test lint typecheck protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
+.PHONY: venv system-deps run test lint typecheck import-lint protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
 
 venv: $(STAMP)
 
@@ -69,10 +69,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The package layering ([tool.importlinter] in pyproject.toml).
+import-lint: venv
+	$(BIN)/lint-imports
+
 pytest: venv system-deps
 	$(BIN)/pytest -q
 
-test: venv system-deps buf-lint buf-breaking check-generated lint typecheck check-deploy pytest
+test: venv system-deps buf-lint buf-breaking check-generated lint typecheck import-lint check-deploy pytest
 
 # Static checks of the deployment files: hadolint (Dockerfile), actionlint with shellcheck
 # (the workflow), checkov (Terraform; in a venv of its own: it pins boto3 1.35 and

@@ -45,7 +45,7 @@ from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.core.scripts import load_script
 from sentiloop.data import vader
-from sentiloop.evaluation.scoring import (
+from sentiloop.data.scoring import (
     CROSSFIT_FILE,
     compare,
     labelled,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sentiloop.core.scripts import load_script, scripts_dir
 from sentiloop.data import vader
-from sentiloop.evaluation.scoring import labelled, metrics, predict_labels
+from sentiloop.data.scoring import labelled, metrics, predict_labels
 
 
 def write_snapshot(

@@ -63,7 +63,7 @@ OPTIONAL_BODY = {
 }
 
 # Methods whose response message also comes with an error status: the mesh health answers
-# 503 with its usual body when a service is down (sentiloop.health.servicer asks Envoy for it).
+# 503 with its usual body when a service is down (sentiloop.core.mesh_health asks Envoy for it).
 RESPONSE_ON_ERROR = {f"{PACKAGE}.MeshHealthService.GetMeshHealth": "503"}
 
 # The error statuses of the mesh: (HTTP status, component name, description).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from sentiloop.evaluation.scoring import compare
+from sentiloop.data.scoring import compare
 from sentiloop.retraining.gate import GateRules, decide
 
 

@@ -26,9 +26,9 @@ from grpc_status import rpc_status
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import load_settings
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.notify import Notifier
 from sentiloop.core.supervisor import envoy_routes_ready
 from sentiloop.notification.events import KNOWN_TYPES, EventLog
-from sentiloop.notification.notify import Notifier
 from sentiloop.testing import RunningMesh, free_port, pid_alive, start_mesh
 from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc

@@ -31,21 +31,18 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
+from sentiloop.aws import config as sagemaker_module
+from sentiloop.aws.config import INFERENCE_ENVIRONMENT, SageMakerConfig
+from sentiloop.aws.endpoint import SageMakerEndpoint
+from sentiloop.aws.model_packages import ModelPackageMirror, approval_status
+from sentiloop.aws.training import SageMakerTrainingBackend
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.scripts import load_script, scripts_dir
 from sentiloop.inference.engine import PredictionLog, Predictor, check_texts
 from sentiloop.inference.sagemaker_runtime import SageMakerPredictor, serving_state
-from sentiloop.model_init import sagemaker as sagemaker_module
 from sentiloop.model_init.backends import TrainingEvent, artifact_key
 from sentiloop.model_init.jobs import JobStore, TrainingJob
 from sentiloop.model_init.manager import EndpointStatus, ModelInit, NewTraining
-from sentiloop.model_init.sagemaker import (
-    INFERENCE_ENVIRONMENT,
-    SageMakerConfig,
-    SageMakerEndpoint,
-    SageMakerTrainingBackend,
-)
-from sentiloop.registry.model_packages import ModelPackageMirror, approval_status
 from sentiloop.testing import free_port
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sagemaker"

@@ -39,7 +39,7 @@ def _print_message(message: Any) -> None:
 def _cmd_up(args: argparse.Namespace) -> int:
     import os
 
-    from sentiloop.core.aws import AWS_BACKENDS
+    from sentiloop.aws.config import AWS_BACKENDS
     from sentiloop.core.supervisor import run_mesh
 
     if args.backend == "aws":

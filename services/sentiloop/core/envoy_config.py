@@ -19,7 +19,7 @@ MESH_HEALTH_CLUSTER = "mesh_health"
 MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 
 # Runs before the transcoder on requests (the body limit) and after it on responses:
-# - turns the HTTP status a service asks for (see sentiloop.health.servicer) into the
+# - turns the HTTP status a service asks for (see sentiloop.core.mesh_health) into the
 #   status of a transcoded JSON response, merging the error fields the service sent
 #   with it into the body; gRPC responses are left alone;
 # - gives a service's transcoded error ({"code","message","details"}) the original

@@ -247,7 +247,7 @@ class ServiceApp:
 
 
 async def run_service(app: ServiceApp, settings: Settings) -> None:
-    from sentiloop.health.servicer import MeshHealthServicer
+    from sentiloop.core.mesh_health import MeshHealthServicer
     from sentiloop.v1 import health_pb2_grpc as mesh_health_pb2_grpc
 
     service_full_name = SERVICES[app.name][1]

@@ -22,8 +22,7 @@ from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.data.datasets import lineage_dataset
-from sentiloop.evaluation.reports import Report, ReportStore
-from sentiloop.evaluation.scoring import (
+from sentiloop.data.scoring import (
     CROSSFIT_FILE,
     Comparison,
     CrossFitted,
@@ -35,6 +34,7 @@ from sentiloop.evaluation.scoring import (
     read_feedback_jsonl,
     read_labelled_csv,
 )
+from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.v1 import common_pb2, feedback_pb2, registry_pb2
 from sentiloop.v1 import evaluation_pb2 as pb
 from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc

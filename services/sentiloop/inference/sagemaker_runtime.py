@@ -12,10 +12,11 @@ import time
 import uuid
 from typing import Any
 
+from sentiloop.aws.endpoint import EndpointView, SageMakerEndpoint
+from sentiloop.aws.errors import AWSError, error_message
 from sentiloop.core.errors import Unavailable
 from sentiloop.core.validation import normalize_label
 from sentiloop.inference.engine import Prediction, PredictionLog, ServingState, check_texts
-from sentiloop.model_init.sagemaker import AWSError, EndpointView, SageMakerEndpoint, error_message
 
 log = logging.getLogger("sentiloop.inference")
 

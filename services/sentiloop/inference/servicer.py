@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from sentiloop.core import aws
+from sentiloop.aws import config as aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings, env_float
 from sentiloop.core.convert import timestamp
@@ -181,8 +181,9 @@ def create_app(settings: Settings) -> ServiceApp:
     tasks: list[asyncio.Task[None]] = []
     if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
         # ModelInit deploys to the endpoint; this service calls it and keeps its log.
+        from sentiloop.aws.config import SageMakerConfig
+        from sentiloop.aws.endpoint import SageMakerEndpoint
         from sentiloop.inference.sagemaker_runtime import SageMakerPredictor
-        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerEndpoint
 
         endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())
         remote = SageMakerPredictor(

@@ -12,8 +12,7 @@ from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.convert import datetime_of, metrics_to_proto
-from sentiloop.model_init.jobs import TrainingJob
-from sentiloop.model_init.manager import EndpointStatus
+from sentiloop.core.training import EndpointStatus, TrainingJob
 from sentiloop.v1 import common_pb2, inference_pb2, registry_pb2
 
 

@@ -7,41 +7,27 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
 import tarfile
 import tempfile
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.processes import dying_with_parent
 from sentiloop.core.scripts import load_script, scripts_dir
-from sentiloop.model_init.jobs import TrainingJob
+from sentiloop.core.training import (
+    Report,
+    TrainingEvent,
+    TrainingJob,
+    artifact_key,
+    looks_like_hub_id,
+)
 
 log = logging.getLogger("sentiloop.training")
-
-
-@dataclass(frozen=True)
-class TrainingEvent:
-    """What a backend reports while a job runs; ``completed`` or ``failed`` comes last."""
-
-    kind: str  # status | progress | metric | completed | failed
-    status: str = ""
-    progress: dict[str, float] = field(default_factory=dict)
-    name: str = ""
-    value: float = 0.0
-    artifact: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-
-Report = Callable[[TrainingEvent], Awaitable[None]]
 
 
 class TrainingBackend(Protocol):
@@ -60,16 +46,6 @@ class TrainingBackend(Protocol):
         ...
 
     async def stop(self, job_name: str) -> None: ...
-
-
-def looks_like_hub_id(value: str) -> bool:
-    """``org/name`` or ``name``, as the Hugging Face hub spells model ids."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", value) is not None
-
-
-def artifact_key(job_name: str) -> str:
-    """SageMaker's layout: <output path>/<job name>/output/model.tar.gz."""
-    return f"models/{job_name}/output/model.tar.gz"
 
 
 class LocalTrainingBackend:

@@ -6,13 +6,13 @@ import json
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument, NotFound
+from sentiloop.core.training import JobStatus, TrainingJob
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,15 +38,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
-IN_PROGRESS, COMPLETED, FAILED, STOPPING, STOPPED = (
-    "InProgress",
-    "Completed",
-    "Failed",
-    "Stopping",
-    "Stopped",
-)
-TERMINAL = (COMPLETED, FAILED, STOPPED)
-
 # SageMaker's rule for training job names; it also keeps names safe as folder names.
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
@@ -61,34 +52,6 @@ def check_job_name(name: str) -> str:
             }
         )
     return name
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    name: str
-    status: str
-    backend: str
-    created_at: datetime
-    secondary_status: str = ""
-    ended_at: datetime | None = None
-    artifact: str = ""
-    failure_reason: str = ""
-    progress: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    # metrics.json as train.py wrote it, once the job has completed
-    final_metrics: dict[str, Any] = field(default_factory=dict)
-    auto_deploy: bool = False
-    deployed_version: str = ""
-    preset: str = ""
-    source: str = "bootstrap"
-    dataset_hash: str = ""
-    channels: dict[str, str] = field(default_factory=dict)
-    hyperparameters: dict[str, str] = field(default_factory=dict)
-    attempts: int = 1
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
 
 
 class JobStore:
@@ -169,7 +132,7 @@ class JobStore:
                 "SELECT * FROM jobs WHERE status IN (?, ?)"
                 " OR (status = ? AND auto_deploy = 1 AND deployed_version = '')"
                 " ORDER BY created_at",
-                (IN_PROGRESS, STOPPING, COMPLETED),
+                (JobStatus.IN_PROGRESS, JobStatus.STOPPING, JobStatus.COMPLETED),
             ).fetchall()
         return [_from_row(row) for row in rows]
 

@@ -8,23 +8,16 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, SentiloopError
 from sentiloop.core.scripts import load_script
+from sentiloop.core.training import EndpointStatus, JobStatus, TrainingEvent, TrainingJob
 from sentiloop.core.validation import quoted
-from sentiloop.model_init.backends import TrainingBackend, TrainingEvent
-from sentiloop.model_init.jobs import (
-    COMPLETED,
-    FAILED,
-    IN_PROGRESS,
-    STOPPED,
-    STOPPING,
-    JobStore,
-    TrainingJob,
-)
+from sentiloop.model_init.backends import TrainingBackend
+from sentiloop.model_init.jobs import JobStore
 
 log = logging.getLogger("sentiloop.model_init")
 
@@ -35,16 +28,6 @@ def check_preset(preset: str) -> str:
     if preset and preset not in PRESETS:
         raise InvalidArgument({"preset": f"{quoted(preset)} is not one of {', '.join(PRESETS)}"})
     return preset
-
-
-@dataclass(frozen=True)
-class EndpointStatus:
-    status: str  # NotDeployed | Creating | Updating | InService | Failed | Unknown
-    model_version: str = ""
-    failure_reason: str = ""
-    # When the endpoint was created and last switched versions: reported, not compared.
-    created_at: datetime | None = field(default=None, compare=False)
-    modified_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -122,12 +105,15 @@ class ModelInit:
         """Picks up what a restart interrupted: running jobs start again (training is
         seeded, so the rerun is the same job), pending auto-deploys happen."""
         for job in await asyncio.to_thread(self._jobs.unfinished):
-            if job.status == STOPPING:
+            if job.status == JobStatus.STOPPING:
                 job = replace(
-                    job, status=STOPPED, secondary_status=STOPPED, ended_at=datetime.now(UTC)
+                    job,
+                    status=JobStatus.STOPPED,
+                    secondary_status=JobStatus.STOPPED,
+                    ended_at=datetime.now(UTC),
                 )
                 await self._update(job, "stopped (the service restarted while stopping it)")
-            elif job.status == IN_PROGRESS:
+            elif job.status == JobStatus.IN_PROGRESS:
                 job = replace(
                     job,
                     attempts=job.attempts + 1,
@@ -168,7 +154,7 @@ class ModelInit:
         name = f"sentiloop-{new.source}-{stamp}-{secrets.token_hex(2)}"
         job = TrainingJob(
             name=name,
-            status=IN_PROGRESS,
+            status=JobStatus.IN_PROGRESS,
             secondary_status="Starting",
             backend=self._backend.name,
             created_at=datetime.now(UTC),
@@ -201,11 +187,11 @@ class ModelInit:
         except Exception as error:
             log.exception("training job %s broke", job.name)
             current = await self._apply(current, TrainingEvent("failed", reason=str(error)))
-        if current.status == IN_PROGRESS:  # a backend that ended without a verdict
+        if current.status == JobStatus.IN_PROGRESS:  # a backend that ended without a verdict
             current = await self._apply(
                 current, TrainingEvent("failed", reason="the training backend gave no result")
             )
-        if current.status == COMPLETED:
+        if current.status == JobStatus.COMPLETED:
             test = current.final_metrics.get("test", {})
             await self._notify(
                 "training.completed",
@@ -218,7 +204,7 @@ class ModelInit:
             await self._notify(
                 "training.failed", current.name, current.failure_reason, status=current.status
             )
-        if current.status == COMPLETED and current.auto_deploy:
+        if current.status == JobStatus.COMPLETED and current.auto_deploy:
             await self._auto_deploy(current)
 
     async def _apply(self, job: TrainingJob, event: TrainingEvent) -> TrainingJob:
@@ -238,7 +224,7 @@ class ModelInit:
         elif event.kind == "completed":
             job = replace(
                 job,
-                status=COMPLETED,
+                status=JobStatus.COMPLETED,
                 secondary_status="Completed",
                 artifact=event.artifact,
                 final_metrics=event.metrics,
@@ -246,7 +232,7 @@ class ModelInit:
             )
             message = "training completed"
         else:
-            status = STOPPED if event.status == "Stopped" else FAILED
+            status = JobStatus.STOPPED if event.status == "Stopped" else JobStatus.FAILED
             job = replace(
                 job,
                 status=status,
@@ -268,7 +254,7 @@ class ModelInit:
         job = await asyncio.to_thread(self._jobs.get, job_name)
         if job.done:
             raise FailedPrecondition(f"training job {job_name!r} has already ended ({job.status})")
-        await self._update(replace(job, status=STOPPING), "stop requested")
+        await self._update(replace(job, status=JobStatus.STOPPING), "stop requested")
         await self._backend.stop(job_name)
         return await asyncio.to_thread(self._jobs.get, job_name)
 
@@ -305,7 +291,7 @@ class ModelInit:
         """Registers the job's model as a version (once), then unless ``register_only``
         activates it and waits until the endpoint serves it."""
         job = await asyncio.to_thread(self._jobs.get, job_name)
-        if job.status != COMPLETED:
+        if job.status != JobStatus.COMPLETED:
             raise FailedPrecondition(
                 f"training job {job_name!r} is {job.status}; only a Completed job can be deployed"
             )

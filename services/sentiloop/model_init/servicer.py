@@ -10,13 +10,15 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from sentiloop.core import aws
+from sentiloop.aws import config as aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.training import TrainingJob
 from sentiloop.core.validation import page_size, quoted
 from sentiloop.data.datasets import StoredDataset, ensure_dataset, get_dataset, list_datasets
 from sentiloop.data.importer import (
@@ -28,9 +30,8 @@ from sentiloop.data.importer import (
 )
 from sentiloop.model_init.adapters import GrpcRegistry, LocalEndpoint
 from sentiloop.model_init.backends import LocalTrainingBackend, TrainingBackend
-from sentiloop.model_init.jobs import JobStore, TrainingJob, check_job_name
+from sentiloop.model_init.jobs import JobStore, check_job_name
 from sentiloop.model_init.manager import EndpointPort, ModelInit, NewTraining, check_preset
-from sentiloop.notification.notify import Notifier
 from sentiloop.v1 import model_init_pb2 as pb
 from sentiloop.v1 import model_init_pb2_grpc as pb_grpc
 
@@ -348,7 +349,8 @@ def create_app(settings: Settings) -> ServiceApp:
     endpoint: EndpointPort
     deploy_timeout = 300.0
     if aws.backend("SENTILOOP_TRAINING_BACKEND") == "sagemaker":
-        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerTrainingBackend
+        from sentiloop.aws.config import SageMakerConfig
+        from sentiloop.aws.training import SageMakerTrainingBackend
 
         aws.require_remote_store(store, "SENTILOOP_TRAINING_BACKEND=sagemaker")
         config = SageMakerConfig.from_env()
@@ -356,7 +358,8 @@ def create_app(settings: Settings) -> ServiceApp:
     else:
         backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
     if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
-        from sentiloop.model_init.sagemaker import SageMakerConfig, SageMakerEndpoint
+        from sentiloop.aws.config import SageMakerConfig
+        from sentiloop.aws.endpoint import SageMakerEndpoint
 
         aws.require_remote_store(store, "SENTILOOP_ENDPOINT_BACKEND=sagemaker")
         endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())

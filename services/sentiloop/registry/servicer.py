@@ -9,13 +9,13 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from sentiloop.core import aws
+from sentiloop.aws import config as aws
+from sentiloop.aws.model_packages import ModelPackageMirror
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
+from sentiloop.core.notify import Notifier
 from sentiloop.core.server import ServiceApp
-from sentiloop.notification.notify import Notifier
-from sentiloop.registry.model_packages import ModelPackageMirror
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
 from sentiloop.v1 import common_pb2, model_init_pb2
 from sentiloop.v1 import registry_pb2 as pb
@@ -159,7 +159,7 @@ def create_app(settings: Settings) -> ServiceApp:
     clients = Clients(settings)
     mirror = None
     if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
-        from sentiloop.model_init.sagemaker import SageMakerConfig
+        from sentiloop.aws.config import SageMakerConfig
 
         mirror = ModelPackageMirror(SageMakerConfig.from_env(), aws.sagemaker_client())
         mirror.ensure_group()

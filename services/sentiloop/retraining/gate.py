@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sentiloop.core.validation import LABELS
-from sentiloop.evaluation.scoring import Comparison
+from sentiloop.data.scoring import Comparison
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.validation import quoted
 from sentiloop.data.datasets import StoredDataset
-from sentiloop.evaluation.scoring import Comparison
+from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import Decision, GateRules, decide
 from sentiloop.retraining.runs import Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot

@@ -13,11 +13,11 @@ from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings, env_flag, env_float, env_int
 from sentiloop.core.convert import datetime_of, list_value, timestamp
 from sentiloop.core.errors import NotFound, Unavailable
+from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.data.datasets import StoredDataset, lineage_dataset
-from sentiloop.evaluation.scoring import Comparison
-from sentiloop.notification.notify import Notifier
+from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import GateRules
 from sentiloop.retraining.runs import RunStore
 from sentiloop.retraining.service import (

@@ -13,7 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from sentiloop.model_init.sagemaker import INFERENCE_ENVIRONMENT, SageMakerConfig, is_missing
+from sentiloop.aws.config import INFERENCE_ENVIRONMENT, SageMakerConfig
+from sentiloop.aws.errors import is_missing
 
 log = logging.getLogger("sentiloop.registry")
 

@@ -1,0 +1,191 @@
+"""AWS configuration: which backends run where (local, the default, or AWS, chosen per
+backend), the boto3 clients the AWS ones use, and the SageMaker settings, checked at start."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BACKEND_VARIABLES = {
+    "SENTILOOP_OBJECT_STORE": ("local", "s3"),
+    "SENTILOOP_TRAINING_BACKEND": ("local", "sagemaker"),
+    "SENTILOOP_ENDPOINT_BACKEND": ("local", "sagemaker"),
+}
+# What `sentiloop up --backend aws` selects (each can still be set on its own).
+AWS_BACKENDS = {
+    "SENTILOOP_OBJECT_STORE": "s3",
+    "SENTILOOP_TRAINING_BACKEND": "sagemaker",
+    "SENTILOOP_ENDPOINT_BACKEND": "sagemaker",
+}
+
+
+def backend(variable: str) -> str:
+    value = os.environ.get(variable, "local").strip().lower() or "local"
+    allowed = BACKEND_VARIABLES[variable]
+    if value not in allowed:
+        raise SystemExit(
+            f"configuration error: {variable}={value!r} is not one of {', '.join(allowed)}"
+        )
+    return value
+
+
+def sagemaker_client(service: str = "sagemaker") -> Any:
+    """boto3 client for SageMaker (or sagemaker-runtime), with retries and backoff;
+    region and endpoint come from the usual AWS variables."""
+    import boto3
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    return boto3.client(
+        service, config=Config(retries={"mode": "adaptive", "max_attempts": 8}, read_timeout=70)
+    )
+
+
+def require_remote_store(store: Any, what: str) -> None:
+    from sentiloop.core.objectstore import LocalObjectStore
+
+    if isinstance(store, LocalObjectStore):
+        raise SystemExit(
+            f"configuration error: {what} needs SENTILOOP_OBJECT_STORE=s3 (SageMaker cannot"
+            " read a local folder)"
+        )
+
+
+log = logging.getLogger("sentiloop.sagemaker")
+
+VERSION_TAG = "sentiloop:model-version"
+SOURCEDIR_FILES = ("train.py", "inference.py")
+INIT_CHANNEL = "init"
+INIT_CHANNEL_DIR = "/opt/ml/input/data/init"
+# The serving containers load inference.py from the model: train.py writes it to
+# code/inference.py inside model.tar.gz, which is unpacked into /opt/ml/model.
+INFERENCE_ENVIRONMENT: dict[str, str] = {
+    "SAGEMAKER_PROGRAM": "inference.py",
+    "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+    "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+}
+# Image lookup through the optional sagemaker SDK (HuggingFace PyTorch containers).
+SDK_IMAGE_VERSIONS = {
+    "training": {"version": "4.55.0", "base": "pytorch2.7.1", "py": "py312"},
+    "inference": {"version": "4.51.3", "base": "pytorch2.6.0", "py": "py312"},
+}
+
+_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
+
+
+@dataclass(frozen=True)
+class SageMakerConfig:
+    role_arn: str
+    training_image: str
+    inference_image: str
+    instance_type: str = "ml.g5.xlarge"
+    inference_instance_type: str = "ml.m5.large"
+    max_runtime_seconds: int = 3600
+    endpoint_name: str = "sentiloop"
+    model_package_group: str = "sentiloop"
+    poll_seconds: float = 15.0
+    volume_size_gb: int = 30
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SageMakerConfig:
+        """From ``SENTILOOP_SAGEMAKER_*``; every problem is named in one SystemExit."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def text(name: str, default: str = "") -> str:
+            return env.get(f"SENTILOOP_SAGEMAKER_{name}", "").strip() or default
+
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            raw = text(name)
+            if not raw:
+                return kind(default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = 0
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"SENTILOOP_SAGEMAKER_{name}={raw!r} must be a number > 0")
+                return kind(default)
+            return value
+
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
+        instance_type = text("INSTANCE_TYPE", "ml.g5.xlarge")
+        inference_instance_type = text("INFERENCE_INSTANCE_TYPE", "ml.m5.large")
+        role_arn = text("ROLE_ARN")
+        if not role_arn:
+            problems.append("SENTILOOP_SAGEMAKER_ROLE_ARN is not set (the IAM role SageMaker uses)")
+        elif not _ROLE_ARN.fullmatch(role_arn):
+            problems.append(f"SENTILOOP_SAGEMAKER_ROLE_ARN={role_arn!r} is not an IAM role ARN")
+        images: dict[str, str] = {}
+        for scope, instance in (
+            ("training", instance_type),
+            ("inference", inference_instance_type),
+        ):
+            name = f"SENTILOOP_SAGEMAKER_{scope.upper()}_IMAGE"
+            images[scope] = text(f"{scope.upper()}_IMAGE") or sdk_image_uri(scope, region, instance)
+            if not images[scope]:
+                problems.append(
+                    f"{name} is not set (the HuggingFace PyTorch {scope} image URI; the optional"
+                    " sagemaker SDK could not provide one)"
+                )
+        for name, value in (
+            ("INSTANCE_TYPE", instance_type),
+            ("INFERENCE_INSTANCE_TYPE", inference_instance_type),
+        ):
+            if not value.startswith("ml."):
+                problems.append(f"SENTILOOP_SAGEMAKER_{name}={value!r} is not an ml.* type")
+        endpoint_name = text("ENDPOINT_NAME", "sentiloop")
+        group = text("MODEL_PACKAGE_GROUP", "sentiloop")
+        for name, value in (("ENDPOINT_NAME", endpoint_name), ("MODEL_PACKAGE_GROUP", group)):
+            if not _NAME.fullmatch(value):
+                problems.append(
+                    f"SENTILOOP_SAGEMAKER_{name}={value!r} must be 1-63 letters, digits and"
+                    " hyphens, starting with a letter or digit"
+                )
+        config = cls(
+            role_arn=role_arn,
+            training_image=images["training"],
+            inference_image=images["inference"],
+            instance_type=instance_type,
+            inference_instance_type=inference_instance_type,
+            max_runtime_seconds=number("MAX_RUNTIME_SECONDS", 3600, int),
+            endpoint_name=endpoint_name,
+            model_package_group=group,
+            poll_seconds=number("POLL_SECONDS", 15.0, float),
+        )
+        if problems:
+            raise SystemExit("configuration error: " + "; ".join(problems))
+        return config
+
+
+def sdk_image_uri(scope: str, region: str, instance_type: str) -> str:
+    """The HuggingFace PyTorch image from the optional sagemaker SDK's bundled tables,
+    or "" when the SDK is not installed or cannot answer."""
+    if not region:
+        return ""
+    try:
+        image_uris: Any = importlib.import_module("sagemaker.core.image_uris")
+    except ImportError:
+        return ""
+    versions = SDK_IMAGE_VERSIONS[scope]
+    try:
+        return str(
+            image_uris.retrieve(
+                framework="huggingface",
+                region=region,
+                version=versions["version"],
+                base_framework_version=versions["base"],
+                py_version=versions["py"],
+                instance_type=instance_type,
+                image_scope=scope,
+            )
+        )
+    except Exception as error:  # the SDK raises ValueError and friends for unknown combos
+        log.warning("the sagemaker SDK found no %s image: %s", scope, error)
+        return ""
