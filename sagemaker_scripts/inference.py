@@ -36,17 +36,40 @@ class LoadedModel:
     pad_id: int
 
 
-def _labels(model_dir: Path, config: Any) -> list[str]:
-    """Label order from labels.json (a list, or {"labels": [...]}) else the model config."""
+def _serving_config(model_dir: Path, config: Any) -> tuple[list[str], int]:
+    """Label order and max length from labels.json (``{"labels": [...], "max_length": N}``
+    as train.py writes it; older artifacts hold a bare list), else the model config and
+    :data:`MAX_LENGTH`."""
     path = model_dir / "labels.json"
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         labels = data["labels"] if isinstance(data, dict) else data
-        return [str(label).lower() for label in labels]
+        max_length = (
+            int(data.get("max_length", MAX_LENGTH)) if isinstance(data, dict) else MAX_LENGTH
+        )
+        return [str(label).lower() for label in labels], max_length
     id2label = getattr(config, "id2label", None) or {}
     if len(id2label) == config.num_labels:
-        return [str(id2label[i]).lower() for i in range(config.num_labels)]
-    return list(DEFAULT_LABELS)
+        return [str(id2label[i]).lower() for i in range(config.num_labels)], MAX_LENGTH
+    return list(DEFAULT_LABELS), MAX_LENGTH
+
+
+def prepare(
+    model: Any, tokenizer: Any, labels: list[str], device: Any, max_length: int
+) -> LoadedModel:
+    """A model in memory made ready for :func:`predict_texts`: train.py evaluates (and
+    cross-fits) through this, so training-time metrics, the gate and serving share one
+    predict path and one max length (the one training used, recorded in labels.json)."""
+    if len(labels) != model.config.num_labels:
+        raise ValueError(f"{len(labels)} labels for a model of {model.config.num_labels}")
+    limits = [max_length, int(getattr(model.config, "max_position_embeddings", max_length))]
+    if isinstance(getattr(tokenizer, "model_max_length", None), int):
+        limits.append(tokenizer.model_max_length)
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limits[1] -= 2  # RoBERTa positions start after the padding index
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.eval()
+    return LoadedModel(model, tokenizer, labels, device, min(limits), pad_id)
 
 
 def model_fn(model_dir: str | Path, context: Any = None) -> LoadedModel:
@@ -63,19 +86,8 @@ def model_fn(model_dir: str | Path, context: Any = None) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
     model.to(device)
-    model.eval()
-    labels = _labels(folder, model.config)
-    if len(labels) != model.config.num_labels:
-        raise ValueError(
-            f"labels.json has {len(labels)} labels, the model {model.config.num_labels}"
-        )
-    limits = [MAX_LENGTH, int(getattr(model.config, "max_position_embeddings", MAX_LENGTH))]
-    if isinstance(getattr(tokenizer, "model_max_length", None), int):
-        limits.append(tokenizer.model_max_length)
-    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limits[1] -= 2  # RoBERTa positions start after the padding index
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return LoadedModel(model, tokenizer, labels, device, min(limits), pad_id)
+    labels, max_length = _serving_config(folder, model.config)
+    return prepare(model, tokenizer, labels, device, max_length)
 
 
 def _content_type_base(content_type: str | None) -> str:
@@ -114,7 +126,9 @@ def input_fn(
     return texts
 
 
-def predict_texts(model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+def predict_texts(
+    model: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE
+) -> list[dict[str, Any]]:
     """Class probabilities per text, in input order.
 
     Texts are tokenized once, sorted by length and batched, so each batch pads to nearly its
@@ -130,8 +144,8 @@ def predict_texts(model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[dict[str, Any]] = [{} for _ in texts]
     with torch.inference_mode():
-        for start in range(0, len(order), BATCH_SIZE):
-            batch = order[start : start + BATCH_SIZE]
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

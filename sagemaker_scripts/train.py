@@ -88,8 +88,11 @@ Progress goes to stdout, one flushed line per event (see :func:`parse_line`)::
     [sentiloop] metric <name>=<float>
 
 The model folder gets ``model.safetensors``, ``config.json``, the tokenizer files,
-``labels.json`` (the label order, a JSON list), ``metrics.json`` and ``code/inference.py``
-(SageMaker's place for a custom inference handler). Nothing is ever pickled.
+``labels.json`` (``{"labels": [...], "max_length": N}``: the label order and the max length
+serving must use, the one training used), ``metrics.json`` and ``code/inference.py``
+(SageMaker's place for a custom inference handler). Nothing is ever pickled. Validation,
+test and cross-fit predictions go through ``inference.py``'s own ``predict_texts``, so the
+metrics recorded here, the promotion gate and serving measure one model the same way.
 
 Local use::
 
@@ -206,6 +209,21 @@ def _log(text: str) -> None:
 # --------------------------------------------------------------------------- metrics
 
 
+def class_f1(truth: Any, pred: Any, k: int) -> Any:
+    """Per-class F1, ``2 tp / (predicted + actual)``, along the last axis of numpy label
+    arrays of any leading shape (the gate's bootstrap passes resamples x samples); a class
+    neither present nor predicted scores 0. The one F1 of the project: compute_metrics and
+    the promotion gate's comparisons both use it."""
+    import numpy as np
+
+    f1s = []
+    for c in range(k):
+        tp = ((pred == c) & (truth == c)).sum(axis=-1)
+        denominator = (pred == c).sum(axis=-1) + (truth == c).sum(axis=-1)
+        f1s.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
+    return np.stack(f1s, axis=-1)
+
+
 def compute_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str] = tuple(LABELS)
 ) -> dict[str, Any]:
@@ -225,17 +243,22 @@ def compute_metrics(
         matrix[truth][guess] += 1
     total = len(y_true)
     correct = sum(matrix[i][i] for i in range(k))
+    import numpy as np
+
+    f1s = [float(f) for f in class_f1(np.asarray(y_true), np.asarray(y_pred), k)] if k else []
     per_class: dict[str, dict[str, float | int]] = {}
-    f1s: list[float] = []
     for i, label in enumerate(labels):
         tp = matrix[i][i]
         predicted = sum(matrix[r][i] for r in range(k))
         support = sum(matrix[i])
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        f1s.append(f1)
-        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+        per_class[label] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1s[i],
+            "support": support,
+        }
     return {
         "accuracy": correct / total if total else 0.0,
         "macro_f1": sum(f1s) / k if k else 0.0,
@@ -764,26 +787,7 @@ def _load_model(hps: dict[str, Any], scratch: Path) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _predict(
-    model: Any, encoded: list[list[int]], pad_id: int, batch_size: int, device: Any, amp: Any
-) -> list[int]:
-    """Argmax class per example, in input order; batches of similar length (less padding)."""
-    import torch
-
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    predictions = [0] * len(encoded)
-    model.eval()
-    with torch.inference_mode():
-        for batch in _batches(order, batch_size):
-            ids, mask = _collate(encoded, batch, pad_id)
-            with amp():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for i, guess in zip(batch, logits.argmax(dim=-1).tolist(), strict=True):
-                predictions[i] = int(guess)
-    return predictions
-
-
-def _save_model(model: Any, tokenizer: Any, model_dir: Path) -> None:
+def _save_model(model: Any, tokenizer: Any, model_dir: Path, max_length: int) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
@@ -797,7 +801,9 @@ def _save_model(model: Any, tokenizer: Any, model_dir: Path) -> None:
     pickles = [p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
     if pickles:
         raise TrainingError(f"refusing to ship pickled files: {', '.join(pickles)}")
-    (model_dir / "labels.json").write_text(json.dumps(LABELS) + "\n", encoding="utf-8")
+    # What inference.py serves with: the label order and the max length training used.
+    serving = {"labels": LABELS, "max_length": max_length}
+    (model_dir / "labels.json").write_text(json.dumps(serving) + "\n", encoding="utf-8")
     handler = Path(__file__).resolve().with_name("inference.py")
     if handler.is_file():
         (model_dir / "code").mkdir(exist_ok=True)
@@ -922,12 +928,10 @@ def _cross_fit(
     rows: list[dict[str, Any]] = []
     for number, (held_out, fold_split) in enumerate(folds):
         tokenizer, model, _ = _fit(hps, fold_split, runtime)
-        folder = runtime.scratch / f"fold-{number}"
-        model.to("cpu")
-        _save_model(model, tokenizer, folder)
-        del model
-        loaded = inference.model_fn(str(folder))
-        predictions = inference.predict_texts(loaded, [train.texts[i] for i in held_out])
+        loaded = inference.prepare(model, tokenizer, LABELS, runtime.device, hps["max_length"])
+        predictions = inference.predict_texts(
+            loaded, [train.texts[i] for i in held_out], hps["eval_batch_size"]
+        )
         for i, prediction in zip(held_out, predictions, strict=True):
             rows.append(
                 {
@@ -937,7 +941,7 @@ def _cross_fit(
                     "fold": number,
                 }
             )
-        shutil.rmtree(folder)
+        del model, loaded
         _log(f"fold {number + 1}/{len(folds)}: predicted {len(held_out)} held-out feedback rows")
     return rows
 
@@ -1011,15 +1015,15 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
     parameters = sum(p.numel() for p in model.parameters())
 
     emit_status("Evaluating")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    max_length = min(hps["max_length"], int(model.config.max_position_embeddings))
+    # The serving path itself (inference.py), at the max length the artifact records.
+    loaded = _inference_script().prepare(model, tokenizer, LABELS, device, hps["max_length"])
     evaluated: dict[str, Any] = {}
     for split in (job.validation, job.test):
         if split is None:
             continue
-        encoded = _tokenize(tokenizer, split.texts, max_length)
-        predictions = _predict(model, encoded, pad_id, hps["eval_batch_size"], device, amp)
-        evaluated[split.name] = compute_metrics(split.labels, predictions, LABELS)
+        predicted = _inference_script().predict_texts(loaded, split.texts, hps["eval_batch_size"])
+        guesses = [LABELS.index(p["label"]) for p in predicted]
+        evaluated[split.name] = compute_metrics(split.labels, guesses, LABELS)
     if crossfit:
         label_ids = {label: i for i, label in enumerate(LABELS)}
         evaluated["cross_fit"] = compute_metrics(
@@ -1030,7 +1034,7 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
 
     emit_status("Uploading")
     model.to("cpu")
-    _save_model(model, tokenizer, job.model_dir)
+    _save_model(model, tokenizer, job.model_dir, loaded.max_length)
     if crossfit:
         _write_crossfit(job.model_dir / "crossfit.csv", crossfit)
     splits = [s for s in (train, job.validation, job.test) if s is not None]

@@ -194,7 +194,10 @@ def test_model_folder(tiny_run: Run) -> None:
     assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json"} <= names
     assert {"metrics.json", "code"} <= names
     assert (tiny_run.model_dir / "code" / "inference.py").is_file()
-    assert json.loads((tiny_run.model_dir / "labels.json").read_text()) == LABELS
+    # What serving uses: the label order and the max length training used (tiny: 32).
+    assert json.loads((tiny_run.model_dir / "labels.json").read_text()) == {
+        "labels": LABELS, "max_length": 32
+    }  # fmt: skip
     config = json.loads((tiny_run.model_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert config["num_hidden_layers"] == 2 and config["hidden_size"] == 32

@@ -61,16 +61,8 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
 
 
 def _class_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Per-class F1 along the last axis: shape (..., k); a class neither present nor
-    predicted scores 0, as in train.py's compute_metrics."""
-    f1s = []
-    for c in range(k):
-        tp = ((pred == c) & (truth == c)).sum(axis=-1)
-        predicted = (pred == c).sum(axis=-1)
-        actual = (truth == c).sum(axis=-1)
-        denominator = predicted + actual
-        f1s.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
-    return np.stack(f1s, axis=-1)
+    f1: np.ndarray = load_script("train").class_f1(truth, pred, k)
+    return f1
 
 
 def _macro_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
