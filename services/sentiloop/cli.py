@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sentiloop.core.config import load_settings
+from sentiloop.core.vocabulary import EndpointState
 
 
 def _envoy_address(args: argparse.Namespace) -> str:
@@ -122,7 +123,7 @@ def wait_for_endpoint(channel: Any, timeout: float = 600.0) -> int:
     status = None
     while time.monotonic() < deadline:
         status = stub.GetEndpointStatus(model_init_pb2.GetEndpointStatusRequest())
-        if status.status == "InService" and status.model_version:
+        if status.status == EndpointState.IN_SERVICE and status.model_version:
             print(f"deployed: model {status.model_version} is in service")
             return 0
         if status.status == "Failed":

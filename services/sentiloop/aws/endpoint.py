@@ -26,6 +26,7 @@ from sentiloop.core.errors import Unavailable
 from sentiloop.core.training import (
     EndpointStatus,
 )
+from sentiloop.core.vocabulary import EndpointState
 
 log = logging.getLogger("sentiloop.sagemaker")
 
@@ -59,8 +60,8 @@ class DeploymentNames:
     variant: str
 
 
-_UPDATING = ("Updating", "SystemUpdating", "RollingBack")
-_BUSY = ("Creating", *_UPDATING)
+_UPDATING = (EndpointState.UPDATING, "SystemUpdating", "RollingBack")
+_BUSY = (EndpointState.CREATING, *_UPDATING)
 
 
 class SageMakerEndpoint:
@@ -195,7 +196,7 @@ class SageMakerEndpoint:
         """The endpoint as SageMaker reports it (blocking; raises AWS errors)."""
         described = self._describe_raw()
         if described is None:
-            return EndpointView("NotDeployed")
+            return EndpointView(EndpointState.NOT_DEPLOYED)
         config_name = str(described.get("EndpointConfigName", ""))
         version, variants = self._config_version(config_name) if config_name else ("", ())
         mapping = dict.fromkeys(variants, version)
@@ -235,16 +236,16 @@ class SageMakerEndpoint:
 
     @staticmethod
     def endpoint_status(view: EndpointView) -> EndpointStatus:
-        if view.status == "NotDeployed":
-            return EndpointStatus("NotDeployed")
+        if view.status == EndpointState.NOT_DEPLOYED:
+            return EndpointStatus(EndpointState.NOT_DEPLOYED)
         status, version, reason = view.status, view.model_version, view.failure_reason
-        if status == "Creating":
+        if status == EndpointState.CREATING:
             version, reason = "", ""
         elif status in _UPDATING:
-            status, reason = "Updating", ""
+            status, reason = EndpointState.UPDATING, ""
         elif status in ("Failed", "UpdateRollbackFailed"):
             status, reason = "Failed", reason or f"endpoint is {status}"
-        elif status != "InService":
+        elif status != EndpointState.IN_SERVICE:
             status, reason = "Unknown", f"endpoint is {status}"
         return EndpointStatus(status, version, reason, view.created, view.last_modified)
 
@@ -265,11 +266,15 @@ class SageMakerEndpoint:
                 view = None
             if view is not None:
                 settled = view.status not in _BUSY and not view.pending_version
-                if view.status == "InService" and view.model_version == version and settled:
-                    return EndpointStatus("InService", version)
+                if (
+                    view.status == EndpointState.IN_SERVICE
+                    and view.model_version == version
+                    and settled
+                ):
+                    return EndpointStatus(EndpointState.IN_SERVICE, version)
                 if view.status in ("Failed", "UpdateRollbackFailed"):
                     return self.endpoint_status(view)
-                if view.status == "InService" and settled and view.failure_reason:
+                if view.status == EndpointState.IN_SERVICE and settled and view.failure_reason:
                     # The update failed and SageMaker rolled back to the earlier version.
                     return EndpointStatus("Failed", view.model_version, view.failure_reason)
             remaining = deadline - time.monotonic()

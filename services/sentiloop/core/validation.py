@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 
 from sentiloop.core.errors import InvalidArgument
-
-# The label order used everywhere (confusion matrices, score maps).
-LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+from sentiloop.core.vocabulary import LABELS
 
 
 def check_text(text: str, max_length: int, field: str = "text") -> str | None:
@@ -17,12 +15,6 @@ def check_text(text: str, max_length: int, field: str = "text") -> str | None:
     if len(text) > max_length:
         return f"is {len(text)} characters long; the limit is {max_length}"
     return None
-
-
-def normalize_label(value: str) -> str | None:
-    """The canonical (lower-case) label, or None when ``value`` is not a label."""
-    label = value.strip().lower()
-    return label if label in LABELS else None
 
 
 def quoted(value: str, limit: int = 60) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sentiloop.core.scripts import load_script
-from sentiloop.core.validation import LABELS
+from sentiloop.core.vocabulary import LABELS, normalize_label
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -25,10 +25,13 @@ class Labelled:
 
 
 def labelled(pairs: Sequence[tuple[str, str]]) -> Labelled:
-    index = {label: i for i, label in enumerate(LABELS)}
-    return Labelled(
-        texts=[text for text, _ in pairs], labels=[index[label.lower()] for _, label in pairs]
-    )
+    labels = []
+    for _, raw in pairs:
+        label = normalize_label(raw)
+        if label is None:
+            raise ValueError(f"{raw!r} is not a label")
+        labels.append(LABELS.index(label))
+    return Labelled(texts=[text for text, _ in pairs], labels=labels)
 
 
 def read_labelled_csv(content: bytes) -> Labelled:
@@ -149,10 +152,9 @@ class CrossFitted:
 
 
 def read_crossfit_csv(content: bytes) -> CrossFitted:
-    index = {label: i for i, label in enumerate(LABELS)}
     rows = list(csv.DictReader(io.StringIO(content.decode("utf-8"))))
     return CrossFitted(
         feedback=labelled([(row["text"], row["label"]) for row in rows]),
-        predictions=[index[row["prediction"].lower()] for row in rows],
+        predictions=labelled([(row["text"], row["prediction"]) for row in rows]).labels,
         folds=len({row["fold"] for row in rows}),
     )

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentiloop.core.vocabulary import normalize_label
+
 LABELS: tuple[str, str, str] = ("Negative", "Neutral", "Positive")
 """Label strings as they appear in the CSV files (capitalised, as in the original
 train_data.csv). Models use the lower-case forms, in this order."""
@@ -145,10 +147,9 @@ def label_for(rating: float, neutral_band: float = DEFAULT_NEUTRAL_BAND) -> str:
 
 def canonical_label(label: str) -> str:
     """``"positive"``, ``" POSITIVE "`` ... -> ``"Positive"``; ValueError for anything else."""
-    wanted = label.strip().lower()
-    for known in LABELS:
-        if known.lower() == wanted:
-            return known
+    known = normalize_label(label)
+    if known is not None:
+        return known.capitalize()
     raise ValueError(f"unknown label {label!r} (expected one of {', '.join(LABELS)})")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.vocabulary import normalize_label
 from sentiloop.feedback.store import NewFeedback
 
 
@@ -31,7 +32,7 @@ async def resolve(new: NewFeedback, lookup: PredictionLookup) -> NewFeedback:
         raise InvalidArgument(
             {"text": "differs from the text of the cited prediction; send one or the other"}
         )
-    if new.model_prediction and new.model_prediction.strip().lower() != logged.label:
+    if new.model_prediction and normalize_label(new.model_prediction) != logged.label:
         raise InvalidArgument({"model_prediction": f"the cited prediction was {logged.label!r}"})
     return replace(
         new,

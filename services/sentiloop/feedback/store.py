@@ -11,7 +11,8 @@ from pathlib import Path
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument
-from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem, normalize_label
+from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem
+from sentiloop.core.vocabulary import normalize_label
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (

@@ -17,6 +17,7 @@ from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailab
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
 from sentiloop.core.validation import check_text, quoted
+from sentiloop.core.vocabulary import EndpointState
 
 PREDICTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -138,7 +139,7 @@ class Predictor:
         self._max_text_length = max_text_length
         # Swapped atomically: a request keeps the version it started with.
         self.current: LoadedVersion | None = None
-        self.state = ServingState("NotDeployed")
+        self.state = ServingState(EndpointState.NOT_DEPLOYED)
         self._inference = load_script("inference")
 
     def load(self, version: str, artifact: str) -> LoadedVersion:

@@ -15,26 +15,26 @@ from typing import Any
 from sentiloop.aws.endpoint import EndpointView, SageMakerEndpoint
 from sentiloop.aws.errors import AWSError, error_message
 from sentiloop.core.errors import Unavailable
-from sentiloop.core.validation import normalize_label
+from sentiloop.core.vocabulary import EndpointState, normalize_label
 from sentiloop.inference.engine import Prediction, PredictionLog, ServingState, check_texts
 
 log = logging.getLogger("sentiloop.inference")
 
-_SERVING = ("InService", "Updating", "SystemUpdating", "RollingBack")
+_SERVING = (EndpointState.IN_SERVICE, EndpointState.UPDATING, "SystemUpdating", "RollingBack")
 
 
 def serving_state(view: EndpointView) -> ServingState:
     """The endpoint in the terms of the InferenceService's GetServingStatus."""
-    if view.status == "NotDeployed":
-        return ServingState("NotDeployed")
-    if view.status == "Creating":
+    if view.status == EndpointState.NOT_DEPLOYED:
+        return ServingState(EndpointState.NOT_DEPLOYED)
+    if view.status == EndpointState.CREATING:
         return ServingState("Loading", "", view.model_version)
-    if view.status in ("Updating", "SystemUpdating", "RollingBack"):
+    if view.status in (EndpointState.UPDATING, "SystemUpdating", "RollingBack"):
         target = view.pending_version or view.model_version
         return ServingState("Loading", view.model_version, target, loaded_at=view.last_modified)
-    if view.status == "InService":
+    if view.status == EndpointState.IN_SERVICE:
         return ServingState(
-            "InService",
+            EndpointState.IN_SERVICE,
             view.model_version,
             view.model_version,
             view.failure_reason,
@@ -70,7 +70,7 @@ class SageMakerPredictor:
         self._read_at = -math.inf
         self._variants: dict[str, str] = {}  # every variant seen -> its version
         self._unknown: set[str] = set()
-        self.state = ServingState("NotDeployed")
+        self.state = ServingState(EndpointState.NOT_DEPLOYED)
 
     def refresh(self) -> ServingState:
         """Re-reads the endpoint's state (blocking); on an AWS error the last one stays."""
@@ -95,12 +95,12 @@ class SageMakerPredictor:
         name = self._endpoint.name
         if view is None:
             raise Unavailable(f"the state of SageMaker endpoint {name} cannot be read")
-        if view.status == "NotDeployed":
+        if view.status == EndpointState.NOT_DEPLOYED:
             raise Unavailable(
                 f"no model is deployed yet (SageMaker endpoint {name} does not exist): bootstrap"
                 " one with POST /model-init/bootstrap?auto_deploy=true"
             )
-        if view.status == "Creating":
+        if view.status == EndpointState.CREATING:
             raise Unavailable(f"SageMaker endpoint {name} is still being created")
         if view.status not in _SERVING:
             reason = f": {view.failure_reason}" if view.failure_reason else ""

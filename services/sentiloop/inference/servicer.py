@@ -18,6 +18,7 @@ from sentiloop.core.config import Settings, env_float
 from sentiloop.core.convert import timestamp
 from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.vocabulary import EndpointState
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
@@ -138,7 +139,7 @@ class RegistryFollower:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 return False  # registry unreachable: keep serving what we have
             if self._predictor.current is None:
-                self._predictor.state = ServingState("NotDeployed")
+                self._predictor.state = ServingState(EndpointState.NOT_DEPLOYED)
             return True
         version, artifact = answer.model.version, answer.model.path
         predictor = self._predictor
@@ -165,7 +166,9 @@ class RegistryFollower:
             )
             return True
         predictor.current = loaded
-        predictor.state = ServingState("InService", version, version, loaded_at=loaded.loaded_at)
+        predictor.state = ServingState(
+            EndpointState.IN_SERVICE, version, version, loaded_at=loaded.loaded_at
+        )
         log.info("serving model version %s", version, extra={"fields": {"version": version}})
         return True
 

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.convert import datetime_of, metrics_to_proto
 from sentiloop.core.training import EndpointStatus, TrainingJob
+from sentiloop.core.vocabulary import EndpointState
 from sentiloop.v1 import common_pb2, inference_pb2, registry_pb2
 
 
@@ -99,11 +100,11 @@ class LocalEndpoint:
         serving = await self._serving()
         if serving is None:
             return EndpointStatus("Unknown", failure_reason="the inference service is unreachable")
-        if serving.status == "NotDeployed":
-            return EndpointStatus("NotDeployed")
+        if serving.status == EndpointState.NOT_DEPLOYED:
+            return EndpointStatus(EndpointState.NOT_DEPLOYED)
         created, modified = await self._history()
         if serving.status == "Loading":
-            state = "Updating" if serving.model_version else "Creating"
+            state = EndpointState.UPDATING if serving.model_version else EndpointState.CREATING
             return EndpointStatus(state, serving.model_version, "", created, modified)
         return EndpointStatus(
             serving.status, serving.model_version, serving.failure_reason, created, modified
@@ -115,8 +116,8 @@ class LocalEndpoint:
         while time.monotonic() < deadline:
             serving = await self._serving()
             if serving is not None:
-                if serving.model_version == version and serving.status == "InService":
-                    return EndpointStatus("InService", version)
+                if serving.model_version == version and serving.status == EndpointState.IN_SERVICE:
+                    return EndpointStatus(EndpointState.IN_SERVICE, version)
                 if serving.target_version == version and serving.status == "Failed":
                     return EndpointStatus("Failed", serving.model_version, serving.failure_reason)
             await asyncio.sleep(0.2)

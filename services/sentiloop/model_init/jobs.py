@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument, NotFound
-from sentiloop.core.training import JobStatus, TrainingJob
+from sentiloop.core.training import TrainingJob
+from sentiloop.core.vocabulary import JobStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, SentiloopError
 from sentiloop.core.scripts import load_script
-from sentiloop.core.training import EndpointStatus, JobStatus, TrainingEvent, TrainingJob
+from sentiloop.core.training import EndpointStatus, TrainingEvent, TrainingJob
 from sentiloop.core.validation import quoted
+from sentiloop.core.vocabulary import EventType, JobStatus
 from sentiloop.model_init.backends import TrainingBackend
 from sentiloop.model_init.jobs import JobStore
 
@@ -168,7 +169,7 @@ class ModelInit:
         await asyncio.to_thread(self._jobs.create, job)
         log.info("training job %s started", name, extra={"fields": {"job": name}})
         await self._notify(
-            "training.started", name, f"{new.source} training started", preset=new.preset
+            EventType.TRAINING_STARTED, name, f"{new.source} training started", preset=new.preset
         )
         self._spawn(self._run(job))
         return job
@@ -194,7 +195,7 @@ class ModelInit:
         if current.status == JobStatus.COMPLETED:
             test = current.final_metrics.get("test", {})
             await self._notify(
-                "training.completed",
+                EventType.TRAINING_COMPLETED,
                 current.name,
                 "training completed",
                 test_accuracy=test.get("accuracy"),
@@ -202,7 +203,10 @@ class ModelInit:
             )
         else:
             await self._notify(
-                "training.failed", current.name, current.failure_reason, status=current.status
+                EventType.TRAINING_FAILED,
+                current.name,
+                current.failure_reason,
+                status=current.status,
             )
         if current.status == JobStatus.COMPLETED and current.auto_deploy:
             await self._auto_deploy(current)
@@ -301,7 +305,7 @@ class ModelInit:
             if not job.deployed_version:
                 job = replace(job, deployed_version=version)
                 await self._update(job, f"registered as model version {version}")
-                await self._notify("model.registered", version, f"training job {job_name}")
+                await self._notify(EventType.MODEL_REGISTERED, version, f"training job {job_name}")
             model_name = self._endpoint.model_name(version, job.artifact)
             if register_only:
                 return Deployment(version, model_name, None)
@@ -310,7 +314,7 @@ class ModelInit:
         status = await self._endpoint.wait_in_service(version, self._deploy_timeout)
         await self._update(job, f"deployed as {version}: endpoint {status.status}")
         await self._notify(
-            "model.deployed", version, f"endpoint {status.status}", job_name=job_name
+            EventType.MODEL_DEPLOYED, version, f"endpoint {status.status}", job_name=job_name
         )
         return Deployment(version, model_name, status)
 

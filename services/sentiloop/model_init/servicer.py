@@ -20,6 +20,7 @@ from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.training import TrainingJob
 from sentiloop.core.validation import page_size, quoted
+from sentiloop.core.vocabulary import EndpointState
 from sentiloop.data.datasets import StoredDataset, ensure_dataset, get_dataset, list_datasets
 from sentiloop.data.importer import (
     NAME_PATTERN,
@@ -316,13 +317,15 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             )
             return answer
         answer.message = f"Training job {request.job_name} deployed as model version {version}"
-        if status.status != "InService":
+        if status.status != EndpointState.IN_SERVICE:
             answer.message += f"; the endpoint is {status.status}"
             if status.failure_reason:
                 answer.message += f": {status.failure_reason}"
         answer.endpoint_status = answer.status = status.status
         answer.estimated_time = (
-            "ready now" if status.status == "InService" else self._model_init.deploy_time
+            "ready now"
+            if status.status == EndpointState.IN_SERVICE
+            else self._model_init.deploy_time
         )
         return answer
 

@@ -16,6 +16,7 @@ from typing import Any
 from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, page_size
+from sentiloop.core.vocabulary import EventType
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -31,17 +32,7 @@ CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id);
 
 # The event types the services of the loop emit. Others are accepted when they
 # have the same shape (lower-case dotted words); these are the documented ones.
-KNOWN_TYPES = (
-    "training.started",
-    "training.completed",
-    "training.failed",
-    "model.registered",
-    "model.promoted",
-    "model.rejected",
-    "model.deployed",
-    "model.rolled_back",
-    "retraining.triggered",
-)
+KNOWN_TYPES: tuple[str, ...] = tuple(EventType)
 
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 PREFIX_PATTERN = re.compile(r"^[a-z0-9_.]+$")

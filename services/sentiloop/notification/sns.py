@@ -8,7 +8,7 @@ from the environment, as every AWS tool does.
 Each event becomes one SNS message whose body is the event as JSON, in the shape the
 JSON API gives it (``GET /events``)::
 
-    {"id": "12", "type": "model.promoted", "subject": "v3", "message": "...",
+    {"id": "12", "type": EventType.MODEL_PROMOTED, "subject": "v3", "message": "...",
      "attributes": {...}, "created_at": "2026-11-26T13:38:38.123456Z"}
 
 with the message attributes ``event_type`` (String: subscribers filter on it with a

@@ -16,6 +16,7 @@ from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.notify import Notifier
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.vocabulary import EventType
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
 from sentiloop.v1 import common_pb2, model_init_pb2
 from sentiloop.v1 import registry_pb2 as pb
@@ -128,7 +129,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             model.version, request.reason or f"rolled back from {rolled_back}"
         )
         await self._notify(
-            "model.rolled_back",
+            EventType.MODEL_ROLLED_BACK,
             model.version,
             f"rolled back from {rolled_back} to {model.version}",
             rolled_back_version=rolled_back,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sentiloop.core.validation import LABELS
+from sentiloop.core.vocabulary import LABELS
 from sentiloop.data.scoring import Comparison
 
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Protocol
 
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.validation import quoted
+from sentiloop.core.vocabulary import EventType
 from sentiloop.data.datasets import StoredDataset
 from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import Decision, GateRules, decide
@@ -170,7 +171,7 @@ class Retrainer:
                 "learning_rate": str(self.policy.learning_rate),
             }
         await self._mesh.notify(
-            "retraining.triggered",
+            EventType.RETRAINING_TRIGGERED,
             f"run-{run.id}",
             f"retraining ({run.trigger}) on {snapshot.feedback} feedback samples",
             trigger=run.trigger,
@@ -216,8 +217,8 @@ class Retrainer:
         test, feedback = await self._mesh.compare(result.artifact, baseline, run.seed)
         decision = decide(test, feedback, baseline, self.policy.gate, run.force)
         version = await self._mesh.register(job_name, decision.as_dict(), decision.promoted)
-        event = {"promoted": "model.promoted", "forced": "model.promoted"}.get(
-            decision.decision, "model.rejected"
+        event = {"promoted": EventType.MODEL_PROMOTED, "forced": EventType.MODEL_PROMOTED}.get(
+            decision.decision, EventType.MODEL_REJECTED
         )
         await self._mesh.notify(
             event,
