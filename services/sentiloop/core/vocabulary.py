@@ -58,4 +58,7 @@ class EventType(StrEnum):
     MODEL_REJECTED = "model.rejected"
     MODEL_DEPLOYED = "model.deployed"
     MODEL_ROLLED_BACK = "model.rolled_back"
+    # The registry's active version changed (an activation or a rollback): what
+    # InferenceService follows to load the new version.
+    MODEL_ACTIVATED = "model.activated"
     RETRAINING_TRIGGERED = "retraining.triggered"

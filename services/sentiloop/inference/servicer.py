@@ -16,13 +16,14 @@ from sentiloop.aws import config as aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings, env_float
 from sentiloop.core.convert import timestamp
+from sentiloop.core.follow import EventFollower
 from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.vocabulary import EndpointState
+from sentiloop.core.vocabulary import EndpointState, EventType
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
-from sentiloop.v1 import registry_pb2
+from sentiloop.v1 import notification_pb2, registry_pb2
 
 log = logging.getLogger("sentiloop.inference")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -100,25 +101,43 @@ REGISTRY_WAIT_SECONDS = 30.0
 
 
 class RegistryFollower:
-    """Polls the registry's active version and loads it beside the served one, then
-    swaps: requests in flight finish on the version they started with."""
+    """Follows the registry's active version and loads it beside the served one, then
+    swaps: requests in flight finish on the version they started with. Activations arrive
+    as ``model.activated`` events; a slow poll of the registry is only the fallback for an
+    event that was lost (events are published best effort)."""
 
-    def __init__(self, predictor: Predictor, clients: Clients, interval: float) -> None:
+    def __init__(self, predictor: Predictor, clients: Clients, fallback_interval: float) -> None:
         self._predictor = predictor
         self._clients = clients
-        self._interval = interval
+        self._interval = fallback_interval
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._failed: tuple[str, float] | None = None
+        self._sync_lock = asyncio.Lock()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("following the registry failed")
-            await asyncio.sleep(self._interval)
+        async def on_event(event: notification_pb2.Event) -> None:
+            await self._sync_logged()
+
+        follower = EventFollower(
+            self._clients, [EventType.MODEL_ACTIVATED], on_event, self._sync_logged
+        )
+        events = asyncio.create_task(follower.run())
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self._sync_logged()
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self.sync_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following the registry failed")
 
     async def first_sync(self, timeout: float) -> None:
         """Sync once the registry answers: the services start together, and reporting
@@ -131,6 +150,10 @@ class RegistryFollower:
 
     async def sync_once(self) -> bool:
         """Follow the registry's active version; False when the registry did not answer."""
+        async with self._sync_lock:  # an event and the fallback poll may coincide
+            return await self._sync()
+
+    async def _sync(self) -> bool:
         try:
             answer = await self._clients.registry.GetModel(
                 registry_pb2.GetModelRequest(version="active"), timeout=5
@@ -181,6 +204,7 @@ def create_app(settings: Settings) -> ServiceApp:
     prediction_log = PredictionLog(service_dir / "predictions.db")
     clients = Clients(settings)
     poll_seconds = env_float("SENTILOOP_INFERENCE_POLL_SECONDS", 1.0)
+    fallback_seconds = env_float("SENTILOOP_INFERENCE_FALLBACK_POLL_SECONDS", 30.0)
     tasks: list[asyncio.Task[None]] = []
     if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
         # ModelInit deploys to the endpoint; this service calls it and keeps its log.
@@ -213,7 +237,7 @@ def create_app(settings: Settings) -> ServiceApp:
             settings.max_text_length,
         )  # fmt: skip
         servicer = InferenceServicer(predictor, prediction_log)
-        follower = RegistryFollower(predictor, clients, poll_seconds)
+        follower = RegistryFollower(predictor, clients, fallback_seconds)
 
         async def startup() -> None:
             # Serve the active model from the first request on, when there is one.

@@ -121,13 +121,27 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             self._registry.activate, request.version, request.reason
         )
         await self._mirror_approval(model.version, request.reason or "activated")
+        await self._activated(model, previous, "activate", request.reason)
         return pb.ActivateModelResponse(model=to_proto(model), previous_version=previous)
+
+    async def _activated(self, model: ModelVersion, previous: str, kind: str, reason: str) -> None:
+        await self._notify(
+            EventType.MODEL_ACTIVATED,
+            model.version,
+            f"{model.version} is the active version (was {previous or 'none'})",
+            version=model.version,
+            path=model.path,
+            previous_version=previous,
+            kind=kind,
+            reason=reason,
+        )
 
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
         model, rolled_back = await asyncio.to_thread(self._registry.rollback, request.reason)
         await self._mirror_approval(
             model.version, request.reason or f"rolled back from {rolled_back}"
         )
+        await self._activated(model, rolled_back, "rollback", request.reason)
         await self._notify(
             EventType.MODEL_ROLLED_BACK,
             model.version,
