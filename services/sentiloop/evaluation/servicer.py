@@ -165,19 +165,22 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
 
         seed = request.seed or 13
         candidate, base = await self._run(both, test)
-        on_test = compare("test", test.labels, candidate, base, seed)
+        # The bootstrap (1,000 resamples) runs off the event loop, as the predictions do.
+        on_test = await asyncio.to_thread(compare, "test", test.labels, candidate, base, seed)
         on_feedback = None
         if crossfit is not None:
             base = await self._run(
                 lambda: predict_labels(self._models.get(baseline.path), crossfit.feedback.texts)
             )
-            on_feedback = compare(
-                "feedback", crossfit.feedback.labels, crossfit.predictions, base, seed,
+            on_feedback = await asyncio.to_thread(
+                compare, "feedback", crossfit.feedback.labels, crossfit.predictions, base, seed,
                 folds=crossfit.folds,
             )  # fmt: skip
         if holdout is not None:
             candidate, base = await self._run(both, holdout)
-            on_feedback = compare("feedback", holdout.labels, candidate, base, seed)
+            on_feedback = await asyncio.to_thread(
+                compare, "feedback", holdout.labels, candidate, base, seed
+            )
         return pb.CompareModelsResponse(
             test=comparison_to_proto(on_test),
             feedback=comparison_to_proto(on_feedback),

@@ -82,6 +82,10 @@ class LocalTrainingBackend:
         }
         if "test" in paths:
             env["SM_CHANNEL_TEST"] = str(paths["test"])
+        if job.name in self._stopped:  # stopped while its data was being prepared
+            self._stopped.discard(job.name)
+            await report(TrainingEvent("failed", status="Stopped", reason="stopped on request"))
+            return
         # Spawned from the event loop's (main) thread: the death signal is tied to the
         # spawning thread, so training never outlives this service.
         process = await asyncio.create_subprocess_exec(
@@ -93,13 +97,19 @@ class LocalTrainingBackend:
             cwd=root,
         )
         self._processes[job.name] = process
+        if job.name in self._stopped:  # stopped while the process was being spawned
+            process.send_signal(signal.SIGTERM)
         failure_reason = ""
         try:
             assert process.stdout is not None
             with (root / "train.log").open("ab") as log_file:
-                async for raw in process.stdout:
-                    log_file.write(raw)
+
+                def keep(line: bytes) -> None:
+                    log_file.write(line)
                     log_file.flush()
+
+                async for raw in process.stdout:
+                    await asyncio.to_thread(keep, raw)  # disk writes stay off the event loop
                     parsed = self._train.parse_line(raw.decode("utf-8", errors="replace"))
                     if parsed is None:
                         continue
@@ -160,9 +170,11 @@ class LocalTrainingBackend:
         return "under a minute" if preset == "tiny" else "3-6 minutes"
 
     async def stop(self, job_name: str) -> None:
+        # Remembered even before the process exists: a stop that arrives while the job
+        # downloads its data must not be lost (the job would train to the end).
+        self._stopped.add(job_name)
         process = self._processes.get(job_name)
         if process is not None and process.returncode is None:
-            self._stopped.add(job_name)
             process.send_signal(signal.SIGTERM)
 
     def _prepare(self, job: TrainingJob, root: Path) -> dict[str, Path]:
