@@ -7,18 +7,15 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
-from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.data.datasets import lineage_dataset
@@ -28,11 +25,15 @@ from sentiloop.data.scoring import (
     CrossFitted,
     Labelled,
     compare,
-    metrics,
     predict_labels,
     read_crossfit_csv,
-    read_feedback_jsonl,
     read_labelled_csv,
+)
+from sentiloop.evaluation.evaluator import (
+    EvaluationStore,
+    Evaluator,
+    FeedbackRecord,
+    Models,
 )
 from sentiloop.evaluation.reports import Report, ReportStore
 from sentiloop.v1 import common_pb2, feedback_pb2, registry_pb2
@@ -40,7 +41,6 @@ from sentiloop.v1 import evaluation_pb2 as pb
 from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-MODEL_CACHE_SIZE = 3
 
 
 def comparison_to_proto(comparison: Comparison | None) -> common_pb2.ModelComparison | None:
@@ -62,34 +62,43 @@ def report_to_proto(report: Report) -> pb.EvaluateResponse:
     )
 
 
-class Models:
-    """A few loaded models by artifact location (the active one and a candidate)."""
+class GrpcFeedbackPages:
+    """The feedback service's records, a page at a time (ListFeedback)."""
 
-    def __init__(self, store: ObjectStore, cache_dir: Any) -> None:
-        self._store = store
-        self._cache_dir = cache_dir
-        self._loaded: dict[str, Any] = {}
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
 
-    def folder(self, artifact: str) -> Path:
-        return unpack_artifact(self._store, artifact, self._cache_dir)
-
-    def get(self, artifact: str) -> Any:
-        if artifact not in self._loaded:
-            folder = self.folder(artifact)
-            if len(self._loaded) >= MODEL_CACHE_SIZE:
-                self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[artifact] = load_script("inference").model_fn(str(folder))
-        return self._loaded[artifact]
+    async def page(self, after_id: int, size: int) -> tuple[list[FeedbackRecord], bool, int]:
+        try:
+            answer = await self._clients.feedback.ListFeedback(
+                feedback_pb2.ListFeedbackRequest(
+                    page_size=size, page_token=str(after_id) if after_id else ""
+                ),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise mesh_error("feedback", error) from error
+        records = [
+            FeedbackRecord(r.id, r.text, r.user_label, r.model_version, r.model_prediction)
+            for r in answer.feedback
+        ]
+        return records, bool(answer.next_page_token), int(answer.total_count)
 
 
 class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     def __init__(
-        self, clients: Clients, store: ObjectStore, models: Models, reports: ReportStore
+        self,
+        clients: Clients,
+        store: ObjectStore,
+        models: Models,
+        reports: ReportStore,
+        evaluator: Evaluator,
     ) -> None:
         self._clients = clients
         self._store = store
         self._models = models
         self._reports = reports
+        self._evaluator = evaluator
         # Model work runs on one thread: torch already uses every core.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
 
@@ -112,28 +121,14 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
         dataset = lineage_dataset(self._store, dataset_hash)
         return read_labelled_csv(self._store.get_bytes(dataset.channels["test"] + "test.csv"))
 
-    async def _feedback(self) -> tuple[Labelled, int]:
-        try:
-            snapshot = await self._clients.feedback.ExportFeedback(
-                feedback_pb2.ExportFeedbackRequest(), timeout=30
-            )
-        except grpc.aio.AioRpcError as error:
-            raise mesh_error("feedback", error) from error
-        content = await asyncio.to_thread(self._store.get_bytes, snapshot.key)
-        return read_feedback_jsonl(content), snapshot.record_count
-
-    def _score(self, artifact: str, data: Labelled) -> dict[str, Any]:
-        model = self._models.get(artifact)
-        return metrics(data.labels, predict_labels(model, data.texts))
-
     async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
         model = await self._model(request.model_version)
-        feedback, count = await self._feedback()
+        count = await self._evaluator.sync_feedback()
         test = await asyncio.to_thread(self._test_set, model.dataset_hash)
-        on_feedback = await self._run(self._score, model.path, feedback)
-        on_test = await self._run(self._score, model.path, test)
+        on_feedback = await self._run(self._evaluator.score_feedback, model.path, model.version)
+        on_test = await self._run(self._evaluator.score, model.path, test)
         report = await asyncio.to_thread(
-            self._reports.add, model.version, on_feedback, on_test, count
+            self._reports.add, model.version, on_feedback.metrics, on_test.metrics, count
         )
         return report_to_proto(report)
 
@@ -213,12 +208,16 @@ def create_app(settings: Settings) -> ServiceApp:
     service_dir = settings.service_dir("evaluation")
     reports = ReportStore(service_dir / "evaluations.db")
     clients = Clients(settings)
-    servicer = EvaluationServicer(clients, store, Models(store, service_dir / "models"), reports)
+    models = Models(store, service_dir / "models")
+    scores = EvaluationStore(service_dir / "scores.db")
+    evaluator = Evaluator(scores, models, GrpcFeedbackPages(clients))
+    servicer = EvaluationServicer(clients, store, models, reports, evaluator)
 
     async def shutdown() -> None:
         servicer.close()
         await clients.close()
         reports.close()
+        scores.close()
 
     return ServiceApp(
         name="evaluation",

@@ -156,6 +156,10 @@ class FeedbackStore:
         content = "".join(line + "\n" for line in lines).encode()
         return content, len(records), records[-1].id if records else 0
 
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
     def stats(self, after_count: int = 0) -> FeedbackStats:
         """Counts, and what came after the first ``after_count`` records (by position:
         records are never deleted, so a count is a point in the store's history)."""
