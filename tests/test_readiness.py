@@ -71,3 +71,34 @@ def test_inference_is_not_serving_until_the_registry_answers(tmp_path: Path) -> 
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_a_second_process_on_a_taken_port_fails_instead_of_sharing_it(tmp_path: Path) -> None:
+    env = {**os.environ, "SENTILOOP_DATA_DIR": str(tmp_path), "SENTILOOP_HOST": "127.0.0.1"}
+    for name in SERVICES:
+        env[env_name(name, "PORT")] = str(free_port())
+        env.pop(env_name(name, "ADDR"), None)
+    address = f"127.0.0.1:{env['SENTILOOP_REGISTRY_PORT']}"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sentiloop.serve", "registry"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while health(address) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "the first registry did not start"
+            time.sleep(0.2)
+        second = subprocess.run(
+            [sys.executable, "-m", "sentiloop.serve", "registry"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert f"cannot listen on {address}" in second.stderr + second.stdout
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)

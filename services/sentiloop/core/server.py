@@ -251,7 +251,9 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
     from sentiloop.v1 import health_pb2_grpc as mesh_health_pb2_grpc
 
     service_full_name = SERVICES[app.name][1]
-    server = grpc.aio.server(interceptors=[CallInterceptor()])
+    # gRPC sets SO_REUSEPORT by default: a second process on the same port (a stale one, or
+    # a second mesh) would silently take half of the calls. Without it the bind fails loudly.
+    server = grpc.aio.server(interceptors=[CallInterceptor()], options=[("grpc.so_reuseport", 0)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     mesh_health = MeshHealthServicer(settings)
@@ -270,7 +272,11 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     address = f"{settings.host}:{settings.ports[app.name]}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:  # grpcio raises where older versions returned 0
+        raise SystemExit(f"{app.name}: cannot listen on {address}: {error}") from None
+    if bound == 0:
         raise SystemExit(f"{app.name}: cannot listen on {address}")
     await server.start()
     log.info("listening on %s", address, extra={"fields": {"address": address}})
