@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,16 +36,6 @@ def labelled(pairs: Sequence[tuple[str, str]]) -> Labelled:
 def read_labelled_csv(content: bytes) -> Labelled:
     rows = csv.DictReader(io.StringIO(content.decode("utf-8")))
     return labelled([(row["text"], row["label"]) for row in rows])
-
-
-def read_feedback_jsonl(content: bytes) -> Labelled:
-    """A feedback snapshot; the latest label per text wins."""
-    latest: dict[str, str] = {}
-    for line in content.decode("utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            latest[record["text"]] = record["user_label"]
-    return labelled(list(latest.items()))
 
 
 def predict_labels(model: Any, texts: list[str]) -> list[int]:

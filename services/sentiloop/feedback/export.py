@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -54,6 +53,7 @@ from pathlib import Path
 from sentiloop.core import sqlite
 from sentiloop.core.errors import SentiloopError, Unavailable
 from sentiloop.core.objectstore import ObjectStore
+from sentiloop.data.feedback_records import to_jsonl
 from sentiloop.feedback.store import Feedback, FeedbackStore
 
 log = logging.getLogger("sentiloop.feedback.export")
@@ -129,22 +129,6 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SystemExit(f"configuration error: {name}={raw!r} must be greater than 0")
     return value
-
-
-def record_json(record: Feedback) -> str:
-    """One line of an export: the fields and form of ``FeedbackStore.export``."""
-    return json.dumps(
-        {
-            "id": record.id,
-            "text": record.text,
-            "user_label": record.user_label,
-            "model_prediction": record.model_prediction,
-            "model_version": record.model_version,
-            "prediction_id": record.prediction_id,
-            "created_at": record.created_at.isoformat(),
-        },
-        sort_keys=True,
-    )
 
 
 def day_of(record: Feedback) -> str:
@@ -278,7 +262,7 @@ class FeedbackExporter:
             key = export_key(records[0], last)
             if not self._claim(state.exported_through, first, last, key):
                 return self.export_once()  # the state moved under us: read it again
-        content = "".join(record_json(r) + "\n" for r in records).encode()
+        content = to_jsonl(records)
         if not self._objects.put_bytes_if_absent(key, content):
             existing = self._objects.get_bytes(key)
             if existing != content:

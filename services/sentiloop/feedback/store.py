@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from sentiloop.core import sqlite
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem
 from sentiloop.core.vocabulary import normalize_label
+from sentiloop.data.feedback_records import to_jsonl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -138,22 +138,7 @@ class FeedbackStore:
     def export(self) -> tuple[bytes, int, int]:
         """Every record as JSON lines, oldest first: (content, count, newest id)."""
         records = self.list(after_id=0, limit=2**62)
-        lines = [
-            json.dumps(
-                {
-                    "id": r.id,
-                    "text": r.text,
-                    "user_label": r.user_label,
-                    "model_prediction": r.model_prediction,
-                    "model_version": r.model_version,
-                    "prediction_id": r.prediction_id,
-                    "created_at": r.created_at.isoformat(),
-                },
-                sort_keys=True,
-            )
-            for r in records
-        ]
-        content = "".join(line + "\n" for line in lines).encode()
+        content = to_jsonl(records)
         return content, len(records), records[-1].id if records else 0
 
     def count(self) -> int:

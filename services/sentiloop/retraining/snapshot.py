@@ -8,12 +8,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.data import vader
 from sentiloop.data.datasets import StoredDataset, now, save_record
+from sentiloop.data.feedback_records import latest_labels
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,7 @@ def _csv(rows: list[dict[str, str]], columns: list[str]) -> bytes:
 
 
 def build_snapshot(store: ObjectStore, base: StoredDataset, feedback_jsonl: bytes) -> Snapshot:
-    latest: dict[str, str] = {}
-    for line in feedback_jsonl.decode().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            latest[record["text"]] = record["user_label"]
+    latest = latest_labels(feedback_jsonl)
     original = csv.DictReader(
         io.StringIO(store.get_bytes(base.channels["train"] + "train.csv").decode())
     )
