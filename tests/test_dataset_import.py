@@ -183,3 +183,29 @@ def test_names_and_ids_are_checked(store: LocalObjectStore) -> None:
         get_dataset(store, "abc")
     with pytest.raises(NotFound):
         get_dataset(store, "0123456789abcdef")
+
+
+def test_snapshots_no_version_references_are_pruned(store: LocalObjectStore) -> None:
+    from sentiloop.data.datasets import ensure_dataset, get_dataset, prune_snapshots
+    from sentiloop.retraining.snapshot import build_snapshot
+
+    base = ensure_dataset(store)
+    snapshots = [
+        build_snapshot(
+            store,
+            base,
+            json.dumps({"text": f"feedback {i}", "user_label": "positive"}).encode() + b"\n",
+        )
+        for i in range(3)
+    ]
+    kept = snapshots[1].content_hash
+    deleted = prune_snapshots(store, {base.content_hash, kept})
+    assert sorted(deleted) == sorted(s.content_hash for s in (snapshots[0], snapshots[2]))
+    for gone in (snapshots[0], snapshots[2]):
+        assert not store.list(gone.channels["train"])
+        with pytest.raises(NotFound):
+            get_dataset(store, gone.content_hash)
+    assert store.list(snapshots[1].channels["train"])
+    assert lineage_dataset(store, kept) == base  # the kept one still leads to its base
+    assert store.exists(base.channels["test"] + "test.csv")  # the base is never touched
+    assert prune_snapshots(store, {base.content_hash, kept}) == []

@@ -36,3 +36,11 @@ def test_put_if_absent_has_exactly_one_winner(tmp_path: Path) -> None:
 def test_keys_cannot_leave_the_root(tmp_path: Path, key: str) -> None:
     with pytest.raises(InvalidArgument):
         LocalObjectStore(tmp_path).put_bytes(key, b"x")
+
+
+def test_delete_removes_and_tolerates_missing(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    store.put_bytes("gone/a.txt", b"a")
+    store.delete("gone/a.txt")
+    assert not store.exists("gone/a.txt") and store.list("gone/") == []
+    store.delete("gone/a.txt")

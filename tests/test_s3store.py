@@ -292,3 +292,10 @@ def test_server_errors_and_throttling_are_unavailable(store: S3ObjectStore) -> N
         with pytest.raises(NotFound):
             stubbed.get_bytes("k")
         stub.assert_no_pending_responses()
+
+
+def test_delete_removes_and_tolerates_missing(store: S3ObjectStore) -> None:
+    store.put_bytes("gone/a.txt", b"a")
+    store.delete("gone/a.txt")
+    assert not store.exists("gone/a.txt") and store.list("gone/") == []
+    store.delete("gone/a.txt")  # already gone: no error, as S3 itself answers

@@ -333,6 +333,11 @@ class S3ObjectStore:
             )
         return destination
 
+    def delete(self, key: str) -> None:
+        """Removes the object; one that is not there is no error (S3 answers 204 alike)."""
+        with self._errors(f"delete {key!r}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
     def exists(self, key: str) -> bool:
         full = self._full(key)
         try:

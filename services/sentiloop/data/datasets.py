@@ -157,3 +157,20 @@ def lineage_dataset(store: ObjectStore, dataset_hash: str) -> StoredDataset:
             return lineage_dataset(store, dataset.base)
         return dataset
     return ensure_dataset(store)
+
+
+def prune_snapshots(store: ObjectStore, keep: set[str]) -> list[str]:
+    """Deletes the retraining snapshots whose hash is not in ``keep`` (the dataset hashes
+    model versions reference, and any a run still uses); returns the deleted hashes.
+    A snapshot owns only its train split (validation and test are its base's); the record
+    goes first, so a half-deleted snapshot is never taken for a complete one."""
+    deleted = []
+    for dataset in list_datasets(store, include_snapshots=True):
+        if dataset.kind != "snapshot" or dataset.content_hash in keep:
+            continue
+        store.delete(record_key(dataset.content_hash))
+        train = dataset.channels["train"]
+        for key in store.list(train):
+            store.delete(key)
+        deleted.append(dataset.content_hash)
+    return deleted

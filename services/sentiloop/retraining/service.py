@@ -81,6 +81,10 @@ class MeshPort(Protocol):
     async def active_model(self) -> ActiveModel | None: ...
     async def base_dataset(self, dataset_hash: str) -> StoredDataset: ...
     async def snapshot(self, base: StoredDataset, feedback: bytes) -> Snapshot: ...
+    async def prune_snapshots(self) -> list[str]:
+        """Deletes the snapshots no model version references; returns their hashes."""
+        ...
+
     async def start_training(
         self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
     ) -> str: ...
@@ -196,13 +200,27 @@ class Retrainer:
             raise
         except Exception as error:
             log.exception("retraining run %s failed", run_id)
+            await self._prune()
             await asyncio.to_thread(self._runs.finish, run_id, "failed", {"error": str(error)})
             raise
+        await self._prune()
         status = "completed" if outcome.model_version else "failed"
         await asyncio.to_thread(
             self._runs.finish, run_id, status, {"message": outcome.message, "job": job_name}
         )
         return outcome
+
+    async def _prune(self) -> None:
+        """Retention: while this run still holds the single-flight slot (no other run can
+        be using a snapshot), snapshots that no model version references are deleted: a
+        failed job's, typically; every candidate, promoted or not, keeps its own."""
+        try:
+            deleted = await self._mesh.prune_snapshots()
+        except Exception:
+            log.exception("pruning retraining snapshots failed")
+            return
+        if deleted:
+            log.info("deleted %d unreferenced snapshot(s)", len(deleted))
 
     async def _gate(self, run: Run, job_name: str, snapshot: Snapshot, baseline: str) -> Outcome:
         result = await self._mesh.wait_for_job(job_name)

@@ -16,7 +16,7 @@ from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
-from sentiloop.data.datasets import StoredDataset, lineage_dataset
+from sentiloop.data.datasets import StoredDataset, lineage_dataset, prune_snapshots
 from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import GateRules
 from sentiloop.retraining.runs import RunStore
@@ -101,6 +101,16 @@ class GrpcMesh:
 
     async def snapshot(self, base: StoredDataset, feedback: bytes) -> Snapshot:
         return await asyncio.to_thread(build_snapshot, self._store, base, feedback)
+
+    async def prune_snapshots(self) -> list[str]:
+        try:
+            models = await self._clients.registry.ListModels(
+                registry_pb2.ListModelsRequest(), timeout=30
+            )
+        except grpc.aio.AioRpcError as error:
+            raise mesh_error("registry", error) from error
+        referenced = {m.dataset_hash for m in models.models}
+        return await asyncio.to_thread(prune_snapshots, self._store, referenced)
 
     async def start_training(
         self, channels: dict[str, str], dataset_hash: str, hyperparameters: dict[str, str]
