@@ -1,6 +1,6 @@
-"""The whole mesh in AWS mode against moto's server: S3 as the object store, SageMaker for
-training, the endpoint and the model package mirror, sagemaker-runtime for predictions,
-SNS for events.
+"""The whole mesh in AWS mode: S3 as the object store on SeaweedFS (a real S3-compatible
+server), and moto's server for what cannot run here: SageMaker for training, the endpoint
+and the model package mirror, sagemaker-runtime for predictions, SNS for events.
 
 moto reports a training job Completed at once and writes no artifact; its
 ``ModelArtifacts.S3ModelArtifacts`` is ``<S3OutputPath>/<job>/output/model.tar.gz`` all
@@ -22,6 +22,7 @@ import boto3
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
+from seaweed import SeaweedS3, running_seaweed
 
 from sentiloop.testing import RunningMesh, free_port, start_mesh
 
@@ -92,18 +93,27 @@ class Aws:
         return events
 
 
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """S3 is a real S3-compatible server (SeaweedFS); moto serves only what cannot run
+    here: SageMaker, SNS and SQS."""
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
 @pytest.fixture
-def aws() -> Iterator[Aws]:
+def aws(seaweed: SeaweedS3) -> Iterator[Aws]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     session = boto3.session.Session(region_name=REGION, **credentials)
-    s3, sagemaker, sns, sqs = (
-        session.client(name, endpoint_url=url) for name in ("s3", "sagemaker", "sns", "sqs")
+    sagemaker, sns, sqs = (
+        session.client(name, endpoint_url=url) for name in ("sagemaker", "sns", "sqs")
     )
-    s3.create_bucket(Bucket=BUCKET)
+    s3 = seaweed.client()
     topic_arn = sns.create_topic(Name="sentiloop-events")["TopicArn"]
     queue_url = sqs.create_queue(QueueName="sentiloop-events")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
@@ -116,12 +126,9 @@ def aws() -> Iterator[Aws]:
         Attributes={"RawMessageDelivery": "true"},
     )
     env = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **seaweed.sentiloop_env(BUCKET),  # the object store: SeaweedFS, with its credentials
+        "AWS_ENDPOINT_URL": url,  # everything else: moto (which takes any credentials)
         "AWS_DEFAULT_REGION": REGION,
-        "SENTILOOP_OBJECT_STORE": "s3",
-        "SENTILOOP_S3_BUCKET": BUCKET,
         "SENTILOOP_TRAINING_BACKEND": "sagemaker",
         "SENTILOOP_ENDPOINT_BACKEND": "sagemaker",
         "SENTILOOP_SAGEMAKER_ROLE_ARN": ROLE,

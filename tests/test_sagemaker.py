@@ -1,5 +1,6 @@
 """The SageMaker backends (training jobs, the endpoint, sagemaker-runtime predictions, the
-model package mirror) against moto's server, S3 included.
+model package mirror) against moto's server; S3 (the object store) on SeaweedFS, a real
+S3-compatible server.
 
 moto accepts the requests and keeps what it was sent, so most checks read the resources
 back. Where moto falls short the request itself is checked (recorded through botocore's
@@ -27,16 +28,18 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
-from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
+from seaweed import SeaweedS3, running_seaweed
 
 from sentiloop.aws import config as sagemaker_module
 from sentiloop.aws.config import INFERENCE_ENVIRONMENT, SageMakerConfig
 from sentiloop.aws.endpoint import SageMakerEndpoint
 from sentiloop.aws.model_packages import ModelPackageMirror, approval_status
 from sentiloop.aws.training import SageMakerTrainingBackend
-from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
+from sentiloop.core.errors import InvalidArgument, Unavailable
+from sentiloop.core.objectstore import LocalObjectStore
+from sentiloop.core.s3store import S3ObjectStore
 from sentiloop.core.scripts import load_script, scripts_dir
 from sentiloop.inference.engine import PredictionLog, Predictor, check_texts
 from sentiloop.inference.sagemaker_runtime import SageMakerPredictor, serving_state
@@ -78,57 +81,6 @@ def config(**overrides: Any) -> SageMakerConfig:
 
 
 # --------------------------------------------------------------------------- the object store
-
-
-class TinyS3Store:
-    """The ObjectStore protocol over S3, for when core/s3store.py is not there."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
-        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/") + "/"
-
-    def put_file(self, key: str, source: Path) -> str:
-        return self.put_bytes(key, source.read_bytes())
-
-    def put_bytes(self, key: str, data: bytes) -> str:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
-        return self.uri(key)
-
-    def get_bytes(self, key: str) -> bytes:
-        try:
-            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)[
-                "Body"
-            ].read()
-        except ClientError as error:
-            raise NotFound(key) from error
-        return body
-
-    def download(self, key: str, destination: Path) -> Path:
-        destination.write_bytes(self.get_bytes(key))
-        return destination
-
-    def exists(self, key: str) -> bool:
-        return key in self.list(key)
-
-    def list(self, prefix: str) -> list[str]:
-        answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + prefix)
-        return sorted(item["Key"][len(self.prefix) :] for item in answer.get("Contents", []))
-
-    def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self.prefix}{key}"
-
-    def key_of(self, uri: str) -> str:
-        base = f"s3://{self.bucket}/{self.prefix}"
-        if not uri.startswith(base):
-            raise InvalidArgument({"uri": f"{uri!r} is not in this object store"})
-        return uri[len(base) :]
-
-
-def open_store(client: Any) -> Any:
-    try:
-        from sentiloop.core.s3store import S3ObjectStore
-    except ImportError:
-        return TinyS3Store(client, BUCKET, PREFIX)
-    return S3ObjectStore(client, BUCKET, PREFIX)
 
 
 # --------------------------------------------------------------------------- moto and clients
@@ -206,8 +158,16 @@ def answer_with(
     client.meta.events.register(f"before-send.{service}.{operation}", reply)
 
 
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """S3 is a real S3-compatible server; moto serves only SageMaker."""
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
 @pytest.fixture
-def aws(moto_url: str) -> Aws:
+def aws(moto_url: str, seaweed: SeaweedS3) -> Aws:
     urllib.request.urlopen(
         urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=5
     ).close()
@@ -217,18 +177,20 @@ def aws(moto_url: str) -> Aws:
     calls: list[tuple[str, dict[str, Any]]] = []
     clients = {
         name: session.client(name, endpoint_url=moto_url, config=NO_RETRIES)
-        for name in ("sagemaker", "sagemaker-runtime", "s3")
+        for name in ("sagemaker", "sagemaker-runtime")
     }
     record_calls(clients["sagemaker"], calls)
     record_calls(clients["sagemaker-runtime"], calls)
-    clients["s3"].create_bucket(Bucket=BUCKET)
+    s3 = seaweed.client()
+    for key in seaweed.keys(BUCKET):  # each test starts with an empty bucket
+        s3.delete_object(Bucket=BUCKET, Key=key)
     return Aws(
         url=moto_url,
         session=session,
         sagemaker=clients["sagemaker"],
         runtime=clients["sagemaker-runtime"],
-        s3=clients["s3"],
-        store=open_store(clients["s3"]),
+        s3=s3,
+        store=S3ObjectStore(s3, BUCKET, PREFIX),
         calls=calls,
     )
 
@@ -901,7 +863,10 @@ def test_input_rules_are_the_engines(
     tmp_path: Path, prediction_log: PredictionLog, texts: list[str]
 ) -> None:
     engine = Predictor(
-        TinyS3Store(None, BUCKET, PREFIX), tmp_path / "models", prediction_log, max_text_length=20
+        LocalObjectStore(tmp_path / "objects"),
+        tmp_path / "models",
+        prediction_log,
+        max_text_length=20,
     )
     with pytest.raises(InvalidArgument) as expected:
         engine.predict(texts)
