@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,7 +15,7 @@ from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.notify import Notifier
 from sentiloop.core.server import ServiceApp
-from sentiloop.core.vocabulary import EventType
+from sentiloop.registry.service import Registry
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
 from sentiloop.v1 import common_pb2, model_init_pb2
 from sentiloop.v1 import registry_pb2 as pb
@@ -45,13 +44,9 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
 
 
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
-    def __init__(
-        self, registry: ModelRegistry, clients: Clients, mirror: ModelPackageMirror | None = None
-    ) -> None:
+    def __init__(self, registry: Registry, clients: Clients) -> None:
         self._registry = registry
         self._clients = clients
-        self._mirror = mirror
-        self._notify = Notifier(clients).emit
 
     async def _endpoint_status(self) -> str:
         try:
@@ -62,25 +57,17 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             return "Unknown"
         return str(answer.status)
 
-    async def _mirror_approval(self, version: str, reason: str) -> None:
-        if self._mirror is None:
-            return
-        try:
-            await asyncio.to_thread(self._mirror.approve_active, version, reason[:1000])
-        except Exception:
-            log.exception("approving %s in the SageMaker model registry failed", version)
-
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        models = await asyncio.to_thread(self._registry.versions)
+        models = await self._registry.versions()
         endpoint_status = await self._endpoint_status() if any(m.is_active for m in models) else ""
         return pb.ListModelsResponse(
             models=[to_proto(m, endpoint_status) for m in models], count=len(models)
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
-        model = await asyncio.to_thread(self._registry.get, request.version)
+        model = await self._registry.get(request.version)
         endpoint_status = await self._endpoint_status() if model.is_active else ""
         return pb.GetModelResponse(model=to_proto(model, endpoint_status))
 
@@ -98,63 +85,22 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             if request.HasField("gate")
             else {},
         )
-        model = await asyncio.to_thread(self._registry.register, new)
-        if self._mirror is not None:
-            # The local registry is the source of truth; SageMaker's model registry mirrors it.
-            try:
-                await asyncio.to_thread(
-                    self._mirror.register,
-                    model.version,
-                    model.path,
-                    "",
-                    model.test_metrics,
-                    str(model.gate.get("decision", "")),
-                )
-            except Exception:
-                log.exception("mirroring %s to the SageMaker model registry failed", model.version)
-        return pb.RegisterModelResponse(model=to_proto(model))
+        return pb.RegisterModelResponse(model=to_proto(await self._registry.register(new)))
 
     async def ActivateModel(
         self, request: pb.ActivateModelRequest, context: Context
     ) -> pb.ActivateModelResponse:
-        model, previous = await asyncio.to_thread(
-            self._registry.activate, request.version, request.reason
-        )
-        await self._mirror_approval(model.version, request.reason or "activated")
-        await self._activated(model, previous, "activate", request.reason)
+        model, previous = await self._registry.activate(request.version, request.reason)
         return pb.ActivateModelResponse(model=to_proto(model), previous_version=previous)
 
-    async def _activated(self, model: ModelVersion, previous: str, kind: str, reason: str) -> None:
-        await self._notify(
-            EventType.MODEL_ACTIVATED,
-            model.version,
-            f"{model.version} is the active version (was {previous or 'none'})",
-            version=model.version,
-            path=model.path,
-            previous_version=previous,
-            kind=kind,
-            reason=reason,
-        )
-
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
-        model, rolled_back = await asyncio.to_thread(self._registry.rollback, request.reason)
-        await self._mirror_approval(
-            model.version, request.reason or f"rolled back from {rolled_back}"
-        )
-        await self._activated(model, rolled_back, "rollback", request.reason)
-        await self._notify(
-            EventType.MODEL_ROLLED_BACK,
-            model.version,
-            f"rolled back from {rolled_back} to {model.version}",
-            rolled_back_version=rolled_back,
-            reason=request.reason,
-        )
+        model, rolled_back = await self._registry.rollback(request.reason)
         return pb.RollbackResponse(model=to_proto(model), rolled_back_version=rolled_back)
 
     async def ListActivations(
         self, request: pb.ListActivationsRequest, context: Context
     ) -> pb.ListActivationsResponse:
-        activations = await asyncio.to_thread(self._registry.activations)
+        activations = await self._registry.activations()
         return pb.ListActivationsResponse(
             activations=[
                 pb.Activation(
@@ -178,7 +124,7 @@ def create_app(settings: Settings) -> ServiceApp:
 
         mirror = ModelPackageMirror(SageMakerConfig.from_env(), aws.sagemaker_client())
         mirror.ensure_group()
-    servicer = ModelRegistryServicer(registry, clients, mirror)
+    servicer = ModelRegistryServicer(Registry(registry, Notifier(clients).emit, mirror), clients)
 
     async def shutdown() -> None:
         await clients.close()

@@ -1,0 +1,99 @@
+"""The registry's domain logic: the store is the source of truth; the SageMaker model
+registry (when configured) mirrors it, and every change of the active version is published
+as an event. No grpc here: the mirror and the event publisher are ports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from sentiloop.core.vocabulary import EventType
+from sentiloop.registry.store import Activation, ModelRegistry, ModelVersion, NewModel
+
+log = logging.getLogger("sentiloop.registry")
+
+
+class Mirror(Protocol):
+    """SageMaker's model package group, kept in step (blocking calls)."""
+
+    def register(
+        self, version: str, artifact: str, image: str, metrics: Any, gate_decision: str
+    ) -> Any: ...
+    def approve_active(self, version: str, reason: str) -> Any: ...
+
+
+class Notify(Protocol):
+    async def __call__(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+
+
+class Registry:
+    def __init__(self, store: ModelRegistry, notify: Notify, mirror: Mirror | None = None) -> None:
+        self._store = store
+        self._notify = notify
+        self._mirror = mirror
+
+    async def versions(self) -> list[ModelVersion]:
+        return await asyncio.to_thread(self._store.versions)
+
+    async def get(self, version: str) -> ModelVersion:
+        return await asyncio.to_thread(self._store.get, version)
+
+    async def activations(self) -> list[Activation]:
+        return await asyncio.to_thread(self._store.activations)
+
+    async def register(self, new: NewModel) -> ModelVersion:
+        model = await asyncio.to_thread(self._store.register, new)
+        if self._mirror is not None:
+            # The mirror failing never fails the registration: the store is the truth.
+            try:
+                await asyncio.to_thread(
+                    self._mirror.register,
+                    model.version,
+                    model.path,
+                    "",
+                    model.test_metrics,
+                    str(model.gate.get("decision", "")),
+                )
+            except Exception:
+                log.exception("mirroring %s to the SageMaker model registry failed", model.version)
+        return model
+
+    async def activate(self, version: str, reason: str) -> tuple[ModelVersion, str]:
+        model, previous = await asyncio.to_thread(self._store.activate, version, reason)
+        await self._approve(model.version, reason or "activated")
+        await self._activated(model, previous, "activate", reason)
+        return model, previous
+
+    async def rollback(self, reason: str) -> tuple[ModelVersion, str]:
+        model, rolled_back = await asyncio.to_thread(self._store.rollback, reason)
+        await self._approve(model.version, reason or f"rolled back from {rolled_back}")
+        await self._activated(model, rolled_back, "rollback", reason)
+        await self._notify(
+            EventType.MODEL_ROLLED_BACK,
+            model.version,
+            f"rolled back from {rolled_back} to {model.version}",
+            rolled_back_version=rolled_back,
+            reason=reason,
+        )
+        return model, rolled_back
+
+    async def _approve(self, version: str, reason: str) -> None:
+        if self._mirror is None:
+            return
+        try:
+            await asyncio.to_thread(self._mirror.approve_active, version, reason[:1000])
+        except Exception:
+            log.exception("approving %s in the SageMaker model registry failed", version)
+
+    async def _activated(self, model: ModelVersion, previous: str, kind: str, reason: str) -> None:
+        await self._notify(
+            EventType.MODEL_ACTIVATED,
+            model.version,
+            f"{model.version} is the active version (was {previous or 'none'})",
+            version=model.version,
+            path=model.path,
+            previous_version=previous,
+            kind=kind,
+            reason=reason,
+        )
