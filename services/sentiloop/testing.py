@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,27 @@ if TYPE_CHECKING:
 TINY_ENV = {"SENTILOOP_DEFAULT_PRESET": "tiny", "SENTILOOP_INFERENCE_POLL_SECONDS": "0.3"}
 
 
+# Below the kernel's ephemeral range (32768-60999 by default), from which bind(0) would
+# pick: a port there can be taken between this check and the service's own bind by the
+# local side of any outgoing connection (and the services bind without SO_REUSEPORT).
+_PORTS = (20000, 32000)
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on and this process has not handed out before."""
+    for _ in range(1000):
+        port = random.randrange(*_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def pid_alive(pid: int) -> bool:
