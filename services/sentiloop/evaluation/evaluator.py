@@ -23,10 +23,20 @@ from typing import Any, Protocol
 
 from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
+from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
 from sentiloop.core.vocabulary import LABELS, normalize_label
-from sentiloop.data.scoring import Labelled, metrics, predict_labels
+from sentiloop.data.scoring import (
+    CROSSFIT_FILE,
+    Comparison,
+    CrossFitted,
+    Labelled,
+    compare,
+    metrics,
+    predict_labels,
+    read_crossfit_csv,
+)
 
 MODEL_CACHE_SIZE = 3  # the active model, a candidate, and one more
 PAGE_SIZE = 1000
@@ -206,17 +216,68 @@ class Evaluator:
                 more = more and bool(records)
             return total
 
-    def _complete(self, artifact: str, data: Labelled, known: dict[str, int]) -> Scored:
-        """Runs on the model thread: predicts what is not known yet and keeps it."""
-        missing = [text for text in dict.fromkeys(data.texts) if text not in known]
+    def _fill(
+        self, artifact: str, texts: Sequence[str], known: dict[str, int]
+    ) -> tuple[list[int], int]:
+        """Runs on the model thread: predicts what is not known yet and keeps it; returns
+        the predictions in ``texts`` order and how many were made now."""
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
         if missing:
             predicted = dict(
                 zip(missing, predict_labels(self._models.get(artifact), missing), strict=True)
             )
             self._store.keep(artifact, predicted)
             known = {**known, **predicted}
-        predictions = [known[text] for text in data.texts]
-        return Scored(metrics(data.labels, predictions), len(missing))
+        return [known[text] for text in texts], len(missing)
+
+    def _complete(self, artifact: str, data: Labelled, known: dict[str, int]) -> Scored:
+        predictions, made = self._fill(artifact, data.texts, known)
+        return Scored(metrics(data.labels, predictions), made)
+
+    def predictions(self, artifact: str, texts: Sequence[str]) -> list[int]:
+        return self._fill(artifact, texts, self._store.scores(artifact, texts))[0]
+
+    def crossfitted(self, artifact: str) -> CrossFitted:
+        path = self._models.folder(artifact) / CROSSFIT_FILE
+        if not path.is_file():
+            raise FailedPrecondition(
+                f"the candidate has no out-of-fold predictions ({CROSSFIT_FILE}): train it"
+                " with cross_fit_folds >= 2 on at least that many feedback rows"
+            )
+        return read_crossfit_csv(path.read_bytes())
+
+    def compare_models(
+        self,
+        candidate: str,
+        baseline: str,
+        test: Labelled,
+        feedback: Labelled | CrossFitted | None,
+        seed: int,
+    ) -> tuple[Comparison, Comparison | None]:
+        """The candidate against the baseline (artifacts) on the test set and, when given,
+        on feedback: a labelled set both models predict, or the candidate's out-of-fold
+        predictions (cross-fitted), which only the baseline has to predict. Runs on the
+        model thread, the paired bootstrap included."""
+        on_test = compare(
+            "test",
+            test.labels,
+            self.predictions(candidate, test.texts),
+            self.predictions(baseline, test.texts),
+            seed,
+        )
+        if isinstance(feedback, CrossFitted):
+            on_feedback = compare(
+                "feedback", feedback.feedback.labels, feedback.predictions,
+                self.predictions(baseline, feedback.feedback.texts), seed, folds=feedback.folds,
+            )  # fmt: skip
+        elif feedback is not None:
+            on_feedback = compare(
+                "feedback", feedback.labels, self.predictions(candidate, feedback.texts),
+                self.predictions(baseline, feedback.texts), seed,
+            )  # fmt: skip
+        else:
+            on_feedback = None
+        return on_test, on_feedback
 
     def score_feedback(self, artifact: str, version: str) -> Scored:
         data, known = self._store.feedback_for(artifact, version)

@@ -14,19 +14,15 @@ import grpc
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
-from sentiloop.core.errors import FailedPrecondition, InvalidArgument
+from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.data.datasets import lineage_dataset
 from sentiloop.data.scoring import (
-    CROSSFIT_FILE,
     Comparison,
     CrossFitted,
     Labelled,
-    compare,
-    predict_labels,
-    read_crossfit_csv,
     read_labelled_csv,
 )
 from sentiloop.evaluation.evaluator import (
@@ -90,13 +86,11 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
         self,
         clients: Clients,
         store: ObjectStore,
-        models: Models,
         reports: ReportStore,
         evaluator: Evaluator,
     ) -> None:
         self._clients = clients
         self._store = store
-        self._models = models
         self._reports = reports
         self._evaluator = evaluator
         # Model work runs on one thread: torch already uses every core.
@@ -143,53 +137,26 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
                  " not both"}
             )  # fmt: skip
         baseline = await self._model(request.baseline_version)
-        test = await asyncio.to_thread(self._test_set, baseline.dataset_hash)
-        holdout = None
-        if request.feedback_key:
-            content = await asyncio.to_thread(self._store.get_bytes, request.feedback_key)
-            holdout = read_labelled_csv(content)
-
-        def both(data: Labelled) -> tuple[list[int], list[int]]:
-            candidate = predict_labels(self._models.get(request.candidate_path), data.texts)
-            base = predict_labels(self._models.get(baseline.path), data.texts)
-            return candidate, base
-
-        crossfit = None
+        feedback: Labelled | CrossFitted | None = None
         if request.cross_fitted:  # before the test set: a candidate without it fails fast
-            crossfit = await self._run(self._crossfit, request.candidate_path)
-
-        seed = request.seed or 13
-        candidate, base = await self._run(both, test)
-        # The bootstrap (1,000 resamples) runs off the event loop, as the predictions do.
-        on_test = await asyncio.to_thread(compare, "test", test.labels, candidate, base, seed)
-        on_feedback = None
-        if crossfit is not None:
-            base = await self._run(
-                lambda: predict_labels(self._models.get(baseline.path), crossfit.feedback.texts)
-            )
-            on_feedback = await asyncio.to_thread(
-                compare, "feedback", crossfit.feedback.labels, crossfit.predictions, base, seed,
-                folds=crossfit.folds,
-            )  # fmt: skip
-        if holdout is not None:
-            candidate, base = await self._run(both, holdout)
-            on_feedback = await asyncio.to_thread(
-                compare, "feedback", holdout.labels, candidate, base, seed
-            )
+            feedback = await self._run(self._evaluator.crossfitted, request.candidate_path)
+        elif request.feedback_key:
+            content = await asyncio.to_thread(self._store.get_bytes, request.feedback_key)
+            feedback = read_labelled_csv(content)
+        test = await asyncio.to_thread(self._test_set, baseline.dataset_hash)
+        on_test, on_feedback = await self._run(
+            self._evaluator.compare_models,
+            request.candidate_path,
+            baseline.path,
+            test,
+            feedback,
+            request.seed or 13,
+        )
         return pb.CompareModelsResponse(
             test=comparison_to_proto(on_test),
             feedback=comparison_to_proto(on_feedback),
             baseline_version=baseline.version,
         )
-
-    def _crossfit(self, artifact: str) -> CrossFitted:
-        path = self._models.folder(artifact) / CROSSFIT_FILE
-        if not path.is_file():
-            raise FailedPrecondition(
-                f"the candidate has no out-of-fold predictions ({CROSSFIT_FILE}): train it"
-                " with cross_fit_folds >= 2 on at least that many feedback rows"
-            )
-        return read_crossfit_csv(path.read_bytes())
 
     async def ListEvaluations(
         self, request: pb.ListEvaluationsRequest, context: Context
@@ -211,7 +178,7 @@ def create_app(settings: Settings) -> ServiceApp:
     models = Models(store, service_dir / "models")
     scores = EvaluationStore(service_dir / "scores.db")
     evaluator = Evaluator(scores, models, GrpcFeedbackPages(clients))
-    servicer = EvaluationServicer(clients, store, models, reports, evaluator)
+    servicer = EvaluationServicer(clients, store, reports, evaluator)
 
     async def shutdown() -> None:
         servicer.close()
