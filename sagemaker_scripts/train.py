@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import inspect
 import json
@@ -810,9 +811,10 @@ def _save_model(model: Any, tokenizer: Any, model_dir: Path, max_length: int) ->
         shutil.copyfile(handler, model_dir / "code" / "inference.py")
 
 
+@functools.cache
 def _inference_script() -> Any:
-    """inference.py beside this file (SageMaker ships both in the source dir): fold models
-    predict through the very function that serves."""
+    """inference.py beside this file (SageMaker ships both in the source dir), loaded once:
+    evaluation and the fold models predict through the very function that serves."""
     path = Path(__file__).resolve().with_name("inference.py")
     spec = importlib.util.spec_from_file_location("sentiloop_inference_script", path)
     if spec is None or spec.loader is None:
@@ -1016,12 +1018,13 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
 
     emit_status("Evaluating")
     # The serving path itself (inference.py), at the max length the artifact records.
-    loaded = _inference_script().prepare(model, tokenizer, LABELS, device, hps["max_length"])
+    inference = _inference_script()
+    loaded = inference.prepare(model, tokenizer, LABELS, device, hps["max_length"])
     evaluated: dict[str, Any] = {}
     for split in (job.validation, job.test):
         if split is None:
             continue
-        predicted = _inference_script().predict_texts(loaded, split.texts, hps["eval_batch_size"])
+        predicted = inference.predict_texts(loaded, split.texts, hps["eval_batch_size"])
         guesses = [LABELS.index(p["label"]) for p in predicted]
         evaluated[split.name] = compute_metrics(split.labels, guesses, LABELS)
     if crossfit:

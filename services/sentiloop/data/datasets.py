@@ -24,7 +24,6 @@ from sentiloop.core.validation import quoted
 from sentiloop.data import vader
 
 CHANNELS = ("train", "validation", "test")
-KINDS = ("builtin", "imported", "snapshot")
 INDEX = "datasets/index/"
 BUILTIN_NAME = "product-reviews"
 MIN_ID_PREFIX = 8
@@ -43,11 +42,6 @@ class StoredDataset:
     base: str = ""
     created_at: str = ""  # ISO 8601, UTC
     report: dict[str, Any] = field(default_factory=dict)  # what the import found
-
-    @property
-    def root(self) -> str:
-        """The dataset a model trained on this one belongs to (its lineage)."""
-        return self.base or self.content_hash
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
@@ -118,9 +112,15 @@ def list_datasets(store: ObjectStore, include_snapshots: bool = False) -> list[S
     return sorted(found, key=lambda d: (d.created_at, d.content_hash), reverse=True)
 
 
+def is_dataset_id(value: str) -> bool:
+    """A dataset id or a prefix long enough to name one (any case): else, e.g., a file URI."""
+    wanted = value.strip().lower()
+    return len(wanted) >= MIN_ID_PREFIX and all(c in "0123456789abcdef" for c in wanted)
+
+
 def check_dataset_id(dataset_id: str, field_name: str = "dataset_id") -> str:
     wanted = dataset_id.strip().lower()
-    if len(wanted) < MIN_ID_PREFIX or any(c not in "0123456789abcdef" for c in wanted):
+    if not is_dataset_id(wanted):
         raise InvalidArgument(
             {field_name: f"{quoted(dataset_id)} is not a dataset id (its content hash, or at"
              f" least its first {MIN_ID_PREFIX} hex digits)"}

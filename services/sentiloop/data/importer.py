@@ -207,11 +207,6 @@ def _near_duplicate_key(text: str) -> str:
     return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
 
 
-def _hash(*parts: object) -> int:
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
 def split(rows: list[Row]) -> dict[str, list[Row]]:
     """Stratified by label, seeded, near-duplicates together (see the module docstring)."""
     groups: dict[str, list[Row]] = defaultdict(list)
@@ -224,7 +219,7 @@ def split(rows: list[Row]) -> dict[str, list[Row]]:
         by_label[label].append(key)
     out: dict[str, list[Row]] = {channel: [] for channel in CHANNELS}
     for _label, keys in sorted(by_label.items()):
-        keys.sort(key=lambda key: (_hash(SEED, "split", key), key))
+        keys.sort(key=lambda key: (vader.seeded_hash(SEED, "split", key), key))
         total = sum(len(groups[key]) for key in keys)
         dealt = 0
         for key in keys:
@@ -237,7 +232,7 @@ def split(rows: list[Row]) -> dict[str, list[Row]]:
             out[channel].extend(groups[key])
             dealt += len(groups[key])
     return {
-        channel: sorted(found, key=lambda r: (_hash(SEED, "order", r.text), r.text))
+        channel: sorted(found, key=lambda r: (vader.seeded_hash(SEED, "order", r.text), r.text))
         for channel, found in out.items()
     }
 

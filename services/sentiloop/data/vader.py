@@ -193,7 +193,7 @@ def load_domain(
     return rows
 
 
-def _hash_int(*parts: object) -> int:
+def seeded_hash(*parts: object) -> int:
     """A seeded, platform-independent hash (Python's hash() is salted per process)."""
     digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big")
@@ -258,7 +258,7 @@ def split_examples(
 
     component_of = _components(materialised)
     sizes = Counter(component_of[group] for group, _text, _label in materialised)
-    order = sorted(sizes, key=lambda component: (_hash_int(seed, "split", component), component))
+    order = sorted(sizes, key=lambda component: (seeded_hash(seed, "split", component), component))
     total = len(materialised)
     train_end = fractions[0] * total
     validation_end = (fractions[0] + fractions[1]) * total
@@ -276,7 +276,7 @@ def split_examples(
     keyed: dict[str, list[tuple[int, int, Example]]] = {name: [] for name in SPLITS}
     for index, (group, text, label) in enumerate(materialised):
         split = split_of[component_of[group]]
-        keyed[split].append((_hash_int(seed, "order", group, index), index, Example(text, label)))
+        keyed[split].append((seeded_hash(seed, "order", group, index), index, Example(text, label)))
     return {name: [example for _h, _i, example in sorted(keyed[name])] for name in SPLITS}
 
 

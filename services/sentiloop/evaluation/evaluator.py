@@ -117,6 +117,8 @@ class EvaluationStore:
 
     def apply(self, records: Sequence[FeedbackRecord]) -> None:
         """Later records replace earlier labels of the same text (the latest label wins)."""
+        if not records:
+            return
         rows = []
         for r in records:
             label = normalize_label(r.user_label)
@@ -132,8 +134,6 @@ class EvaluationStore:
                     r.id,
                 )
             )
-        if not records:
-            return
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(

@@ -21,7 +21,13 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.core.training import TrainingJob
 from sentiloop.core.validation import page_size, quoted
 from sentiloop.core.vocabulary import EndpointState
-from sentiloop.data.datasets import StoredDataset, ensure_dataset, get_dataset, list_datasets
+from sentiloop.data.datasets import (
+    StoredDataset,
+    ensure_dataset,
+    get_dataset,
+    is_dataset_id,
+    list_datasets,
+)
 from sentiloop.data.importer import (
     NAME_PATTERN,
     ImportFile,
@@ -120,7 +126,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
     async def _bootstrap_dataset(self, dataset: str) -> StoredDataset:
         if not dataset:
             return await asyncio.to_thread(ensure_dataset, self._store)
-        if all(c in "0123456789abcdefABCDEF" for c in dataset) and len(dataset) >= 8:
+        if is_dataset_id(dataset):
             return await asyncio.to_thread(get_dataset, self._store, dataset, "dataset")
         file = await asyncio.to_thread(read_source, self._store, dataset, "", self._limits)
         name = dataset.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "imported"
