@@ -108,6 +108,9 @@ def aws(seaweed: SeaweedS3) -> Iterator[Aws]:
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
+    # moto keeps its accounts in the test process, not in the server: without a reset a
+    # test would find the endpoints and jobs an earlier one created.
+    httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
     credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     session = boto3.session.Session(region_name=REGION, **credentials)
     sagemaker, sns, sqs = (

@@ -25,7 +25,11 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     ("service", "variables", "says"),
     [
         ("feedback", {"SENTILOOP_OBJECT_STORE": "s3"}, "SENTILOOP_S3_BUCKET is not set"),
-        ("feedback", {"SENTILOOP_OBJECT_STORE": "ftp"}, "is not one of local, s3"),
+        (
+            "feedback",
+            {"SENTILOOP_OBJECT_STORE": "ftp"},
+            "SENTILOOP_OBJECT_STORE='ftp': Input should be 'local' or 's3'",
+        ),
         (
             "model_init",
             {"SENTILOOP_TRAINING_BACKEND": "sagemaker"},
@@ -36,7 +40,11 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
             {"SENTILOOP_ENDPOINT_BACKEND": "sagemaker"},
             "SENTILOOP_SAGEMAKER_ROLE_ARN is not set",
         ),
-        ("model_init", {"SENTILOOP_TRAINING_BACKEND": "batch"}, "is not one of local, sagemaker"),
+        (
+            "model_init",
+            {"SENTILOOP_TRAINING_BACKEND": "batch"},
+            "SENTILOOP_TRAINING_BACKEND='batch': Input should be 'local' or 'sagemaker'",
+        ),
     ],
 )
 def test_a_misconfigured_service_refuses_to_start(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from seaweed import SeaweedS3, running_seaweed
 
+from sentiloop.core.config import load_settings
 from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
 from sentiloop.core.s3store import S3ObjectStore, S3Settings, make_client
 from sentiloop.feedback import store as store_module
@@ -73,7 +74,10 @@ def exporter_for(
     feedback: FeedbackStore, objects: ObjectStore, tmp_path: Path, batch: int = 1000
 ) -> FeedbackExporter:
     return FeedbackExporter(
-        feedback, objects, tmp_path / "feedback.db", ExportConfig(enabled=True, batch_size=batch)
+        feedback,
+        objects,
+        tmp_path / "feedback.db",
+        ExportConfig(enabled=True, interval_seconds=5.0, batch_size=batch),
     )
 
 
@@ -183,7 +187,7 @@ def test_the_background_task_exports_at_start_and_stops_promptly(
 ) -> None:
     objects = LocalObjectStore(tmp_path / "objects")
     submit(feedback, 3)
-    config = ExportConfig(enabled=True, interval_seconds=60)
+    config = ExportConfig(enabled=True, interval_seconds=60, batch_size=1000)
     exporter = FeedbackExporter(feedback, objects, tmp_path / "feedback.db", config)
 
     async def run() -> float:
@@ -200,15 +204,21 @@ def test_the_background_task_exports_at_start_and_stops_promptly(
     assert len(objects.list(EXPORTS)) == 1
 
 
+def export_config(store: str, environ: dict[str, str]) -> ExportConfig:
+    return ExportConfig.from_settings(
+        load_settings({"SENTILOOP_OBJECT_STORE": store, "SENTILOOP_S3_BUCKET": "b", **environ})
+    )
+
+
 def test_export_is_on_by_default_only_off_the_local_store() -> None:
-    assert not ExportConfig.from_env("local", {}).enabled
-    assert ExportConfig.from_env("s3", {}).enabled
-    assert ExportConfig.from_env("local", {"SENTILOOP_FEEDBACK_EXPORT": "on"}).enabled
-    assert not ExportConfig.from_env("s3", {"SENTILOOP_FEEDBACK_EXPORT": "off"}).enabled
-    config = ExportConfig.from_env("s3", {"SENTILOOP_FEEDBACK_EXPORT_SECONDS": "0.5"})
+    assert not export_config("local", {}).enabled
+    assert export_config("s3", {}).enabled
+    assert export_config("local", {"SENTILOOP_FEEDBACK_EXPORT": "on"}).enabled
+    assert not export_config("s3", {"SENTILOOP_FEEDBACK_EXPORT": "off"}).enabled
+    config = export_config("s3", {"SENTILOOP_FEEDBACK_EXPORT_SECONDS": "0.5"})
     assert config.interval_seconds == 0.5 and config.batch_size == 1000
     with pytest.raises(SystemExit, match="SENTILOOP_FEEDBACK_EXPORT='maybe'"):
-        ExportConfig.from_env("s3", {"SENTILOOP_FEEDBACK_EXPORT": "maybe"})
+        export_config("s3", {"SENTILOOP_FEEDBACK_EXPORT": "maybe"})
 
 
 # -- the mesh ---------------------------------------------------------------------

@@ -70,9 +70,19 @@ def client(loop_mesh: RunningMesh) -> Iterator[httpx.Client]:
         yield http
 
 
-def test_retrain_needs_ten_labels_then_runs_the_loop(
-    loop_mesh: RunningMesh, client: httpx.Client
-) -> None:
+@pytest.fixture(scope="module")
+def first_run(loop_mesh: RunningMesh) -> dict[str, Any]:
+    """The loop's first turn on the module's mesh: bootstrap, too few labels, then enough
+    for a retraining run. Every test of the mesh builds on it, so it comes first whatever
+    the order of the tests; the test below checks what it saw."""
+    client = httpx.Client(base_url=loop_mesh.url, timeout=600)
+    try:
+        return run_the_loop_once(loop_mesh, client)
+    finally:
+        client.close()
+
+
+def run_the_loop_once(loop_mesh: RunningMesh, client: httpx.Client) -> dict[str, Any]:
     bootstrap(client)
     early = give_feedback(client, 5, "early")
     # Feedback that cites a prediction takes its text, version and label from the log.
@@ -150,10 +160,17 @@ def test_retrain_needs_ten_labels_then_runs_the_loop(
     # The events are stored and listable too, newest first.
     listed = client.get("/events", params={"type_prefix": "training."}).json()["events"]
     assert listed[0]["subject"] == job and listed[0]["type"] == "training.completed"
+    return result
+
+
+def test_retrain_needs_ten_labels_then_runs_the_loop(first_run: dict[str, Any]) -> None:
+    # The steps' own checks ran in the fixture; what the run answered:
+    assert first_run["model_version"] == "v2" and first_run["feedback_samples"] == 30
+    assert first_run["gate"]["decision"] in {"promoted", "rejected"}
 
 
 def test_the_gate_keeps_a_rejected_candidate_out_then_force_and_rollback(
-    loop_mesh: RunningMesh, client: httpx.Client
+    first_run: dict[str, Any], client: httpx.Client
 ) -> None:
     active = client.get("/models/active").json()["model"]["version"]
     give_feedback(client, 12, "flipped", flip=True)
@@ -186,7 +203,7 @@ def test_the_gate_keeps_a_rejected_candidate_out_then_force_and_rollback(
 
 
 def test_compare_scores_a_retrained_candidate_out_of_fold(
-    loop_mesh: RunningMesh, client: httpx.Client
+    first_run: dict[str, Any], client: httpx.Client
 ) -> None:
     models = {m["version"]: m for m in client.get("/models").json()["models"]}
     retrained = next(m for m in models.values() if m["source"] == "retraining")
@@ -214,7 +231,9 @@ def test_compare_scores_a_retrained_candidate_out_of_fold(
     assert both.status_code == 400 and "cross_fitted" in both.json()["message"]
 
 
-def test_concurrent_retrain_calls_run_exactly_once(loop_mesh: RunningMesh) -> None:
+def test_concurrent_retrain_calls_run_exactly_once(
+    first_run: dict[str, Any], loop_mesh: RunningMesh
+) -> None:
     with grpc.insecure_channel(loop_mesh.envoy_address) as channel:
         stub = retraining_pb2_grpc.RetrainingServiceStub(channel)
 
@@ -237,7 +256,7 @@ def test_concurrent_retrain_calls_run_exactly_once(loop_mesh: RunningMesh) -> No
 
 
 def test_evaluate_keeps_the_original_fields_and_history(
-    loop_mesh: RunningMesh, client: httpx.Client
+    first_run: dict[str, Any], client: httpx.Client
 ) -> None:
     report = client.post("/evaluate", json={}).json()
     for field in ("accuracy", "total_samples", "correct_predictions", "feedback_count"):
@@ -254,7 +273,7 @@ def test_evaluate_keeps_the_original_fields_and_history(
 
 
 def test_feedback_citing_an_id_with_other_text_is_refused(
-    loop_mesh: RunningMesh, client: httpx.Client
+    first_run: dict[str, Any], client: httpx.Client
 ) -> None:
     prediction = client.post("/predict", json={"text": "Great sound"}).json()
     response = client.post(

@@ -5,9 +5,14 @@ and over many equally good pairs it promotes about 5% at most (pure functions, n
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
+from sentiloop.core.config import load_settings
 from sentiloop.data.scoring import compare
-from sentiloop.retraining.gate import GateRules, decide
+from sentiloop.retraining.gate import decide
+from sentiloop.retraining.servicer import load_policy
+
+DEFAULTS = load_policy(load_settings({})).gate  # what a mesh without settings uses
 
 
 def noisy(truth: list[int], accuracy: float, seed: int) -> list[int]:
@@ -26,7 +31,7 @@ def test_a_real_gain_on_a_small_feedback_set_is_promoted() -> None:
     feedback = compare(
         "feedback", FEEDBACK, noisy(FEEDBACK, 0.72, 3), noisy(FEEDBACK, 0.55, 4), folds=4
     )
-    decision = decide(test, feedback, "v1")
+    decision = decide(test, feedback, "v1", DEFAULTS)
     assert decision.decision == "promoted", decision.reason
     assert decision.promoted
     assert 0 < feedback.delta_macro_f1_lower_bound < feedback.delta_macro_f1
@@ -42,7 +47,7 @@ def test_a_candidate_trained_on_shuffled_labels_is_rejected() -> None:
     guesses = [rng.randrange(3) for _ in FEEDBACK]
     test = compare("test", TRUTH, [rng.randrange(3) for _ in TRUTH], noisy(TRUTH, 0.80, 2))
     feedback = compare("feedback", FEEDBACK, guesses, noisy(FEEDBACK, 0.55, 4), folds=4)
-    decision = decide(test, feedback, "v1")
+    decision = decide(test, feedback, "v1", DEFAULTS)
     assert decision.decision == "rejected"
     assert "no significant gain" in decision.reason
     assert "test macro-F1 fell" in decision.reason
@@ -59,16 +64,18 @@ def test_a_class_collapse_is_rejected_even_with_a_macro_gain() -> None:
     feedback = compare(
         "feedback", FEEDBACK, noisy(FEEDBACK, 0.80, 7), noisy(FEEDBACK, 0.55, 8), folds=4
     )
-    decision = decide(test, feedback, "v1", GateRules(tolerance=1.0))  # macro-F1 alone would pass
+    decision = decide(
+        test, feedback, "v1", replace(DEFAULTS, tolerance=1.0)
+    )  # macro-F1 alone would pass
     assert decision.decision == "rejected"
     assert "neutral F1 fell" in decision.reason and "on test" in decision.reason
-    assert decide(test, feedback, "v1", GateRules(tolerance=1.0, class_floor=1.0)).promoted
+    assert decide(test, feedback, "v1", replace(DEFAULTS, tolerance=1.0, class_floor=1.0)).promoted
 
 
 def test_a_gain_within_noise_is_not_promoted() -> None:
     test = compare("test", TRUTH, noisy(TRUTH, 0.80, 5), noisy(TRUTH, 0.80, 6))
     feedback = compare("feedback", FEEDBACK, noisy(FEEDBACK, 0.7, 7), noisy(FEEDBACK, 0.7, 8))
-    decision = decide(test, feedback, "v1")
+    decision = decide(test, feedback, "v1", DEFAULTS)
     assert decision.decision == "rejected"
     assert "no significant gain" in decision.reason
     assert feedback.delta_macro_f1_lower_bound <= 0
@@ -84,6 +91,7 @@ def test_equally_good_models_are_promoted_at_most_about_five_percent_of_the_time
             test,
             compare("feedback", truth, noisy(truth, 0.7, 2 * i), noisy(truth, 0.7, 2 * i + 1), i),
             "v1",
+            DEFAULTS,
         ).promoted
         for i in range(200)
     )
@@ -94,10 +102,10 @@ def test_losing_more_than_the_tolerance_on_the_test_set_blocks_a_feedback_gain()
     test = compare("test", TRUTH, noisy(TRUTH, 0.70, 9), noisy(TRUTH, 0.80, 10))
     feedback = compare("feedback", FEEDBACK, noisy(FEEDBACK, 0.9, 11), noisy(FEEDBACK, 0.5, 12))
     assert test.delta_macro_f1 < -0.01
-    assert decide(test, feedback, "v1").decision == "rejected"
+    assert decide(test, feedback, "v1", DEFAULTS).decision == "rejected"
     # Within a wider tolerance and class floor the same candidate passes.
     assert (
-        decide(test, feedback, "v1", GateRules(tolerance=0.5, class_floor=0.5)).decision
+        decide(test, feedback, "v1", replace(DEFAULTS, tolerance=0.5, class_floor=0.5)).decision
         == "promoted"
     )
 
@@ -112,14 +120,14 @@ def test_falling_accuracy_on_the_feedback_blocks_a_macro_f1_gain() -> None:
     assert (
         feedback.delta_macro_f1 > 0.3 and feedback.candidate_accuracy < feedback.baseline_accuracy
     )
-    decision = decide(test, feedback, "v1", GateRules(class_floor=1.0))
+    decision = decide(test, feedback, "v1", replace(DEFAULTS, class_floor=1.0))
     assert decision.decision == "rejected" and "feedback accuracy fell" in decision.reason
 
 
 def test_no_feedback_predictions_is_a_rejection_and_forcing_is_recorded() -> None:
     test = compare("test", TRUTH, [(t + 1) % 3 for t in TRUTH], TRUTH)
-    assert "no feedback predictions" in decide(test, None, "v1").reason
-    decision = decide(test, None, "v1", force=True)
+    assert "no feedback predictions" in decide(test, None, "v1", DEFAULTS).reason
+    decision = decide(test, None, "v1", DEFAULTS, force=True)
     assert decision.decision == "forced" and decision.promoted
     assert decision.reason.startswith("forced by an operator despite")
     assert "feedback" not in decision.as_dict()

@@ -28,14 +28,15 @@ from sentiloop.v1 import (
 LABELS = {"positive", "negative", "neutral"}
 
 
-@pytest.fixture(scope="module")
-def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("lifecycle"),
-        extra_env=TINY_ENV,
-    )
-    yield running
-    assert running.stop() == 0
+@pytest.fixture
+def lifecycle(tmp_path: Path) -> Iterator[RunningMesh]:
+    """A fresh mesh for each test (it starts in seconds): each test owns the state it
+    builds, so that the tests pass in any order."""
+    running = start_mesh(tmp_path, extra_env=TINY_ENV)
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0
 
 
 @pytest.fixture
@@ -102,6 +103,10 @@ def test_bootstrap_deploy_switch_and_rollback(lifecycle: RunningMesh, client: ht
     # auto_deploy: the endpoint serves it as v1.
     wait_for(lambda: endpoint(client)["status"] == "InService", timeout=120)
     assert endpoint(client)["model_version"] == "v1"
+    # The registry learns it from InferenceService's serving.changed event.
+    wait_for(
+        lambda: client.get("/models/v1").json()["model"].get("endpoint_status") == "InService", 10
+    )
     models = client.get("/models").json()
     assert models["count"] == 1
     [v1] = models["models"]
@@ -273,7 +278,7 @@ def test_registry_over_grpc(lifecycle: RunningMesh) -> None:
     with grpc.insecure_channel(lifecycle.address("registry")) as channel:
         stub = registry_pb2_grpc.ModelRegistryServiceStub(channel)
         listed = stub.ListModels(registry_pb2.ListModelsRequest())
-        assert listed.count == len(listed.models) >= 1
+        assert listed.count == len(listed.models) == 0  # a fresh mesh
         with pytest.raises(grpc.RpcError) as raised:
             stub.GetModel(registry_pb2.GetModelRequest(version="v999"))
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND

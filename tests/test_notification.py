@@ -39,18 +39,20 @@ QUEUE_SIZE = 64
 GRACE_SECONDS = 30.0
 
 
+EVENTS_ENV = {
+    "SENTILOOP_NOTIFICATION_QUEUE_SIZE": str(QUEUE_SIZE),
+    "SENTILOOP_RESTART_DELAY_SECONDS": "0.2",
+    "SENTILOOP_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
+}
+
+
 @pytest.fixture(scope="module")
 def events_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("events"),
-        extra_env={
-            "SENTILOOP_NOTIFICATION_QUEUE_SIZE": str(QUEUE_SIZE),
-            "SENTILOOP_RESTART_DELAY_SECONDS": "0.2",
-            "SENTILOOP_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
-        },
-    )
-    yield running
-    assert running.stop() == 0
+    running = start_mesh(tmp_path_factory.mktemp("events"), extra_env=EVENTS_ENV)
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0
 
 
 @pytest.fixture
@@ -160,6 +162,19 @@ def test_list_events_newest_first_with_type_prefix(
     assert [int(e["id"]) for e in everything] == sorted(
         (int(e["id"]) for e in everything), reverse=True
     )
+
+
+def test_a_page_of_the_largest_events_is_listed_as_json(
+    client: httpx.Client, stub: pb_grpc.NotificationServiceStub
+) -> None:
+    # 100 events with the largest attributes and message allowed are ~2 MiB of JSON:
+    # over the transcoder's default 1 MiB buffer, which answered 500.
+    prefix = unique_prefix()
+    for _ in range(100):
+        publish(stub, f"{prefix}big", blob="x" * 16000)
+    listed = client.get("/events", params={"type_prefix": prefix})
+    assert listed.status_code == 200, listed.text[:300]
+    assert len(listed.json()["events"]) == 100 and len(listed.content) > 1024 * 1024
 
 
 # ---- bad input
@@ -453,8 +468,9 @@ def test_sigterm_ends_open_streams_at_once(events_mesh: RunningMesh, client: htt
     wait_until_serving(events_mesh, client)
 
 
-def test_mesh_stops_promptly_with_subscribers_open(events_mesh: RunningMesh) -> None:
-    """Runs last: it stops the module's mesh (the fixture's stop is then a no-op)."""
+def test_mesh_stops_promptly_with_subscribers_open(tmp_path: Path) -> None:
+    # A mesh of its own, as the test stops it.
+    events_mesh = start_mesh(tmp_path, extra_env=EVENTS_ENV)
     channel = grpc.insecure_channel(events_mesh.address("notification"))
     http = httpx.Client(base_url=events_mesh.url, timeout=10)
     try:
@@ -472,3 +488,4 @@ def test_mesh_stops_promptly_with_subscribers_open(events_mesh: RunningMesh) -> 
     finally:
         http.close()
         channel.close()
+        events_mesh.stop()

@@ -49,7 +49,7 @@ def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 @pytest.fixture
 def store(seaweed: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch) -> S3ObjectStore:
     use_env(monkeypatch, seaweed.sentiloop_env(bucket, prefix="sentiloop/"))
-    return open_s3_object_store()
+    return open_s3_object_store(load_settings())
 
 
 def test_bytes_and_files_round_trip(store: S3ObjectStore, tmp_path: Path) -> None:
@@ -202,18 +202,18 @@ def test_misconfiguration_fails_at_open_naming_the_problem(
 
     use_env(monkeypatch, {**env, "SENTILOOP_S3_BUCKET": "no-such-bucket"})
     with pytest.raises(SystemExit, match=r"bucket 'no-such-bucket' does not exist at http://"):
-        open_s3_object_store()
+        open_s3_object_store(load_settings())
 
     no_credentials = {
         k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     }
     use_env(monkeypatch, no_credentials)
     with pytest.raises(SystemExit, match="no AWS credentials found"):
-        open_s3_object_store()
+        open_s3_object_store(load_settings())
 
     use_env(monkeypatch, {**env, "AWS_SECRET_ACCESS_KEY": "wrong"})
     with pytest.raises(SystemExit, match="was denied"):
-        open_s3_object_store()
+        open_s3_object_store(load_settings())
 
     dead = f"http://127.0.0.1:{free_port()}"
     use_env(
@@ -221,33 +221,37 @@ def test_misconfiguration_fails_at_open_naming_the_problem(
         {**env, "SENTILOOP_S3_ENDPOINT_URL": dead, "SENTILOOP_S3_MAX_ATTEMPTS": "1"},
     )
     with pytest.raises(SystemExit, match=f"is not reachable at {dead}"):
-        open_s3_object_store()
+        open_s3_object_store(load_settings())
 
     use_env(monkeypatch, {**env, "SENTILOOP_S3_MAX_ATTEMPTS": "many"})
-    with pytest.raises(SystemExit, match="SENTILOOP_S3_MAX_ATTEMPTS='many' is not a number"):
-        open_s3_object_store()
+    with pytest.raises(SystemExit, match="SENTILOOP_S3_MAX_ATTEMPTS='many': Input should be"):
+        open_s3_object_store(load_settings())
     use_env(monkeypatch, {**env, "SENTILOOP_OBJECT_STORE": "gcs"})
-    with pytest.raises(SystemExit, match="is not one of local, s3"):
+    with pytest.raises(
+        SystemExit, match="SENTILOOP_OBJECT_STORE='gcs': Input should be 'local' or 's3'"
+    ):
         open_object_store(load_settings())
 
 
 def test_settings_from_the_environment() -> None:
-    settings = S3Settings.from_env(
-        {
-            "SENTILOOP_S3_BUCKET": "b",
-            "AWS_ENDPOINT_URL": "http://minio:9000",
-            "AWS_DEFAULT_REGION": "eu-west-1",
-            "SENTILOOP_S3_MULTIPART_THRESHOLD": "1048576",
-        }
+    settings = S3Settings.from_settings(
+        load_settings(
+            {
+                "SENTILOOP_S3_BUCKET": "b",
+                "AWS_ENDPOINT_URL": "http://minio:9000",
+                "AWS_DEFAULT_REGION": "eu-west-1",
+                "SENTILOOP_S3_MULTIPART_THRESHOLD": "1048576",
+            }
+        )
     )
     assert settings.endpoint_url == "http://minio:9000"
     assert settings.addressing_style == "path" and settings.region == "eu-west-1"
     assert settings.multipart_threshold == MiB and settings.retry_mode == "standard"
-    on_aws = S3Settings.from_env({"SENTILOOP_S3_BUCKET": "b"})
+    on_aws = S3Settings.from_settings(load_settings({"SENTILOOP_S3_BUCKET": "b"}))
     assert on_aws.endpoint_url is None and on_aws.addressing_style == "auto"
     assert on_aws.region == "us-east-1"
     with pytest.raises(SystemExit, match="SENTILOOP_S3_RETRY_MODE"):
-        S3Settings.from_env({"SENTILOOP_S3_BUCKET": "b", "SENTILOOP_S3_RETRY_MODE": "never"})
+        load_settings({"SENTILOOP_S3_BUCKET": "b", "SENTILOOP_S3_RETRY_MODE": "never"})
 
 
 def test_an_unreachable_store_is_unavailable(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
@@ -37,6 +38,7 @@ from sentiloop.aws.config import INFERENCE_ENVIRONMENT, SageMakerConfig
 from sentiloop.aws.endpoint import SageMakerEndpoint
 from sentiloop.aws.model_packages import ModelPackageMirror, approval_status
 from sentiloop.aws.training import SageMakerTrainingBackend
+from sentiloop.core.config import load_settings
 from sentiloop.core.errors import InvalidArgument, Unavailable
 from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.core.s3store import S3ObjectStore
@@ -91,6 +93,8 @@ def moto_url() -> Iterator[str]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its state in the test process: start from none, whatever ran before.
+    httpx.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
@@ -233,13 +237,17 @@ def tarball(files: dict[str, bytes]) -> bytes:
 # --------------------------------------------------------------------------- configuration
 
 
+def sagemaker_config(environ: dict[str, str]) -> SageMakerConfig:
+    return SageMakerConfig.from_settings(load_settings(environ))
+
+
 def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     required = {
         "SENTILOOP_SAGEMAKER_ROLE_ARN": ROLE,
         "SENTILOOP_SAGEMAKER_TRAINING_IMAGE": TRAINING_IMAGE,
         "SENTILOOP_SAGEMAKER_INFERENCE_IMAGE": INFERENCE_IMAGE,
     }
-    defaults = SageMakerConfig.from_env(required)
+    defaults = sagemaker_config(required)
     assert defaults == SageMakerConfig(
         role_arn=ROLE,
         training_image=TRAINING_IMAGE,
@@ -251,7 +259,7 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         model_package_group="sentiloop",
         poll_seconds=15.0,
     )
-    custom = SageMakerConfig.from_env(
+    custom = sagemaker_config(
         required
         | {
             "SENTILOOP_SAGEMAKER_INSTANCE_TYPE": "ml.g4dn.xlarge",
@@ -272,28 +280,38 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     # Without the optional sagemaker SDK, nothing fills in the images.
     monkeypatch.setattr(sagemaker_module, "sdk_image_uri", lambda *args: "")
     with pytest.raises(SystemExit) as missing:
-        SageMakerConfig.from_env({})
+        sagemaker_config({})
     message = str(missing.value)
     assert message.startswith("configuration error: ")
     for name in ("ROLE_ARN", "TRAINING_IMAGE", "INFERENCE_IMAGE"):
         assert f"SENTILOOP_SAGEMAKER_{name}" in message
+    # Malformed numbers stop the settings from loading at all, all named together ...
+    with pytest.raises(SystemExit) as malformed:
+        sagemaker_config(
+            required
+            | {
+                "SENTILOOP_SAGEMAKER_MAX_RUNTIME_SECONDS": "an hour",
+                "SENTILOOP_SAGEMAKER_POLL_SECONDS": "0",
+            }
+        )
+    for name in ("MAX_RUNTIME_SECONDS", "POLL_SECONDS"):
+        assert f"SENTILOOP_SAGEMAKER_{name}" in str(malformed.value)
+    # ... and what only a SageMaker backend needs is checked when one is configured.
     with pytest.raises(SystemExit) as wrong:
-        SageMakerConfig.from_env(
+        sagemaker_config(
             required
             | {
                 "SENTILOOP_SAGEMAKER_ROLE_ARN": "sentiloop-role",
-                "SENTILOOP_SAGEMAKER_MAX_RUNTIME_SECONDS": "an hour",
-                "SENTILOOP_SAGEMAKER_POLL_SECONDS": "0",
                 "SENTILOOP_SAGEMAKER_ENDPOINT_NAME": "not_valid",
                 "SENTILOOP_SAGEMAKER_INSTANCE_TYPE": "g5.xlarge",
             }
         )
     message = str(wrong.value)
-    for name in ("ROLE_ARN", "MAX_RUNTIME_SECONDS", "POLL_SECONDS", "ENDPOINT_NAME", "INSTANCE"):
+    for name in ("ROLE_ARN", "ENDPOINT_NAME", "INSTANCE"):
         assert f"SENTILOOP_SAGEMAKER_{name}" in message
     # The optional SDK, when it answers, makes the image variables optional.
     monkeypatch.setattr(sagemaker_module, "sdk_image_uri", lambda scope, *args: f"sdk/{scope}")
-    resolved = SageMakerConfig.from_env({"SENTILOOP_SAGEMAKER_ROLE_ARN": ROLE})
+    resolved = sagemaker_config({"SENTILOOP_SAGEMAKER_ROLE_ARN": ROLE})
     assert (resolved.training_image, resolved.inference_image) == ("sdk/training", "sdk/inference")
 
 

@@ -43,12 +43,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from sentiloop.aws.config import AWS_BACKENDS
     from sentiloop.core.supervisor import run_mesh
 
+    environ = dict(os.environ)
     if args.backend == "aws":
-        for variable, value in AWS_BACKENDS.items():
-            os.environ.setdefault(variable, value)
-
+        # A variable the user set still wins over what the flag selects.
+        environ = {**AWS_BACKENDS, **{k: v for k, v in environ.items() if v.strip()}}
     return run_mesh(
-        load_settings(), startup_timeout=args.timeout, bootstrap_if_empty=args.bootstrap_if_empty
+        load_settings(environ),
+        startup_timeout=args.timeout,
+        bootstrap_if_empty=args.bootstrap_if_empty,
     )
 
 
@@ -72,6 +74,19 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     from sentiloop.core.envoy_config import render_yaml
 
     sys.stdout.write(render_yaml(load_settings()))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from sentiloop.core.config import settings_table, variable_of
+
+    if args.markdown:
+        sys.stdout.write(settings_table())
+        return 0
+    settings = load_settings()  # checks the environment: a bad value exits here, named
+    for name, value in settings.model_dump().items():
+        shown = ",".join(value) if isinstance(value, tuple) else value
+        print(f"{variable_of(name)}={'' if shown is None else shown}")
     return 0
 
 
@@ -525,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("envoy-config", "print the Envoy configuration", _cmd_envoy_config)
+    config = command(
+        "config", "check the configuration and print every setting's value", _cmd_config
+    )
+    config.add_argument(
+        "--markdown", action="store_true", help="print the README's tables of every setting"
+    )
 
     bootstrap = with_address(command("bootstrap", "train a first model", _cmd_bootstrap))
     bootstrap.add_argument("--auto-deploy", action="store_true", help="deploy when trained")

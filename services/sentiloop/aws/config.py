@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BACKEND_VARIABLES = {
-    "SENTILOOP_OBJECT_STORE": ("local", "s3"),
-    "SENTILOOP_TRAINING_BACKEND": ("local", "sagemaker"),
-    "SENTILOOP_ENDPOINT_BACKEND": ("local", "sagemaker"),
-}
+from sentiloop.core.config import Settings
+
 # What `sentiloop up --backend aws` selects (each can still be set on its own).
 AWS_BACKENDS = {
     "SENTILOOP_OBJECT_STORE": "s3",
     "SENTILOOP_TRAINING_BACKEND": "sagemaker",
     "SENTILOOP_ENDPOINT_BACKEND": "sagemaker",
 }
-
-
-def backend(variable: str) -> str:
-    value = os.environ.get(variable, "local").strip().lower() or "local"
-    allowed = BACKEND_VARIABLES[variable]
-    if value not in allowed:
-        raise SystemExit(
-            f"configuration error: {variable}={value!r} is not one of {', '.join(allowed)}"
-        )
-    return value
 
 
 def sagemaker_client(service: str = "sagemaker") -> Any:
@@ -93,75 +77,61 @@ class SageMakerConfig:
     volume_size_gb: int = 30
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SageMakerConfig:
-        """From ``SENTILOOP_SAGEMAKER_*``; every problem is named in one SystemExit."""
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings) -> SageMakerConfig:
+        """Checks what only a SageMaker backend needs; every problem in one SystemExit."""
         problems: list[str] = []
-
-        def text(name: str, default: str = "") -> str:
-            return env.get(f"SENTILOOP_SAGEMAKER_{name}", "").strip() or default
-
-        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
-            raw = text(name)
-            if not raw:
-                return kind(default)
-            try:
-                value = kind(raw)
-            except ValueError:
-                value = 0
-            if not (math.isfinite(value) and value > 0):
-                problems.append(f"SENTILOOP_SAGEMAKER_{name}={raw!r} must be a number > 0")
-                return kind(default)
-            return value
-
-        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
-        instance_type = text("INSTANCE_TYPE", "ml.g5.xlarge")
-        inference_instance_type = text("INFERENCE_INSTANCE_TYPE", "ml.m5.large")
-        role_arn = text("ROLE_ARN")
+        role_arn = settings.sagemaker_role_arn or ""
         if not role_arn:
             problems.append("SENTILOOP_SAGEMAKER_ROLE_ARN is not set (the IAM role SageMaker uses)")
         elif not _ROLE_ARN.fullmatch(role_arn):
             problems.append(f"SENTILOOP_SAGEMAKER_ROLE_ARN={role_arn!r} is not an IAM role ARN")
+        instance_types = {
+            "training": settings.sagemaker_instance_type,
+            "inference": settings.sagemaker_inference_instance_type,
+        }
+        configured = {
+            "training": settings.sagemaker_training_image,
+            "inference": settings.sagemaker_inference_image,
+        }
         images: dict[str, str] = {}
-        for scope, instance in (
-            ("training", instance_type),
-            ("inference", inference_instance_type),
-        ):
-            name = f"SENTILOOP_SAGEMAKER_{scope.upper()}_IMAGE"
-            images[scope] = text(f"{scope.upper()}_IMAGE") or sdk_image_uri(scope, region, instance)
+        for scope, instance in instance_types.items():
+            images[scope] = configured[scope] or sdk_image_uri(
+                scope, settings.aws_region or "", instance
+            )
             if not images[scope]:
                 problems.append(
-                    f"{name} is not set (the HuggingFace PyTorch {scope} image URI; the optional"
-                    " sagemaker SDK could not provide one)"
+                    f"SENTILOOP_SAGEMAKER_{scope.upper()}_IMAGE is not set (the HuggingFace"
+                    f" PyTorch {scope} image URI; the optional sagemaker SDK could not provide"
+                    " one)"
                 )
         for name, value in (
-            ("INSTANCE_TYPE", instance_type),
-            ("INFERENCE_INSTANCE_TYPE", inference_instance_type),
+            ("INSTANCE_TYPE", settings.sagemaker_instance_type),
+            ("INFERENCE_INSTANCE_TYPE", settings.sagemaker_inference_instance_type),
         ):
             if not value.startswith("ml."):
                 problems.append(f"SENTILOOP_SAGEMAKER_{name}={value!r} is not an ml.* type")
-        endpoint_name = text("ENDPOINT_NAME", "sentiloop")
-        group = text("MODEL_PACKAGE_GROUP", "sentiloop")
-        for name, value in (("ENDPOINT_NAME", endpoint_name), ("MODEL_PACKAGE_GROUP", group)):
+        for name, value in (
+            ("ENDPOINT_NAME", settings.sagemaker_endpoint_name),
+            ("MODEL_PACKAGE_GROUP", settings.sagemaker_model_package_group),
+        ):
             if not _NAME.fullmatch(value):
                 problems.append(
                     f"SENTILOOP_SAGEMAKER_{name}={value!r} must be 1-63 letters, digits and"
                     " hyphens, starting with a letter or digit"
                 )
-        config = cls(
+        if problems:
+            raise SystemExit("configuration error: " + "; ".join(problems))
+        return cls(
             role_arn=role_arn,
             training_image=images["training"],
             inference_image=images["inference"],
-            instance_type=instance_type,
-            inference_instance_type=inference_instance_type,
-            max_runtime_seconds=number("MAX_RUNTIME_SECONDS", 3600, int),
-            endpoint_name=endpoint_name,
-            model_package_group=group,
-            poll_seconds=number("POLL_SECONDS", 15.0, float),
+            instance_type=settings.sagemaker_instance_type,
+            inference_instance_type=settings.sagemaker_inference_instance_type,
+            max_runtime_seconds=settings.sagemaker_max_runtime_seconds,
+            endpoint_name=settings.sagemaker_endpoint_name,
+            model_package_group=settings.sagemaker_model_package_group,
+            poll_seconds=settings.sagemaker_poll_seconds,
         )
-        if problems:
-            raise SystemExit("configuration error: " + "; ".join(problems))
-        return config
 
 
 def sdk_image_uri(scope: str, region: str, instance_type: str) -> str:

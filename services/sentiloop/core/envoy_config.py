@@ -17,6 +17,11 @@ DESCRIPTOR = Path(__file__).resolve().parent.parent / "v1" / "sentiloop.binpb"
 MESH_HEALTH_CLUSTER = "mesh_health"
 # gRPC's default largest message: no JSON body that transcodes to more can succeed.
 MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+# The transcoder buffers a whole unary response to turn it into JSON, by default up to the
+# connection's 1 MiB buffer: a page of 100 events with the largest attributes allowed
+# (16 KiB each) is 2 MiB and answered 500. The largest page any list RPC may answer
+# (1,000 such events) stays under this.
+MAX_RESPONSE_BODY_BYTES = 32 * 1024 * 1024
 
 # Runs before the transcoder on requests (the body limit) and after it on responses:
 # - turns the HTTP status a service asks for (see sentiloop.core.mesh_health) into the
@@ -234,8 +239,8 @@ def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
     return {"match": {"prefix": f"/{service}/"}, "route": route}
 
 
-def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[str, Any]:
-    origins = cors_origins or ["*"]
+def render(settings: Settings) -> dict[str, Any]:
+    origins = settings.cors_origins or ("*",)
     origin_matchers = [
         {"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
         for origin in origins
@@ -278,6 +283,7 @@ def render(settings: Settings, cors_origins: list[str] | None = None) -> dict[st
                     "stream_newline_delimited": True,
                 },
                 "convert_grpc_status": True,
+                "max_response_body_size": MAX_RESPONSE_BODY_BYTES,
                 "request_validation_options": {
                     "reject_unknown_method": True,
                     "reject_unknown_query_parameters": True,
@@ -396,5 +402,5 @@ def settings_descriptor(settings: Settings) -> Path:
 
 
 def render_yaml(settings: Settings) -> str:
-    text: str = yaml.safe_dump(render(settings, settings.cors_origins), sort_keys=False, width=100)
+    text: str = yaml.safe_dump(render(settings), sort_keys=False, width=100)
     return text

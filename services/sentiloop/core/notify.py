@@ -21,9 +21,10 @@ class Notifier:
         self._clients = clients
         self._timeout = timeout
 
-    async def emit(self, type: str, subject: str, message: str, **attributes: Any) -> None:
-        """Publishes the event; logs (never raises) when that fails. Attribute values
-        that are not JSON (datetimes, paths, ...) are sent as their ``str()``."""
+    async def emit(self, type: str, subject: str, message: str, **attributes: Any) -> bool:
+        """Publishes the event; logs (never raises) when that fails, and says whether it
+        was published. Attribute values that are not JSON (datetimes, paths, ...) are
+        sent as their ``str()``."""
         try:
             struct = struct_pb2.Struct()
             struct.update(json.loads(json.dumps(attributes, default=str)))
@@ -31,6 +32,7 @@ class Notifier:
                 type=type, subject=subject, message=message, attributes=struct
             )
             await self._clients.notification.Publish(request, timeout=self._timeout)
+            return True
         except Exception as error:
             reason = (
                 f"{error.code().name}: {error.details()}"
@@ -44,3 +46,4 @@ class Notifier:
                 reason,
                 extra={"fields": {"event_type": type, "subject": subject}},
             )
+            return False

@@ -141,12 +141,7 @@ def open_object_store(settings: Settings) -> ObjectStore:
     """The object store the configuration names (``SENTILOOP_OBJECT_STORE``)."""
     if settings.object_store == "local":
         return LocalObjectStore(settings.data_dir / "objects")
-    if settings.object_store == "s3":
-        # Imported here: boto3 is only loaded when S3 is configured.
-        from sentiloop.core.s3store import open_s3_object_store
+    # Imported here: boto3 is only loaded when S3 is configured.
+    from sentiloop.core.s3store import open_s3_object_store
 
-        return open_s3_object_store()
-    raise SystemExit(
-        f"configuration error: SENTILOOP_OBJECT_STORE={settings.object_store!r}"
-        " is not one of local, s3"
-    )
+    return open_s3_object_store(settings)

@@ -1,26 +1,8 @@
 """The object store on S3 or any S3-compatible server (SeaweedFS, MinIO, ...), through
 boto3, behind the same interface as the local directory store (``core.objectstore``).
 
-Configuration (environment, checked when the store is opened, i.e. at service start):
-
-======================================  ====================================================
-``SENTILOOP_OBJECT_STORE=s3``           selects this store
-``SENTILOOP_S3_BUCKET``                 the bucket (required; must exist)
-``SENTILOOP_S3_PREFIX``                 key prefix inside the bucket (default: none)
-``SENTILOOP_S3_ENDPOINT_URL``           endpoint of an S3-compatible server; else boto3's
-                                        ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; else AWS
-``SENTILOOP_S3_ADDRESSING_STYLE``       auto | path | virtual (default: path with an
-                                        endpoint URL, auto on AWS)
-``AWS_REGION`` / ``AWS_DEFAULT_REGION``  region (default us-east-1)
-``AWS_ACCESS_KEY_ID`` ... / profiles    credentials, boto3's usual chain
-``SENTILOOP_S3_RETRY_MODE``             standard | adaptive (default standard)
-``SENTILOOP_S3_MAX_ATTEMPTS``           attempts per request, first included (default 5)
-``SENTILOOP_S3_CONNECT_TIMEOUT``        seconds (default 5)
-``SENTILOOP_S3_READ_TIMEOUT``           seconds (default 60)
-``SENTILOOP_S3_MULTIPART_THRESHOLD``    bytes from which put_file uploads in parts
-                                        (default 64 MiB)
-``SENTILOOP_S3_MULTIPART_CHUNKSIZE``    bytes per part (default 16 MiB; S3 needs >= 5 MiB)
-======================================  ====================================================
+Configured by the ``SENTILOOP_S3_*`` settings (``core.config``), checked when the store is
+opened, i.e. at service start; credentials come from boto3's usual chain.
 
 Throttling and 5xx answers and connection errors are retried by botocore with backoff;
 what still fails is raised as :class:`~sentiloop.core.errors.Unavailable`, a missing key
@@ -29,9 +11,8 @@ as :class:`~sentiloop.core.errors.NotFound`. No grpc here."""
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +33,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     NoCredentialsError,
 )
 
+from sentiloop.core.config import Settings
 from sentiloop.core.errors import InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import check_key
 
@@ -78,23 +60,6 @@ _DENIED_CODES = frozenset(
 _CONNECTION_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError)
 
 
-def _config_error(message: str) -> SystemExit:
-    return SystemExit(f"configuration error: {message}")
-
-
-def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _config_error(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise _config_error(f"{name}={raw!r} must be greater than 0")
-    return value
-
-
 @dataclass(frozen=True)
 class S3Settings:
     bucket: str
@@ -110,53 +75,31 @@ class S3Settings:
     multipart_chunksize: int = 16 * MiB
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
-        env = os.environ if environ is None else environ
-        bucket = env.get("SENTILOOP_S3_BUCKET", "").strip()
-        if not bucket:
+    def from_settings(cls, settings: Settings) -> S3Settings:
+        if not settings.s3_bucket:
             raise _config_error(
                 "SENTILOOP_S3_BUCKET is not set (SENTILOOP_OBJECT_STORE=s3 needs a bucket)"
             )
-        endpoint_url = (
-            env.get("SENTILOOP_S3_ENDPOINT_URL", "").strip()
-            or env.get("AWS_ENDPOINT_URL_S3", "").strip()
-            or env.get("AWS_ENDPOINT_URL", "").strip()
-            or None
-        )
-        if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
-            raise _config_error(
-                f"the S3 endpoint URL {endpoint_url!r} must start with http:// or https://"
-            )
-        addressing_style = env.get("SENTILOOP_S3_ADDRESSING_STYLE", "").strip().lower() or (
-            "path" if endpoint_url else "auto"
-        )
-        if addressing_style not in ("auto", "path", "virtual"):
-            raise _config_error(
-                f"SENTILOOP_S3_ADDRESSING_STYLE={addressing_style!r} is not one of"
-                " auto, path, virtual"
-            )
-        retry_mode = env.get("SENTILOOP_S3_RETRY_MODE", "").strip().lower() or "standard"
-        if retry_mode not in ("standard", "adaptive"):
-            raise _config_error(
-                f"SENTILOOP_S3_RETRY_MODE={retry_mode!r} is not one of standard, adaptive"
-            )
+        endpoint_url = settings.s3_endpoint_url
         return cls(
-            bucket=bucket,
-            prefix=env.get("SENTILOOP_S3_PREFIX", ""),
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
             endpoint_url=endpoint_url,
-            region=(
-                env.get("AWS_REGION", "").strip()
-                or env.get("AWS_DEFAULT_REGION", "").strip()
-                or DEFAULT_REGION
-            ),
-            addressing_style=addressing_style,
-            retry_mode=retry_mode,
-            max_attempts=int(_positive(env, "SENTILOOP_S3_MAX_ATTEMPTS", 5)),
-            connect_timeout=_positive(env, "SENTILOOP_S3_CONNECT_TIMEOUT", 5.0),
-            read_timeout=_positive(env, "SENTILOOP_S3_READ_TIMEOUT", 60.0),
-            multipart_threshold=int(_positive(env, "SENTILOOP_S3_MULTIPART_THRESHOLD", 64 * MiB)),
-            multipart_chunksize=int(_positive(env, "SENTILOOP_S3_MULTIPART_CHUNKSIZE", 16 * MiB)),
+            region=settings.aws_region or DEFAULT_REGION,
+            # Virtual-host addressing needs DNS names per bucket, which S3-compatible
+            # servers on an endpoint URL rarely have.
+            addressing_style=settings.s3_addressing_style or ("path" if endpoint_url else "auto"),
+            retry_mode=settings.s3_retry_mode,
+            max_attempts=settings.s3_max_attempts,
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+            multipart_threshold=settings.s3_multipart_threshold,
+            multipart_chunksize=settings.s3_multipart_chunksize,
         )
+
+
+def _config_error(message: str) -> SystemExit:
+    return SystemExit(f"configuration error: {message}")
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -403,10 +346,10 @@ def _code_and_status(error: Any) -> tuple[str, int]:
     return code, status
 
 
-def open_s3_object_store(environ: Mapping[str, str] | None = None) -> S3ObjectStore:
-    """The store the environment configures, checked: raises SystemExit naming what is
+def open_s3_object_store(configuration: Settings) -> S3ObjectStore:
+    """The store the settings configure, checked: raises SystemExit naming what is
     missing or wrong (no bucket variable, no credentials, no such bucket, unreachable)."""
-    settings = S3Settings.from_env(environ)
+    settings = S3Settings.from_settings(configuration)
     store = S3ObjectStore(
         make_client(settings),
         settings.bucket,

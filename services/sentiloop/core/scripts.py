@@ -6,18 +6,16 @@ inside SageMaker's containers."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+from sentiloop.core.config import process_settings
+
 
 def scripts_dir() -> Path:
-    configured = os.environ.get("SENTILOOP_SCRIPTS_DIR")
-    if configured:
-        return Path(configured).resolve()
-    return Path(__file__).resolve().parents[3] / "sagemaker_scripts"
+    return process_settings().scripts_path
 
 
 @cache

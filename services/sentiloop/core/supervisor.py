@@ -98,8 +98,9 @@ class Mesh:
         return f"http://{host}:{self.settings.envoy_port}"
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["SENTILOOP_DATA_DIR"] = str(self.settings.data_dir)
+        # The services load exactly the settings `up` checked (with what `up`'s flags
+        # chose), not whatever the environment alone would give.
+        env = {**os.environ, **self.settings.as_environ()}
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

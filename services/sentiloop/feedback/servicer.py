@@ -145,7 +145,7 @@ def create_app(settings: Settings) -> ServiceApp:
     clients = Clients(settings)
     objects = open_object_store(settings)
     servicer = FeedbackServicer(store, GrpcPredictionLookup(clients), objects)
-    export = ExportConfig.from_env(settings.object_store)
+    export = ExportConfig.from_settings(settings)
     exporter = FeedbackExporter(store, objects, db_path, export) if export.enabled else None
 
     async def startup() -> None:

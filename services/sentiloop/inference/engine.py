@@ -16,6 +16,7 @@ from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
+from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import check_text, quoted
 from sentiloop.core.vocabulary import EndpointState
 
@@ -49,15 +50,6 @@ class Prediction:
     scores: dict[str, float]
     model_version: str
     created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ServingState:
-    status: str  # NotDeployed | Loading | InService | Failed
-    model_version: str = ""
-    target_version: str = ""
-    failure_reason: str = ""
-    loaded_at: datetime | None = None
 
 
 def check_texts(texts: list[str], max_text_length: int) -> None:
@@ -151,7 +143,7 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[Prediction]:
         check_texts(texts, self._max_text_length)
         loaded = self.current
-        if loaded is None and self.state.status == "Failed":
+        if loaded is None and self.state.status == EndpointState.FAILED:
             raise Internal(
                 f"the active model version {self.state.target_version} could not be loaded;"
                 " GET /predict/status says why"

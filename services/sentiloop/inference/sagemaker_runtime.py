@@ -15,8 +15,9 @@ from typing import Any
 from sentiloop.aws.endpoint import EndpointView, SageMakerEndpoint
 from sentiloop.aws.errors import AWSError, error_message
 from sentiloop.core.errors import Unavailable
+from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, normalize_label
-from sentiloop.inference.engine import Prediction, PredictionLog, ServingState, check_texts
+from sentiloop.inference.engine import Prediction, PredictionLog, check_texts
 
 log = logging.getLogger("sentiloop.inference")
 
@@ -28,10 +29,12 @@ def serving_state(view: EndpointView) -> ServingState:
     if view.status == EndpointState.NOT_DEPLOYED:
         return ServingState(EndpointState.NOT_DEPLOYED)
     if view.status == EndpointState.CREATING:
-        return ServingState("Loading", "", view.model_version)
+        return ServingState(EndpointState.LOADING, "", view.model_version)
     if view.status in (EndpointState.UPDATING, "SystemUpdating", "RollingBack"):
         target = view.pending_version or view.model_version
-        return ServingState("Loading", view.model_version, target, loaded_at=view.last_modified)
+        return ServingState(
+            EndpointState.LOADING, view.model_version, target, loaded_at=view.last_modified
+        )
     if view.status == EndpointState.IN_SERVICE:
         return ServingState(
             EndpointState.IN_SERVICE,
@@ -41,7 +44,7 @@ def serving_state(view: EndpointView) -> ServingState:
             loaded_at=view.last_modified,
         )
     reason = view.failure_reason or f"endpoint is {view.status}"
-    return ServingState("Failed", "", view.model_version, reason)
+    return ServingState(EndpointState.FAILED, "", view.model_version, reason)
 
 
 class SageMakerPredictor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol
@@ -14,13 +15,15 @@ import grpc
 
 from sentiloop.aws import config as aws
 from sentiloop.core.clients import Clients
-from sentiloop.core.config import Settings, env_float
+from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
 from sentiloop.core.follow import EventFollower
+from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
-from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, ServingState
+from sentiloop.inference.engine import Prediction, PredictionLog, Predictor
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
 from sentiloop.v1 import notification_pb2, registry_pb2
@@ -100,15 +103,70 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 REGISTRY_WAIT_SECONDS = 30.0
 
 
+class ServingAnnouncer:
+    """Announces each change of what this service serves as a ``serving.changed`` event,
+    which the registry keeps. Publishing is best effort, so the latest state is published
+    again, with backoff, until NotificationService takes it: the registry converges on
+    the truth instead of keeping a stale state (only the latest state matters)."""
+
+    def __init__(self, notify: Callable[..., Awaitable[bool]], max_delay: float = 10.0) -> None:
+        self._notify = notify
+        self._max_delay = max_delay
+        self._wanted: ServingState | None = None
+        self._announced: ServingState | None = None
+        self._changed = asyncio.Event()
+        self._published = asyncio.Condition()
+
+    async def announce(self, state: ServingState, wait: float = 2.0) -> None:
+        """Hands ``state`` to the publisher and waits (at most ``wait`` seconds) until it
+        is published, so that callers can order it before what depends on it."""
+        self._wanted = state
+        self._changed.set()
+        if wait <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait), self._published:
+                await self._published.wait_for(
+                    lambda: self._announced == state or self._wanted != state
+                )
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            while (state := self._wanted) is not None and state != self._announced:
+                if await self._notify(
+                    EventType.SERVING_CHANGED,
+                    state.subject,
+                    state.describe(),
+                    **state.as_attributes(),
+                ):
+                    delay = 0.5
+                    async with self._published:
+                        self._announced = state
+                        self._published.notify_all()
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._max_delay)
+
+
 class RegistryFollower:
     """Follows the registry's active version and loads it beside the served one, then
     swaps: requests in flight finish on the version they started with. Activations arrive
     as ``model.activated`` events; a slow poll of the registry is only the fallback for an
     event that was lost (events are published best effort)."""
 
-    def __init__(self, predictor: Predictor, clients: Clients, fallback_interval: float) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        clients: Clients,
+        announcer: ServingAnnouncer,
+        fallback_interval: float,
+    ) -> None:
         self._predictor = predictor
         self._clients = clients
+        self._announcer = announcer
         self._interval = fallback_interval
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._failed: tuple[str, float] | None = None
@@ -153,6 +211,15 @@ class RegistryFollower:
         async with self._sync_lock:  # an event and the fallback poll may coincide
             return await self._sync()
 
+    async def _set_state(self, state: ServingState) -> None:
+        # An outcome is announced before GetServingStatus shows it: whoever waits there
+        # for InService or Failed (a deploy) finds the registry told by then. The steps
+        # before it (nothing deployed, loading) need not hold anything up, such as the
+        # start of this service while NotificationService is still starting.
+        settled = state.status in (EndpointState.IN_SERVICE, EndpointState.FAILED)
+        await self._announcer.announce(state, wait=2.0 if settled else 0)
+        self._predictor.state = state
+
     async def _sync(self) -> bool:
         try:
             answer = await self._clients.registry.GetModel(
@@ -162,19 +229,29 @@ class RegistryFollower:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 return False  # registry unreachable: keep serving what we have
             if self._predictor.current is None:
-                self._predictor.state = ServingState(EndpointState.NOT_DEPLOYED)
+                await self._set_state(ServingState(EndpointState.NOT_DEPLOYED))
             return True
         version, artifact = answer.model.version, answer.model.path
         predictor = self._predictor
         current = predictor.current
         if current is not None and current.version == version:
+            if predictor.state.status != EndpointState.IN_SERVICE:
+                # Back to the served version (a rollback after a failed load): the
+                # failure is over, and the state must say so.
+                await self._set_state(
+                    ServingState(
+                        EndpointState.IN_SERVICE, version, version, loaded_at=current.loaded_at
+                    )
+                )
             return True
         loop = asyncio.get_running_loop()
         if self._failed and self._failed[0] == version and loop.time() - self._failed[1] < 30:
             return True
         serving = current.version if current else ""
-        predictor.state = ServingState(
-            "Loading", serving, version, loaded_at=predictor.state.loaded_at
+        await self._set_state(
+            ServingState(
+                EndpointState.LOADING, serving, version, loaded_at=predictor.state.loaded_at
+            )
         )
         log.info("loading model version %s", version, extra={"fields": {"version": version}})
         try:
@@ -182,15 +259,17 @@ class RegistryFollower:
         except Exception as error:
             log.exception("loading model version %s failed", version)
             self._failed = (version, loop.time())
-            predictor.state = replace(
-                predictor.state,
-                status="Failed",
-                failure_reason=f"loading {version} failed: {error}",
+            await self._set_state(
+                replace(
+                    predictor.state,
+                    status=EndpointState.FAILED,
+                    failure_reason=f"loading {version} failed: {error}",
+                )
             )
             return True
         predictor.current = loaded
-        predictor.state = ServingState(
-            EndpointState.IN_SERVICE, version, version, loaded_at=loaded.loaded_at
+        await self._set_state(
+            ServingState(EndpointState.IN_SERVICE, version, version, loaded_at=loaded.loaded_at)
         )
         log.info("serving model version %s", version, extra={"fields": {"version": version}})
         return True
@@ -203,16 +282,19 @@ def create_app(settings: Settings) -> ServiceApp:
     service_dir = settings.service_dir("inference")
     prediction_log = PredictionLog(service_dir / "predictions.db")
     clients = Clients(settings)
-    poll_seconds = env_float("SENTILOOP_INFERENCE_POLL_SECONDS", 1.0)
-    fallback_seconds = env_float("SENTILOOP_INFERENCE_FALLBACK_POLL_SECONDS", 30.0)
+    poll_seconds = settings.inference_poll_seconds
+    fallback_seconds = settings.inference_fallback_poll_seconds
     tasks: list[asyncio.Task[None]] = []
-    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+    announcer = ServingAnnouncer(Notifier(clients).emit)
+    if settings.endpoint_backend == "sagemaker":
         # ModelInit deploys to the endpoint; this service calls it and keeps its log.
         from sentiloop.aws.config import SageMakerConfig
         from sentiloop.aws.endpoint import SageMakerEndpoint
         from sentiloop.inference.sagemaker_runtime import SageMakerPredictor
 
-        endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())
+        endpoint = SageMakerEndpoint(
+            SageMakerConfig.from_settings(settings), aws.sagemaker_client()
+        )
         remote = SageMakerPredictor(
             aws.sagemaker_client("sagemaker-runtime"),
             endpoint,
@@ -224,10 +306,11 @@ def create_app(settings: Settings) -> ServiceApp:
 
         async def follow() -> None:
             while True:
-                await asyncio.to_thread(remote.refresh)
+                await announcer.announce(await asyncio.to_thread(remote.refresh), wait=0)
                 await asyncio.sleep(poll_seconds)
 
         async def startup() -> None:
+            tasks.append(asyncio.create_task(announcer.run()))
             tasks.append(asyncio.create_task(follow()))
 
         follower = None
@@ -237,11 +320,12 @@ def create_app(settings: Settings) -> ServiceApp:
             settings.max_text_length,
         )  # fmt: skip
         servicer = InferenceServicer(predictor, prediction_log)
-        follower = RegistryFollower(predictor, clients, fallback_seconds)
+        follower = RegistryFollower(predictor, clients, announcer, fallback_seconds)
 
         async def startup() -> None:
             # Serve the active model from the first request on, when there is one.
             assert follower is not None
+            tasks.append(asyncio.create_task(announcer.run()))
             await follower.first_sync(REGISTRY_WAIT_SECONDS)
             tasks.append(asyncio.create_task(follower.run()))
 

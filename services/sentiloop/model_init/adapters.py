@@ -103,7 +103,7 @@ class LocalEndpoint:
         if serving.status == EndpointState.NOT_DEPLOYED:
             return EndpointStatus(EndpointState.NOT_DEPLOYED)
         created, modified = await self._history()
-        if serving.status == "Loading":
+        if serving.status == EndpointState.LOADING:
             state = EndpointState.UPDATING if serving.model_version else EndpointState.CREATING
             return EndpointStatus(state, serving.model_version, "", created, modified)
         return EndpointStatus(
@@ -118,8 +118,10 @@ class LocalEndpoint:
             if serving is not None:
                 if serving.model_version == version and serving.status == EndpointState.IN_SERVICE:
                     return EndpointStatus(EndpointState.IN_SERVICE, version)
-                if serving.target_version == version and serving.status == "Failed":
-                    return EndpointStatus("Failed", serving.model_version, serving.failure_reason)
+                if serving.target_version == version and serving.status == EndpointState.FAILED:
+                    return EndpointStatus(
+                        EndpointState.FAILED, serving.model_version, serving.failure_reason
+                    )
             await asyncio.sleep(0.2)
         status = await self.status()
         return status

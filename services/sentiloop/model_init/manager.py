@@ -39,7 +39,9 @@ class Deployment:
 
 
 class Notify(Protocol):
-    async def __call__(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+    async def __call__(
+        self, type: str, subject: str, message: str, **attributes: Any
+    ) -> object: ...
 
 
 class RegistryPort(Protocol):

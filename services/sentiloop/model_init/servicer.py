@@ -104,12 +104,18 @@ def dataset_to_proto(dataset: StoredDataset) -> pb.Dataset:
 
 class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
     def __init__(
-        self, model_init: ModelInit, store: ObjectStore, default_preset: str, limits: Limits
+        self,
+        model_init: ModelInit,
+        store: ObjectStore,
+        settings: Settings,
     ) -> None:
         self._model_init = model_init
         self._store = store
-        self._default_preset = default_preset
-        self._limits = limits
+        self._default_preset = settings.default_preset
+        self._endpoint_backend = settings.endpoint_backend
+        self._limits = Limits(
+            max_bytes=settings.dataset_max_bytes, max_text_length=settings.max_text_length
+        )
 
     async def _import(self, name: str, files: dict[str, ImportFile]) -> tuple[StoredDataset, bool]:
         return await asyncio.to_thread(
@@ -343,7 +349,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
             endpoint_name=self._model_init.endpoint_name,
             status=status.status,
             model_version=status.model_version,
-            backend=aws.backend("SENTILOOP_ENDPOINT_BACKEND"),
+            backend=self._endpoint_backend,
             failure_reason=status.failure_reason,
             creation_time=timestamp(status.created_at),
             last_modified_time=timestamp(status.modified_at),
@@ -357,21 +363,23 @@ def create_app(settings: Settings) -> ServiceApp:
     backend: TrainingBackend
     endpoint: EndpointPort
     deploy_timeout = 300.0
-    if aws.backend("SENTILOOP_TRAINING_BACKEND") == "sagemaker":
+    if settings.training_backend == "sagemaker":
         from sentiloop.aws.config import SageMakerConfig
         from sentiloop.aws.training import SageMakerTrainingBackend
 
         aws.require_remote_store(store, "SENTILOOP_TRAINING_BACKEND=sagemaker")
-        config = SageMakerConfig.from_env()
+        config = SageMakerConfig.from_settings(settings)
         backend = SageMakerTrainingBackend(store, config, aws.sagemaker_client())
     else:
         backend = LocalTrainingBackend(store, settings.service_dir("model_init") / "jobs")
-    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+    if settings.endpoint_backend == "sagemaker":
         from sentiloop.aws.config import SageMakerConfig
         from sentiloop.aws.endpoint import SageMakerEndpoint
 
         aws.require_remote_store(store, "SENTILOOP_ENDPOINT_BACKEND=sagemaker")
-        endpoint = SageMakerEndpoint(SageMakerConfig.from_env(), aws.sagemaker_client())
+        endpoint = SageMakerEndpoint(
+            SageMakerConfig.from_settings(settings), aws.sagemaker_client()
+        )
         deploy_timeout = 1800.0  # creating a SageMaker endpoint takes 5-10 minutes
     else:
         endpoint = LocalEndpoint(clients)
@@ -383,12 +391,7 @@ def create_app(settings: Settings) -> ServiceApp:
         Notifier(clients).emit,
         deploy_timeout=deploy_timeout,
     )
-    servicer = ModelInitServicer(
-        model_init,
-        store,
-        settings.default_preset,
-        Limits(max_bytes=settings.dataset_max_bytes, max_text_length=settings.max_text_length),
-    )
+    servicer = ModelInitServicer(model_init, store, settings)
 
     async def startup() -> None:
         await model_init.recover()

@@ -15,8 +15,6 @@ from sentiloop.notification.events import Event
 
 log = logging.getLogger("sentiloop.notification")
 
-DEFAULT_QUEUE_SIZE = 1000
-
 
 class EventPublisher(Protocol):
     """Receives every event once it is stored, in id order. It must not block for
@@ -83,7 +81,7 @@ class Broadcaster:
     stream ends with ``Unavailable`` (it can resubscribe with ``after_id`` to catch up),
     so a slow subscriber holds up neither Publish nor the other subscribers."""
 
-    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, queue_size: int) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self._queue_size = queue_size

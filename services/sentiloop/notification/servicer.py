@@ -8,20 +8,18 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from sentiloop.core.config import Settings, env_int
+from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
-from sentiloop.notification.broadcast import DEFAULT_QUEUE_SIZE, Broadcaster, EventPublisher
+from sentiloop.notification.broadcast import Broadcaster, EventPublisher
 from sentiloop.notification.events import Event, EventLog
 from sentiloop.notification.hub import Notifications
-from sentiloop.notification.sns import publisher_from_environment
+from sentiloop.notification.sns import open_sns_publisher
 from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-QUEUE_SIZE_VARIABLE = "SENTILOOP_NOTIFICATION_QUEUE_SIZE"
 
 
 def to_proto(event: Event) -> pb.Event:
@@ -72,25 +70,19 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
                 yield pb.SubscribeResponse(event=to_proto(event))
 
 
-def queue_size() -> int:
-    size = env_int(QUEUE_SIZE_VARIABLE, DEFAULT_QUEUE_SIZE)
-    if size < 1:
-        raise SystemExit(f"configuration error: {QUEUE_SIZE_VARIABLE}={size} is not a size")
-    return size
-
-
 def configured_publishers(settings: Settings) -> list[EventPublisher]:
     """Fan-out targets besides the in-process broadcaster: the SNS topic that
     ``SENTILOOP_SNS_TOPIC_ARN`` names, checked at start (a topic that does not exist or
     credentials that are missing stop the service with a configuration error)."""
-    publisher = publisher_from_environment()
-    return [publisher] if publisher is not None else []
+    if not settings.sns_topic_arn:
+        return []
+    return [open_sns_publisher(settings.sns_topic_arn)]
 
 
 def create_app(settings: Settings) -> ServiceApp:
     events = EventLog(settings.service_dir("notification") / "events.db")
     notifications = Notifications(
-        events, Broadcaster(queue_size()), configured_publishers(settings)
+        events, Broadcaster(settings.notification_queue_size), configured_publishers(settings)
     )
     servicer = NotificationServicer(notifications)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 from datetime import UTC
 from typing import Any
@@ -168,11 +167,8 @@ def sns_client(topic_arn: str) -> Any:
     return session.client("sns", region_name=region, config=config)
 
 
-def publisher_from_environment() -> SnsPublisher | None:
-    """The SNS publisher ``SENTILOOP_SNS_TOPIC_ARN`` asks for, checked; None when unset."""
-    topic_arn = os.environ.get(TOPIC_ARN_VARIABLE, "").strip()
-    if not topic_arn:
-        return None
+def open_sns_publisher(topic_arn: str) -> SnsPublisher:
+    """The SNS publisher ``SENTILOOP_SNS_TOPIC_ARN`` asks for, checked."""
     if not ARN_PATTERN.match(topic_arn):
         raise SystemExit(
             f"configuration error: {TOPIC_ARN_VARIABLE}={topic_arn!r} is not an SNS topic ARN"

@@ -8,7 +8,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from sentiloop.core.vocabulary import EventType
+from sentiloop.core.serving import ServingState
+from sentiloop.core.vocabulary import EndpointState, EventType
 from sentiloop.registry.store import Activation, ModelRegistry, ModelVersion, NewModel
 
 log = logging.getLogger("sentiloop.registry")
@@ -24,7 +25,9 @@ class Mirror(Protocol):
 
 
 class Notify(Protocol):
-    async def __call__(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+    async def __call__(
+        self, type: str, subject: str, message: str, **attributes: Any
+    ) -> object: ...
 
 
 class Registry:
@@ -38,6 +41,25 @@ class Registry:
 
     async def get(self, version: str) -> ModelVersion:
         return await asyncio.to_thread(self._store.get, version)
+
+    async def endpoint_statuses(self, models: list[ModelVersion]) -> dict[str, str]:
+        """The endpoint status of each active model in ``models``, from the latest
+        ``serving.changed`` event the registry kept (Unknown before the first one)."""
+        active = [m.version for m in models if m.is_active]
+        if not active:
+            return {}
+        kept = await asyncio.to_thread(self._store.serving)
+        if kept is None:
+            return {version: EndpointState.UNKNOWN for version in active}
+        return {version: kept[0].endpoint_status_of(version) for version in active}
+
+    async def serving_changed(self, state: ServingState, event_id: int) -> None:
+        if await asyncio.to_thread(self._store.record_serving, state, event_id):
+            log.info("serving: %s", state.describe(), extra={"fields": {"event_id": event_id}})
+
+    async def last_serving_event(self) -> int:
+        kept = await asyncio.to_thread(self._store.serving)
+        return kept[1] if kept else 0
 
     async def activations(self) -> list[Activation]:
         return await asyncio.to_thread(self._store.activations)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -13,15 +15,24 @@ from sentiloop.aws.model_packages import ModelPackageMirror
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
+from sentiloop.core.follow import EventFollower
 from sentiloop.core.notify import Notifier
 from sentiloop.core.server import ServiceApp
+from sentiloop.core.serving import ServingState
+from sentiloop.core.vocabulary import EventType
 from sentiloop.registry.service import Registry
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
-from sentiloop.v1 import common_pb2, model_init_pb2
+from sentiloop.v1 import common_pb2, notification_pb2
 from sentiloop.v1 import registry_pb2 as pb
 from sentiloop.v1 import registry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sentiloop.registry")
+
+
+def serving_state_of(event: notification_pb2.Event) -> ServingState:
+    return ServingState.from_attributes(json_format.MessageToDict(event.attributes))
+
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -44,32 +55,22 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
 
 
 class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
-    def __init__(self, registry: Registry, clients: Clients) -> None:
+    def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._clients = clients
-
-    async def _endpoint_status(self) -> str:
-        try:
-            answer = await self._clients.model_init.GetEndpointStatus(
-                model_init_pb2.GetEndpointStatusRequest(), timeout=2
-            )
-        except grpc.aio.AioRpcError:
-            return "Unknown"
-        return str(answer.status)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         models = await self._registry.versions()
-        endpoint_status = await self._endpoint_status() if any(m.is_active for m in models) else ""
+        statuses = await self._registry.endpoint_statuses(models)
         return pb.ListModelsResponse(
-            models=[to_proto(m, endpoint_status) for m in models], count=len(models)
+            models=[to_proto(m, statuses.get(m.version, "")) for m in models], count=len(models)
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.GetModelResponse:
         model = await self._registry.get(request.version)
-        endpoint_status = await self._endpoint_status() if model.is_active else ""
-        return pb.GetModelResponse(model=to_proto(model, endpoint_status))
+        statuses = await self._registry.endpoint_statuses([model])
+        return pb.GetModelResponse(model=to_proto(model, statuses.get(model.version, "")))
 
     async def RegisterModel(
         self, request: pb.RegisterModelRequest, context: Context
@@ -119,14 +120,44 @@ def create_app(settings: Settings) -> ServiceApp:
     registry = ModelRegistry(settings.service_dir("registry") / "registry.db")
     clients = Clients(settings)
     mirror = None
-    if aws.backend("SENTILOOP_ENDPOINT_BACKEND") == "sagemaker":
+    if settings.endpoint_backend == "sagemaker":
         from sentiloop.aws.config import SageMakerConfig
 
-        mirror = ModelPackageMirror(SageMakerConfig.from_env(), aws.sagemaker_client())
+        mirror = ModelPackageMirror(SageMakerConfig.from_settings(settings), aws.sagemaker_client())
         mirror.ensure_group()
-    servicer = ModelRegistryServicer(Registry(registry, Notifier(clients).emit, mirror), clients)
+    domain = Registry(registry, Notifier(clients).emit, mirror)
+    servicer = ModelRegistryServicer(domain)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def on_event(event: notification_pb2.Event) -> None:
+        await domain.serving_changed(serving_state_of(event), event.id)
+
+    async def catch_up() -> None:
+        # The newest announcement in the event log covers whatever the stream missed
+        # (the registry's first start, or events older than the kept one's id).
+        try:
+            answer = await clients.notification.ListEvents(
+                notification_pb2.ListEventsRequest(
+                    type_prefix=EventType.SERVING_CHANGED, page_size=1
+                ),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.info("cannot read the event log (%s)", error.code().name)
+            return
+        for event in answer.events:
+            await on_event(event)
+
+    async def startup() -> None:
+        follower = EventFollower(clients, [EventType.SERVING_CHANGED], on_event, catch_up)
+        follower.last_id = await domain.last_serving_event()
+        tasks.append(asyncio.create_task(follower.run()))
 
     async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await clients.close()
         registry.close()
 
@@ -135,5 +166,6 @@ def create_app(settings: Settings) -> ServiceApp:
         register=lambda server: pb_grpc.add_ModelRegistryServiceServicer_to_server(
             servicer, server
         ),
+        startup=startup,
         shutdown=shutdown,
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
 
 SCHEMA = """
@@ -33,6 +34,15 @@ CREATE TABLE IF NOT EXISTS activations (
     kind             TEXT NOT NULL,
     reason           TEXT NOT NULL DEFAULT '',
     activated_at     TEXT NOT NULL
+);
+-- The latest serving.changed event: what InferenceService last said it serves.
+CREATE TABLE IF NOT EXISTS serving (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    status         TEXT NOT NULL,
+    model_version  TEXT NOT NULL,
+    target_version TEXT NOT NULL,
+    failure_reason TEXT NOT NULL,
+    event_id       INTEGER NOT NULL
 );
 """
 
@@ -185,6 +195,37 @@ class ModelRegistry:
             )
             for row in rows
         ]
+
+    def record_serving(self, state: ServingState, event_id: int) -> bool:
+        """Keeps ``state`` unless a later event is kept already (events can arrive twice,
+        from a catch-up and from the stream); says whether it was kept."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO serving VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " status = excluded.status, model_version = excluded.model_version,"
+                " target_version = excluded.target_version,"
+                " failure_reason = excluded.failure_reason, event_id = excluded.event_id"
+                " WHERE excluded.event_id > serving.event_id",
+                (
+                    state.status,
+                    state.model_version,
+                    state.target_version,
+                    state.failure_reason,
+                    event_id,
+                ),
+            )
+            return cursor.rowcount > 0
+
+    def serving(self) -> tuple[ServingState, int] | None:
+        """The kept serving state and the id of the event it came from."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM serving WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        state = ServingState(
+            row["status"], row["model_version"], row["target_version"], row["failure_reason"]
+        )
+        return state, int(row["event_id"])
 
     def _record_locked(self, version: str, previous: str, kind: str, reason: str) -> None:
         self._db.execute(

@@ -26,9 +26,9 @@ from sentiloop.data.scoring import Comparison
 
 @dataclass(frozen=True)
 class GateRules:
-    tolerance: float = 0.01  # the largest test-set macro-F1 loss accepted (1 point)
-    class_floor: float = 0.05  # the largest fall of one class's F1, on either set
-    min_gain: float = 0.0  # the feedback gain the candidate must show with 95% confidence
+    tolerance: float  # the largest test-set macro-F1 loss accepted
+    class_floor: float  # the largest fall of one class's F1, on either set
+    min_gain: float  # the feedback gain the candidate must show with 95% confidence
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def decide(
     test: Comparison,
     feedback: Comparison | None,
     baseline_version: str,
-    rules: GateRules = GateRules(),
+    rules: GateRules,
     force: bool = False,
 ) -> Decision:
     tolerance, class_floor = rules.tolerance, rules.class_floor

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -40,18 +40,19 @@ class Policy:
     trigger: TriggerRules
     # The gate's evidence: the job trains this many fold models first, so that every
     # feedback label gets an out-of-fold prediction (retraining.gate).
-    folds: int = 3
-    gate: GateRules = field(default_factory=GateRules)
-    preset: str = "minilm"
-    seed: int = 13  # of runs that do not name one (the policy's): reproducible runs
+    folds: int
+    gate: GateRules
+    preset: str
+    seed: int  # of runs that do not name one (the policy's): reproducible runs
     # The default recipe: fine-tune the active model on the feedback, each label weighing
     # alike, plus as many replayed original rows (tuned on tweets and editorials with
-    # benchmarks/recipe_search.py, movies kept aside; measured in benchmarks/feedback_loop.py).
-    replay_ratio: float = 1.0
-    balance_feedback: bool = True
-    feedback_weight: float = 1.0
-    epochs: float = 4.0
-    learning_rate: float = 1e-4
+    # benchmarks/recipe_search.py, movies kept aside; measured in benchmarks/feedback_loop.py;
+    # the values are the settings' defaults, core.config).
+    replay_ratio: float
+    balance_feedback: bool
+    feedback_weight: float
+    epochs: float
+    learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class MeshPort(Protocol):
         self, candidate: str, baseline: str, seed: int
     ) -> tuple[Comparison, Comparison | None]: ...
     async def register(self, job_name: str, gate: dict[str, Any], activate: bool) -> str: ...
-    async def notify(self, type: str, subject: str, message: str, **attributes: Any) -> None: ...
+    async def notify(self, type: str, subject: str, message: str, **attributes: Any) -> object: ...
 
 
 @dataclass(frozen=True)

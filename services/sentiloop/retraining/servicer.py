@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import json_format
 
 from sentiloop.core.clients import Clients, mesh_error
-from sentiloop.core.config import Settings, env_flag, env_float, env_int
+from sentiloop.core.config import Settings
 from sentiloop.core.convert import datetime_of, list_value, timestamp
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.notify import Notifier
@@ -247,38 +247,27 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
 
 
 def load_policy(settings: Settings) -> Policy:
-    folds = env_int("SENTILOOP_RETRAIN_FOLDS", Policy.folds)
-    if folds < 2:
-        raise ValueError(
-            f"SENTILOOP_RETRAIN_FOLDS must be at least 2 (the gate cross-fits), not {folds}"
-        )
     return Policy(
-        enabled=env_flag("SENTILOOP_RETRAIN_AUTO", False),
+        enabled=settings.retrain_auto,
         trigger=TriggerRules(
-            min_new_feedback=env_int(
-                "SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK", TriggerRules.min_new_feedback
-            ),
-            quiet_seconds=env_float("SENTILOOP_RETRAIN_QUIET_SECONDS", TriggerRules.quiet_seconds),
-            max_wait_seconds=env_float(
-                "SENTILOOP_RETRAIN_MAX_WAIT_SECONDS", TriggerRules.max_wait_seconds
-            ),
-            cooldown_seconds=env_int(
-                "SENTILOOP_RETRAIN_COOLDOWN_SECONDS", round(TriggerRules.cooldown_seconds)
-            ),
+            min_new_feedback=settings.retrain_min_new_feedback,
+            quiet_seconds=settings.retrain_quiet_seconds,
+            max_wait_seconds=settings.retrain_max_wait_seconds,
+            cooldown_seconds=settings.retrain_cooldown_seconds,
         ),
-        folds=folds,
+        folds=settings.retrain_folds,
         gate=GateRules(
-            tolerance=env_float("SENTILOOP_GATE_TOLERANCE", GateRules.tolerance),
-            class_floor=env_float("SENTILOOP_GATE_CLASS_FLOOR", GateRules.class_floor),
-            min_gain=env_float("SENTILOOP_GATE_MIN_GAIN", GateRules.min_gain),
+            tolerance=settings.gate_tolerance,
+            class_floor=settings.gate_class_floor,
+            min_gain=settings.gate_min_gain,
         ),
         preset=settings.default_preset,
-        seed=env_int("SENTILOOP_RETRAIN_SEED", Policy.seed),
-        replay_ratio=env_float("SENTILOOP_RETRAIN_REPLAY_RATIO", Policy.replay_ratio),
-        balance_feedback=env_flag("SENTILOOP_RETRAIN_BALANCE_FEEDBACK", Policy.balance_feedback),
-        feedback_weight=env_float("SENTILOOP_RETRAIN_FEEDBACK_WEIGHT", Policy.feedback_weight),
-        epochs=env_float("SENTILOOP_RETRAIN_EPOCHS", Policy.epochs),
-        learning_rate=env_float("SENTILOOP_RETRAIN_LEARNING_RATE", Policy.learning_rate),
+        seed=settings.retrain_seed,
+        replay_ratio=settings.retrain_replay_ratio,
+        balance_feedback=settings.retrain_balance_feedback,
+        feedback_weight=settings.retrain_feedback_weight,
+        epochs=settings.retrain_epochs,
+        learning_rate=settings.retrain_learning_rate,
     )
 
 
@@ -288,7 +277,7 @@ def create_app(settings: Settings) -> ServiceApp:
     clients = Clients(settings)
     retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy(settings))
     servicer = RetrainingServicer(retrainer)
-    interval = env_float("SENTILOOP_RETRAIN_POLL_SECONDS", 2.0)
+    interval = settings.retrain_poll_seconds
     tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:

@@ -33,10 +33,10 @@ class Pending:
 
 @dataclass(frozen=True)
 class TriggerRules:
-    min_new_feedback: int = 50
-    quiet_seconds: float = 60.0
-    max_wait_seconds: float = 600.0
-    cooldown_seconds: float = 600.0
+    min_new_feedback: int
+    quiet_seconds: float
+    max_wait_seconds: float
+    cooldown_seconds: float
 
 
 @dataclass(frozen=True)
