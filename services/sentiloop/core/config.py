@@ -205,6 +205,23 @@ class Settings(BaseModel):
         "with a SageMaker endpoint: how often InferenceService refreshes the endpoint's state",
         group=SERVING,
     )
+    inference_max_batch: PositiveInt = setting(
+        32,
+        "most texts InferenceService predicts in one batch, from all callers together"
+        " (a larger PredictBatch runs alone)",
+        group=SERVING,
+    )
+    inference_max_queue: PositiveInt = setting(
+        1024,
+        "most texts waiting for a batch; more answer RESOURCE_EXHAUSTED (HTTP 429)",
+        group=SERVING,
+    )
+    inference_batch_wait_seconds: Annotated[float, Field(ge=0, le=1)] = setting(
+        0.0,
+        "how long an idle model waits for a batch to fill (0: dispatch at once; under load"
+        " batches form while the model works)",
+        group=SERVING,
+    )
     notification_queue_size: PositiveInt = setting(
         1000, "events a slow subscriber may lag behind before its stream ends", group=SERVING
     )

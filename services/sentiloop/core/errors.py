@@ -36,5 +36,9 @@ class Unavailable(SentiloopError):
     pass
 
 
+class ResourceExhausted(SentiloopError):
+    """Too much work is waiting already: the caller should retry later (HTTP 429)."""
+
+
 class Internal(SentiloopError):
     """The service cannot do what it should, through no fault of the caller (HTTP 500)."""

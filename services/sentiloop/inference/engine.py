@@ -140,6 +140,10 @@ class Predictor:
         model = self._inference.model_fn(str(folder))
         return LoadedVersion(version=version, model=model, loaded_at=datetime.now(UTC))
 
+    def check(self, texts: list[str]) -> None:
+        """The input rules, checked per caller before a request joins a batch."""
+        check_texts(texts, self._max_text_length)
+
     def predict(self, texts: list[str]) -> list[Prediction]:
         check_texts(texts, self._max_text_length)
         loaded = self.current

@@ -142,6 +142,10 @@ class SageMakerPredictor:
             )
         return outputs, str(response.get("InvokedProductionVariant") or "")
 
+    def check(self, texts: list[str]) -> None:
+        """The input rules, checked per caller before a request joins a batch."""
+        check_texts(texts, self._max_text_length)
+
     def predict(self, texts: list[str]) -> list[Prediction]:
         check_texts(texts, self._max_text_length)
         view = self._current_view()

@@ -23,6 +23,7 @@ from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
+from sentiloop.inference.batching import Batcher
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
@@ -49,19 +50,32 @@ class ServingPredictor(Protocol):
 
     state: ServingState
 
+    def check(self, texts: list[str]) -> None: ...
+
     def predict(self, texts: list[str]) -> list[Prediction]: ...
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, predictor: ServingPredictor, log: PredictionLog) -> None:
+    def __init__(self, predictor: ServingPredictor, log: PredictionLog, settings: Settings) -> None:
         self._predictor = predictor
         self._log = log
         # One thread runs the model: torch already uses every core for one batch.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._batcher: Batcher[Prediction] = Batcher(
+            predictor.predict,
+            self._executor,
+            max_batch=settings.inference_max_batch,
+            max_queue=settings.inference_max_queue,
+            max_wait=settings.inference_batch_wait_seconds,
+        )
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._dispatcher = asyncio.create_task(self._batcher.run())
 
     async def _predict(self, texts: list[str]) -> list[Prediction]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._predictor.predict, texts)
+        self._predictor.check(texts)  # a bad request fails alone, before it joins a batch
+        return await self._batcher.predict(texts)
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         [prediction] = await self._predict([request.text])
@@ -96,7 +110,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             loaded_at=timestamp(state.loaded_at),
         )
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
         self._executor.shutdown(wait=True)
 
 
@@ -302,7 +320,7 @@ def create_app(settings: Settings) -> ServiceApp:
             settings.max_text_length,
             refresh_seconds=poll_seconds,
         )
-        servicer = InferenceServicer(remote, prediction_log)
+        servicer = InferenceServicer(remote, prediction_log, settings)
 
         async def follow() -> None:
             while True:
@@ -310,6 +328,7 @@ def create_app(settings: Settings) -> ServiceApp:
                 await asyncio.sleep(poll_seconds)
 
         async def startup() -> None:
+            servicer.start()
             tasks.append(asyncio.create_task(announcer.run()))
             tasks.append(asyncio.create_task(follow()))
 
@@ -319,12 +338,13 @@ def create_app(settings: Settings) -> ServiceApp:
             open_object_store(settings), service_dir / "models", prediction_log,
             settings.max_text_length,
         )  # fmt: skip
-        servicer = InferenceServicer(predictor, prediction_log)
+        servicer = InferenceServicer(predictor, prediction_log, settings)
         follower = RegistryFollower(predictor, clients, announcer, fallback_seconds)
 
         async def startup() -> None:
             # Serve the active model from the first request on, when there is one.
             assert follower is not None
+            servicer.start()
             tasks.append(asyncio.create_task(announcer.run()))
             await follower.first_sync(REGISTRY_WAIT_SECONDS)
             tasks.append(asyncio.create_task(follower.run()))
@@ -336,7 +356,7 @@ def create_app(settings: Settings) -> ServiceApp:
                 await task
         if follower is not None:
             follower.close()
-        servicer.close()
+        await servicer.close()
         await clients.close()
         prediction_log.close()
 

@@ -1,0 +1,165 @@
+"""Served Predict throughput with dynamic batching, against the raw engine, on real review
+sentences, in one run.
+
+    .venv/bin/python benchmarks/serving.py [--preset minilm] [--texts 384] [--rounds 3]
+
+1. Bootstraps a model (MiniLM by default) into a temporary data directory.
+2. Raw in-process, the same inference.py on the same artifact, in this process while no
+   mesh runs: predict_texts one text per call (batch 1, the naive baseline) and 32 per call.
+3. Served: gRPC straight to InferenceService at concurrency 1, 16 and 64, with
+   SENTILOOP_INFERENCE_MAX_BATCH=1 (every request runs alone: the server before batching)
+   and with batches of up to 8, 32 and 64 texts. The mesh restarts on the same data
+   directory for each setting; the load generator runs on the same machine.
+
+Conditions are interleaved round by round and medians reported; every served figure is
+also given as a ratio to the best raw engine of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from latency import percentile
+
+from sentiloop.core.artifacts import unpack_artifact
+from sentiloop.core.objectstore import LocalObjectStore
+from sentiloop.core.scripts import load_script
+from sentiloop.data import vader
+from sentiloop.testing import start_mesh, wait_for
+from sentiloop.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    model_init_pb2,
+    model_init_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+MAX_BATCHES = (1, 8, 32, 64)
+CONCURRENCY = (1, 16, 64)
+
+
+def bootstrap(data_dir: Path, preset: str) -> str:
+    """Trains and deploys a model; returns its artifact."""
+    mesh = start_mesh(data_dir)
+    try:
+        with grpc.insecure_channel(mesh.envoy_address) as channel:
+            model_init = model_init_pb2_grpc.ModelInitServiceStub(channel)
+            job = model_init.Bootstrap(
+                model_init_pb2.BootstrapRequest(auto_deploy=True, preset=preset)
+            )
+            request = model_init_pb2.WatchTrainingJobRequest(job_name=job.job_name)
+            last = list(model_init.WatchTrainingJob(request))[-1]
+            assert last.job.status == "Completed", last
+            registry = registry_pb2_grpc.ModelRegistryServiceStub(channel)
+            wait_for(lambda: registry.ListModels(registry_pb2.ListModelsRequest()).count > 0, 120)
+            active = registry.GetModel(registry_pb2.GetModelRequest(version="active"))
+            return str(active.model.path)
+    finally:
+        mesh.stop()
+
+
+def raw(data_dir: Path, artifact: str, texts: list[str], batch: int) -> float:
+    """Sentences per second of predict_texts in this process, ``batch`` texts per call."""
+    inference = load_script("inference")
+    folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
+    model = inference.model_fn(str(folder))
+    inference.predict_texts(model, texts[:batch])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        inference.predict_texts(model, texts[start : start + batch])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def served(
+    data_dir: Path, max_batch: int, texts: list[str]
+) -> dict[int, tuple[float, float, float]]:
+    """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC direct."""
+    mesh = start_mesh(data_dir, extra_env={"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)})
+    results: dict[int, tuple[float, float, float]] = {}
+    try:
+        with grpc.insecure_channel(mesh.address("inference")) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            for text in texts[:8]:  # warm-up
+                stub.Predict(inference_pb2.PredictRequest(text=text), timeout=60)
+            for concurrency in CONCURRENCY:
+                latencies: list[float] = []
+
+                def call(text: str, out: list[float] = latencies) -> None:
+                    started = time.perf_counter()
+                    stub.Predict(inference_pb2.PredictRequest(text=text), timeout=120)
+                    out.append(time.perf_counter() - started)
+
+                started = time.perf_counter()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    list(pool.map(call, texts))
+                elapsed = time.perf_counter() - started
+                results[concurrency] = (
+                    len(texts) / elapsed,
+                    statistics.median(latencies) * 1000,
+                    percentile(latencies, 0.99) * 1000,
+                )
+    finally:
+        mesh.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="minilm")
+    parser.add_argument("--texts", type=int, default=384, help="sentences per condition")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
+    texts = [e.text for e in examples][: args.texts]
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
+        f" {len(texts)} Amazon review test sentences per condition, {args.rounds} rounds"
+    )
+    raw_rates: dict[int, list[float]] = defaultdict(list)
+    served_rates: dict[tuple[int, int], list[tuple[float, float, float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        started = time.monotonic()
+        artifact = bootstrap(data_dir, args.preset)
+        print(f"# bootstrapped in {time.monotonic() - started:.0f} s: {artifact}")
+        for round_number in range(args.rounds):
+            for batch in (1, 32):
+                raw_rates[batch].append(raw(data_dir, artifact, texts, batch))
+            for max_batch in MAX_BATCHES:
+                for concurrency, figures in served(data_dir, max_batch, texts).items():
+                    served_rates[(max_batch, concurrency)].append(figures)
+            print(f"# round {round_number + 1} done", flush=True)
+
+    raw_median = {batch: statistics.median(rates) for batch, rates in raw_rates.items()}
+    best_raw = max(raw_median.values())
+    print("\nraw engine, in-process (sentences/s, median of rounds)")
+    for batch, rate in raw_median.items():
+        print(f"  torch fp32 batch {batch:<3} {rate:8.1f}   / best raw {rate / best_raw:5.2f}")
+    print("\nserved, gRPC direct to InferenceService (median of rounds)")
+    print(
+        f"  {'max batch':>9} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'/ best raw':>10} {'/ raw b1':>9}"
+    )
+    for (max_batch, concurrency), figures in served_rates.items():
+        rate = statistics.median(f[0] for f in figures)
+        p50 = statistics.median(f[1] for f in figures)
+        p99 = statistics.median(f[2] for f in figures)
+        print(
+            f"  {max_batch:>9} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
+            f" {rate / best_raw:10.2f} {rate / raw_median[1]:9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
