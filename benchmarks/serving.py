@@ -5,10 +5,10 @@ sentences, in one run.
 
 1. Bootstraps a model (MiniLM by default) into a temporary data directory.
 2. Raw in-process, the same inference.py on the same artifact, in this process while no
-   mesh runs: predict_texts one text per call (batch 1, the naive baseline) and 32 per call.
+   mesh runs: predict_texts one text per call (batch 1, the naive baseline), 8 and 32.
 3. Served: gRPC straight to InferenceService at concurrency 1, 16 and 64, with
    SENTILOOP_INFERENCE_MAX_BATCH=1 (every request runs alone: the server before batching)
-   and with batches of up to 8, 32 and 64 texts. The mesh restarts on the same data
+   and with batches of up to 4, 8, 16 and 32 texts. The mesh restarts on the same data
    directory for each setting; the load generator runs on the same machine.
 
 Conditions are interleaved round by round and medians reported; every served figure is
@@ -44,7 +44,8 @@ from sentiloop.v1 import (
     registry_pb2_grpc,
 )
 
-MAX_BATCHES = (1, 8, 32, 64)
+RAW_BATCHES = (1, 8, 32)
+MAX_BATCHES = (1, 4, 8, 16, 32)
 CONCURRENCY = (1, 16, 64)
 
 
@@ -134,7 +135,7 @@ def main() -> None:
         artifact = bootstrap(data_dir, args.preset)
         print(f"# bootstrapped in {time.monotonic() - started:.0f} s: {artifact}")
         for round_number in range(args.rounds):
-            for batch in (1, 32):
+            for batch in RAW_BATCHES:
                 raw_rates[batch].append(raw(data_dir, artifact, texts, batch))
             for max_batch in MAX_BATCHES:
                 for concurrency, figures in served(data_dir, max_batch, texts).items():

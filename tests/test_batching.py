@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -33,10 +35,12 @@ class Engine:
 
 
 async def started(
-    engine: Engine, max_batch: int = 8, max_queue: int = 64
+    engine: Engine, max_batch: int = 8, max_queue: int = 64, in_flight: int = 1
 ) -> tuple[Batcher[str], asyncio.Task[None], ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(1)
-    batcher: Batcher[str] = Batcher(engine, executor, max_batch=max_batch, max_queue=max_queue)
+    executor = ThreadPoolExecutor(in_flight)
+    batcher: Batcher[str] = Batcher(
+        engine, executor, max_batch=max_batch, max_queue=max_queue, max_in_flight=in_flight
+    )
     return batcher, asyncio.create_task(batcher.run()), executor
 
 
@@ -144,3 +148,27 @@ async def batcher_answer_after_release(
 ) -> list[str]:
     engine.release.set()
     return await waiting
+
+
+def test_an_engine_that_takes_concurrent_calls_gets_batches_in_parallel() -> None:
+    # A SageMaker endpoint: several invocations may run at once.
+    async def scenario() -> None:
+        engine = Engine()
+        batcher, task, executor = await started(engine, in_flight=2)
+        blocker = await hold(engine, batcher)
+        second = asyncio.create_task(batcher.predict(["second"]))
+        await asyncio.to_thread(lambda: wait_until(lambda: len(engine.batches) == 2))
+        assert engine.batches == [["first"], ["second"]]  # not held up by the first
+        engine.release.set()
+        assert await second == ["SECOND"] and await blocker == ["FIRST"]
+        task.cancel()
+        executor.shutdown()
+
+    asyncio.run(scenario())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)

@@ -206,9 +206,15 @@ class Settings(BaseModel):
         group=SERVING,
     )
     inference_max_batch: PositiveInt = setting(
-        32,
+        8,
         "most texts InferenceService predicts in one batch, from all callers together"
-        " (a larger PredictBatch runs alone)",
+        " (a larger PredictBatch runs alone); 8 served the most sentences/s in"
+        " benchmarks/serving.py on 2 CPUs (MiniLM: larger batches pad more)",
+        group=SERVING,
+    )
+    inference_endpoint_concurrency: PositiveInt = setting(
+        4,
+        "with a SageMaker endpoint: batches InferenceService sends to it at once",
         group=SERVING,
     )
     inference_max_queue: PositiveInt = setting(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import descriptor_pb2
 from google.rpc import code_pb2
 
 from sentiloop.core import static_site
@@ -219,6 +220,52 @@ def _cluster(name: str, addresses: list[str], health_service: str) -> dict[str, 
     }
 
 
+# How long a unary call may take at the edge before Envoy answers 504 (and cancels it
+# upstream, which frees its place, e.g. in InferenceService's batch queue). Streams have
+# no such limit (a watch lasts as long as its job); the calls that wait for training,
+# a deploy or a full evaluation get the time those take.
+UNARY_TIMEOUT_SECONDS = 60
+LONG_CALL_SECONDS = {
+    "sentiloop.v1.RetrainingService/Retrain": 7200,  # waits for the training job
+    "sentiloop.v1.ModelInitService/Deploy": 3600,  # a SageMaker endpoint takes minutes
+    "sentiloop.v1.EvaluationService/Evaluate": 1800,
+    "sentiloop.v1.EvaluationService/CompareModels": 1800,
+    "sentiloop.v1.ModelInitService/ImportDataset": 600,
+    "sentiloop.v1.FeedbackService/ExportFeedback": 600,
+}
+
+
+def method_timeouts(descriptor: Path = DESCRIPTOR) -> dict[str, int]:
+    """Seconds each method of the mesh's services may take at the edge; 0: no limit."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    served = {full for _, full in SERVICES.values()}
+    timeouts: dict[str, int] = {}
+    for file in files.file:
+        for service in file.service:
+            name = f"{file.package}.{service.name}"
+            if name not in served:
+                continue
+            for method in service.method:
+                path = f"{name}/{method.name}"
+                streaming = method.client_streaming or method.server_streaming
+                timeouts[path] = (
+                    0 if streaming else LONG_CALL_SECONDS.get(path, UNARY_TIMEOUT_SECONDS)
+                )
+    return timeouts
+
+
+def _method_route(path: str, cluster: str, seconds: int) -> dict[str, Any]:
+    return {
+        "match": {"path": f"/{path}"},
+        "route": {
+            "cluster": cluster,
+            "timeout": f"{seconds}s",
+            # A gRPC client's own deadline (grpc-timeout) applies at the edge too.
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+    }
+
+
 def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": cluster, "timeout": "0s"}
     if retry:
@@ -246,6 +293,12 @@ def render(settings: Settings) -> dict[str, Any]:
         for origin in origins
     ]
     routes = [_route(MESH_HEALTH_SERVICE, MESH_HEALTH_CLUSTER, retry=True)]
+    cluster_of = {full_name: name for name, (_, full_name) in SERVICES.items()}
+    routes += [
+        _method_route(path, cluster_of[path.split("/")[0]], seconds)
+        for path, seconds in method_timeouts(settings_descriptor(settings)).items()
+    ]
+    # Methods the descriptor does not know (a newer client) still reach their service.
     routes += [_route(full_name, name) for name, (_, full_name) in SERVICES.items()]
     # GET /docs (Swagger UI) and GET /openapi.json, answered by Envoy itself.
     routes += static_site.routes()
@@ -308,8 +361,8 @@ def render(settings: Settings) -> dict[str, Any]:
         "local_reply_config": _local_replies(),
         # Envoy is the edge: the peer's address decides who is trusted, and only clients
         # on this host may send x-envoy-* headers (e.g. an operator's own
-        # x-envoy-upstream-rq-timeout-ms; the routes themselves never time out, since
-        # retraining and SageMaker deploys hold a call for many minutes).
+        # x-envoy-upstream-rq-timeout-ms; each method's route has its own timeout, see
+        # method_timeouts).
         "use_remote_address": True,
         "internal_address_config": {
             "cidr_ranges": [

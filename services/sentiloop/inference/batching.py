@@ -43,16 +43,20 @@ class Batcher(Generic[Answer]):
         max_batch: int,
         max_queue: int,
         max_wait: float = 0.0,
+        max_in_flight: int = 1,
     ) -> None:
         """``predict`` answers a list of texts in order (blocking; it runs on
         ``executor``); ``max_batch`` texts go in one batch at most (a larger request runs
         alone); ``max_queue`` texts may wait at most; ``max_wait`` seconds is how long an
-        idle model waits for a batch to fill (0: not at all)."""
+        idle model waits for a batch to fill (0: not at all); ``max_in_flight`` batches
+        run at once (1 for an in-process model, more for a remote endpoint)."""
         self._predict = predict
         self._executor = executor
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._max_wait = max_wait
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._pending: list[_Waiting[Answer]] = []
         self._queued = 0
         self._arrived = asyncio.Event()
@@ -77,30 +81,41 @@ class Batcher(Generic[Answer]):
         return await waiting.future
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._arrived.wait()
             self._arrived.clear()
             while self._pending:
+                # A free engine first: what arrives meanwhile joins the next batch.
+                await self._slots.acquire()
                 if self._max_wait > 0 and self._queued < self._max_batch:
                     await asyncio.sleep(self._max_wait)
                 batch = self._take()
                 if not batch:
+                    self._slots.release()
                     continue
-                texts = [text for waiting in batch for text in waiting.texts]
-                try:
-                    answers = await loop.run_in_executor(self._executor, self._predict, texts)
-                except Exception as error:  # the batch's callers get it; the others never
-                    for waiting in batch:
-                        if not waiting.future.done():
-                            waiting.future.set_exception(error)
-                    continue
-                start = 0
-                for waiting in batch:
-                    end = start + len(waiting.texts)
-                    if not waiting.future.done():
-                        waiting.future.set_result(list(answers[start:end]))
-                    start = end
+                task = asyncio.create_task(self._dispatch(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _dispatch(self, batch: list[_Waiting[Answer]]) -> None:
+        texts = [text for waiting in batch for text in waiting.texts]
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._predict, texts
+            )
+        except Exception as error:  # the batch's callers get it; the others never
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(error)
+            return
+        finally:
+            self._slots.release()
+        start = 0
+        for waiting in batch:
+            end = start + len(waiting.texts)
+            if not waiting.future.done():
+                waiting.future.set_result(list(answers[start:end]))
+            start = end
 
     def _take(self) -> list[_Waiting[Answer]]:
         """The next batch: the oldest live request, then the waiting ones closest to it in

@@ -56,17 +56,25 @@ class ServingPredictor(Protocol):
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, predictor: ServingPredictor, log: PredictionLog, settings: Settings) -> None:
+    def __init__(
+        self,
+        predictor: ServingPredictor,
+        log: PredictionLog,
+        settings: Settings,
+        in_flight: int = 1,
+    ) -> None:
         self._predictor = predictor
         self._log = log
-        # One thread runs the model: torch already uses every core for one batch.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        # In-process, one thread runs the model (torch already uses every core for one
+        # batch); a remote endpoint takes ``in_flight`` batches at once.
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="predict")
         self._batcher: Batcher[Prediction] = Batcher(
             predictor.predict,
             self._executor,
             max_batch=settings.inference_max_batch,
             max_queue=settings.inference_max_queue,
             max_wait=settings.inference_batch_wait_seconds,
+            max_in_flight=in_flight,
         )
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -320,7 +328,9 @@ def create_app(settings: Settings) -> ServiceApp:
             settings.max_text_length,
             refresh_seconds=poll_seconds,
         )
-        servicer = InferenceServicer(remote, prediction_log, settings)
+        servicer = InferenceServicer(
+            remote, prediction_log, settings, settings.inference_endpoint_concurrency
+        )
 
         async def follow() -> None:
             while True:
