@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
 DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
 OPENAPI := services/sentiloop/v1/openapi.json
 
-.PHONY: venv system-deps run test lint typecheck import-lint protos check-generated check-deploy buf-lint buf-breaking pytest bench clean
+.PHONY: venv system-deps run test lint typecheck import-lint protos check-generated check-deploy buf-lint buf-breaking pytest bench bench-serving clean
 
 venv: $(STAMP)
 
@@ -95,6 +95,10 @@ check-deploy: venv
 
 bench: venv
 	$(BIN)/python benchmarks/mesh_latency.py
+
+# Served Predict throughput with dynamic batching against the raw engine (~12 min).
+bench-serving: venv
+	cd benchmarks && ../$(BIN)/python serving.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache
