@@ -46,3 +46,18 @@ def test_the_rendered_routes_carry_them() -> None:
         route = rendered[f"/{path}"]
         assert route["timeout"] == f"{seconds}s"
         assert route["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+
+
+def test_replicas_share_the_inference_cluster_and_predict_retries_on_another() -> None:
+    config = render(
+        load_settings({"SENTILOOP_INFERENCE_REPLICAS": "2", "SENTILOOP_INFERENCE_PORT": "8000"})
+    )
+    [cluster] = [c for c in config["static_resources"]["clusters"] if c["name"] == "inference"]
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ports = [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints]
+    assert ports == [8000, 9000] and cluster["lb_policy"] == "LEAST_REQUEST"
+    rendered = {r["match"].get("path"): r for r in routes(config)}
+    predict = rendered["/sentiloop.v1.InferenceService/Predict"]["route"]
+    assert "reset" in predict["retry_policy"]["retry_on"]
+    # A call that changes something is never sent twice.
+    assert "retry_policy" not in rendered["/sentiloop.v1.FeedbackService/SubmitFeedback"]["route"]

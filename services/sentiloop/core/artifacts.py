@@ -24,8 +24,15 @@ def unpack_artifact(store: ObjectStore, artifact: str, cache_dir: Path) -> Path:
         with tarfile.open(archive) as tar:
             # filter="data" refuses absolute paths, links out of the folder, devices.
             tar.extractall(staging / "model", filter="data")
-        shutil.rmtree(folder, ignore_errors=True)
-        (staging / "model").rename(folder)
+        # Another process (an InferenceService replica) may have unpacked it meanwhile:
+        # keep its complete folder (it may be loading from it); replace a partial one.
+        if not (folder / "config.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                (staging / "model").rename(folder)
+            except OSError:
+                if not (folder / "config.json").is_file():
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -35,6 +35,7 @@ SERVICES: dict[str, tuple[int, str]] = {
 MESH_HEALTH_SERVICE = "sentiloop.v1.MeshHealthService"
 PREFIX = "SENTILOOP_"
 MiB = 1024 * 1024
+REPLICA_PORT_STRIDE = 1000
 
 
 def env_name(service: str, suffix: str) -> str:
@@ -210,6 +211,13 @@ class Settings(BaseModel):
         "most texts InferenceService predicts in one batch, from all callers together"
         " (a larger PredictBatch runs alone); 8 served the most sentences/s in"
         " benchmarks/serving.py on 2 CPUs (MiniLM: larger batches pad more)",
+        group=SERVING,
+    )
+    inference_replicas: Annotated[int, Field(ge=1, le=8)] = setting(
+        1,
+        "InferenceService processes `up` starts behind Envoy (least-request balancing;"
+        " Predict is retried on another one when one dies); replica k listens on"
+        " `SENTILOOP_INFERENCE_PORT` + 1000 k",
         group=SERVING,
     )
     inference_endpoint_concurrency: PositiveInt = setting(
@@ -419,6 +427,16 @@ class Settings(BaseModel):
 
     def address(self, service: str) -> str:
         return self.addresses[service]
+
+    def inference_replica_ports(self) -> list[int]:
+        return [
+            self.inference_port + REPLICA_PORT_STRIDE * k for k in range(self.inference_replicas)
+        ]
+
+    def inference_replica_addresses(self) -> list[str]:
+        """Where Envoy reaches each InferenceService replica (the first at its address)."""
+        first = self.address("inference")
+        return [first] + [f"{self.host}:{port}" for port in self.inference_replica_ports()[1:]]
 
     @property
     def envoy_listen_host(self) -> str:

@@ -191,6 +191,11 @@ def _cluster(name: str, addresses: list[str], health_service: str) -> dict[str, 
         "name": name,
         "type": "STRICT_DNS",
         "connect_timeout": "1s",
+        # With replicas (InferenceService), the least busy one takes the next call.
+        "lb_policy": "LEAST_REQUEST",
+        # Envoy allows 3 retries in flight per cluster by default: when a replica dies
+        # under load, every call it held is retried at once, and the rest would fail.
+        "circuit_breakers": {"thresholds": [{"max_retries": 1024}]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -254,35 +259,55 @@ def method_timeouts(descriptor: Path = DESCRIPTOR) -> dict[str, int]:
     return timeouts
 
 
+# Calls that change nothing (a Predict only logs its answer): when the replica that
+# serves one dies mid-call, Envoy retries it on another.
+IDEMPOTENT = {
+    "sentiloop.v1.InferenceService/Predict",
+    "sentiloop.v1.InferenceService/PredictBatch",
+    "sentiloop.v1.InferenceService/GetPrediction",
+    "sentiloop.v1.InferenceService/GetServingStatus",
+}
+
+
+def addresses_of(settings: Settings, service: str) -> list[str]:
+    if service == "inference":
+        return settings.inference_replica_addresses()
+    return [settings.address(service)]
+
+
 def _method_route(path: str, cluster: str, seconds: int) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "cluster": cluster,
+        "timeout": f"{seconds}s",
+        # A gRPC client's own deadline (grpc-timeout) applies at the edge too.
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+    }
+    if path in IDEMPOTENT:
+        route["retry_policy"] = _retry_policy()
+    return {"match": {"path": f"/{path}"}, "route": route}
+
+
+def _retry_policy() -> dict[str, Any]:
     return {
-        "match": {"path": f"/{path}"},
-        "route": {
-            "cluster": cluster,
-            "timeout": f"{seconds}s",
-            # A gRPC client's own deadline (grpc-timeout) applies at the edge too.
-            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-        },
+        "retry_on": "connect-failure,reset,unavailable",
+        "num_retries": 3,
+        # Retry on another host: the one that failed is likely the service that died.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
     }
 
 
 def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": cluster, "timeout": "0s"}
     if retry:
-        route["retry_policy"] = {
-            "retry_on": "connect-failure,reset,unavailable",
-            "num_retries": 3,
-            # Retry on another host: the one that failed is likely the service that died.
-            "retry_host_predicate": [
-                {
-                    "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                    },
-                }
-            ],
-            "host_selection_retry_max_attempts": 5,
-        }
+        route["retry_policy"] = _retry_policy()
     return {"match": {"prefix": f"/{service}/"}, "route": route}
 
 
@@ -417,7 +442,7 @@ def render(settings: Settings) -> dict[str, Any]:
         "http_filters": http_filters,
     }
     clusters = [
-        _cluster(name, [settings.address(name)], full) for name, (_, full) in SERVICES.items()
+        _cluster(name, addresses_of(settings, name), full) for name, (_, full) in SERVICES.items()
     ]
     clusters.append(
         _cluster(

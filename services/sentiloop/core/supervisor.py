@@ -57,6 +57,8 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    # What this child's environment changes (a replica's own port).
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
         if self.log_file is None:
@@ -66,7 +68,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, **self.env},
         )
         self.pid_path.write_text(f"{self.process.pid}\n")
         self.restart_at = None
@@ -116,6 +118,16 @@ class Mesh:
                     argv=[sys.executable, "-m", "sentiloop.serve", name],
                     log_path=self.log_dir / f"{name}.log",
                     pid_path=self.run_dir / f"{name}.pid",
+                )
+            )
+        for number, port in enumerate(self.settings.inference_replica_ports()[1:], start=2):
+            self.children.append(
+                Child(
+                    name=f"inference-{number}",
+                    argv=[sys.executable, "-m", "sentiloop.serve", "inference"],
+                    log_path=self.log_dir / f"inference-{number}.log",
+                    pid_path=self.run_dir / f"inference-{number}.pid",
+                    env={"SENTILOOP_INFERENCE_PORT": str(port)},
                 )
             )
         self.children.append(

@@ -1,0 +1,114 @@
+"""InferenceService replicas behind Envoy: `kill -9` of one while clients predict fails
+no call (Envoy retries Predict, which changes nothing, on the other), and the supervisor
+starts it again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from sentiloop.testing import TINY_ENV, RunningMesh, free_port, pid_alive, start_mesh, wait_for
+from sentiloop.v1 import inference_pb2, inference_pb2_grpc
+
+STRIDE = 1000  # core.config.REPLICA_PORT_STRIDE: replica 2 listens 1000 above the first
+
+
+def replica_base_port() -> int:
+    """A free port whose replica port (1000 above) is free too and below the kernel's
+    ephemeral range."""
+    while True:
+        port = free_port()
+        if port + STRIDE >= 32000:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + STRIDE))
+            except OSError:
+                continue
+        return port
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    base = replica_base_port()
+    running = start_mesh(
+        tmp_path_factory.mktemp("replicas"),
+        extra_env={
+            **TINY_ENV,
+            "SENTILOOP_INFERENCE_REPLICAS": "2",
+            "SENTILOOP_INFERENCE_PORT": str(base),
+            "SENTILOOP_RESTART_DELAY_SECONDS": "0.2",
+        },
+    )
+    running.replica_ports = [base, base + STRIDE]  # type: ignore[attr-defined]
+    try:
+        with httpx.Client(base_url=running.url, timeout=120) as client:
+            started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
+            assert started.status_code == 200, started.text
+        for port in running.replica_ports:  # type: ignore[attr-defined]
+            wait_for(lambda p=port: serving(p), 180)  # type: ignore[misc]
+        yield running
+    finally:
+        assert running.stop() == 0
+
+
+def serving(port: int) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            status = inference_pb2_grpc.InferenceServiceStub(channel).GetServingStatus(
+                inference_pb2.GetServingStatusRequest(), timeout=2
+            )
+        except grpc.RpcError:
+            return ""
+    return status.model_version if status.status == "InService" else ""
+
+
+def test_killing_a_replica_under_load_fails_no_call(mesh: RunningMesh) -> None:
+    stop = threading.Event()
+    answered: list[str] = []
+    failures: list[str] = []
+
+    def predict_in_a_loop() -> None:
+        with grpc.insecure_channel(mesh.envoy_address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    answer = stub.Predict(inference_pb2.PredictRequest(text="works"), timeout=30)
+                    answered.append(answer.model_version)
+                except grpc.RpcError as error:
+                    failures.append(f"{error.code().name}: {error.details()}")
+
+    clients = [threading.Thread(target=predict_in_a_loop) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        wait_for(lambda: len(answered) > 50, 60)
+        second = mesh.pid("inference-2")
+        os.kill(second, signal.SIGKILL)
+        killed_at, before = time.monotonic(), len(answered)
+        wait_for(lambda: not pid_alive(second), 10)
+        # Calls go on on the first replica while the second is down and reloading.
+        wait_for(lambda: len(answered) > before + 100 and time.monotonic() > killed_at + 3, 60)
+        restarted = wait_for(
+            lambda: (pid := mesh.pid("inference-2")) != second and pid_alive(pid) and pid, 30
+        )
+        wait_for(lambda: serving(mesh.replica_ports[1]), 60)  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=60)
+    assert failures == [], failures[:5]
+    assert restarted != second
+    # Both replicas took calls before the kill: Envoy balanced over them.
+    logs = Path(mesh.data_dir) / "logs"
+    for name in ("inference.log", "inference-2.log"):
+        assert "InferenceService/Predict OK" in (logs / name).read_text(), name
