@@ -13,6 +13,11 @@ sentences, in one run.
 
 Conditions are interleaved round by round and medians reported; every served figure is
 also given as a ratio to the best raw engine of the same run.
+
+    .venv/bin/python benchmarks/serving.py --replicas
+
+compares instead one InferenceService (torch on every core) with two replicas (half the
+cores each), both through Envoy at concurrency 16 and 64, with the default batch size.
 """
 
 from __future__ import annotations
@@ -82,17 +87,30 @@ def raw(data_dir: Path, artifact: str, texts: list[str], batch: int) -> float:
 
 
 def served(
-    data_dir: Path, max_batch: int, texts: list[str]
+    data_dir: Path,
+    max_batch: int,
+    texts: list[str],
+    replicas: int = 1,
+    concurrency_levels: tuple[int, ...] = CONCURRENCY,
 ) -> dict[int, tuple[float, float, float]]:
-    """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC direct."""
-    mesh = start_mesh(data_dir, extra_env={"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)})
+    """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC straight to
+    InferenceService (through Envoy with replicas, which only Envoy balances over)."""
+    env = {"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)}
+    if replicas > 1:
+        env |= {
+            "SENTILOOP_INFERENCE_REPLICAS": str(replicas),
+            # Replica k listens 1000 above the first: keep them below the ephemeral ports.
+            "SENTILOOP_INFERENCE_PORT": "21000",
+        }
+    mesh = start_mesh(data_dir, extra_env=env)
     results: dict[int, tuple[float, float, float]] = {}
+    address = mesh.envoy_address if replicas > 1 else mesh.address("inference")
     try:
-        with grpc.insecure_channel(mesh.address("inference")) as channel:
+        with grpc.insecure_channel(address) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             for text in texts[:8]:  # warm-up
                 stub.Predict(inference_pb2.PredictRequest(text=text), timeout=60)
-            for concurrency in CONCURRENCY:
+            for concurrency in concurrency_levels:
                 latencies: list[float] = []
 
                 def call(text: str, out: list[float] = latencies) -> None:
@@ -119,7 +137,11 @@ def main() -> None:
     parser.add_argument("--preset", default="minilm")
     parser.add_argument("--texts", type=int, default=384, help="sentences per condition")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--replicas", action="store_true", help="1 vs 2 replicas via Envoy")
     args = parser.parse_args()
+    if args.replicas:
+        compare_replicas(args)
+        return
 
     examples = vader.split_examples(vader.load_domain("amazon"))["test"]
     texts = [e.text for e in examples][: args.texts]
@@ -159,6 +181,35 @@ def main() -> None:
         print(
             f"  {max_batch:>9} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
             f" {rate / best_raw:10.2f} {rate / raw_median[1]:9.2f}"
+        )
+
+
+def compare_replicas(args: argparse.Namespace) -> None:
+    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
+    texts = [e.text for e in examples][: args.texts]
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
+        f" {len(texts)} sentences per condition, {args.rounds} rounds, through Envoy"
+    )
+    rates: dict[tuple[int, int], list[tuple[float, float, float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        bootstrap(data_dir, args.preset)
+        for round_number in range(args.rounds):
+            for replicas in (1, 2):
+                for concurrency, figures in served(
+                    data_dir, 8, texts, replicas, concurrency_levels=(16, 64)
+                ).items():
+                    rates[(replicas, concurrency)].append(figures)
+            print(f"# round {round_number + 1} done", flush=True)
+    base = {c: statistics.median(f[0] for f in rates[(1, c)]) for c in (16, 64)}
+    print(f"  {'replicas':>8} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'/ 1':>6}")
+    for (replicas, concurrency), figures in rates.items():
+        rate = statistics.median(f[0] for f in figures)
+        print(
+            f"  {replicas:>8} {concurrency:>7} {rate:8.1f}"
+            f" {statistics.median(f[1] for f in figures):8.1f}"
+            f" {statistics.median(f[2] for f in figures):8.1f} {rate / base[concurrency]:6.2f}"
         )
 
 

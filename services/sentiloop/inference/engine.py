@@ -4,6 +4,7 @@ log of every prediction (domain logic; no grpc here)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -119,6 +120,16 @@ class PredictionLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def share_cores(replicas: int) -> int:
+    """Gives this process its share of the CPU's cores for torch: replicas that each took
+    every core would fight over them. Returns the threads it took."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // replicas)
+    torch.set_num_threads(threads)
+    return threads
 
 
 class Predictor:

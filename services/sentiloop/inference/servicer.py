@@ -24,7 +24,7 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
 from sentiloop.inference.batching import Batcher
-from sentiloop.inference.engine import Prediction, PredictionLog, Predictor
+from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, share_cores
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
 from sentiloop.v1 import notification_pb2, registry_pb2
@@ -344,6 +344,11 @@ def create_app(settings: Settings) -> ServiceApp:
 
         follower = None
     else:
+        if settings.inference_replicas > 1:
+            threads = share_cores(settings.inference_replicas)
+            log.info(
+                "%d replicas: torch runs %d threads here", settings.inference_replicas, threads
+            )
         predictor = Predictor(
             open_object_store(settings), service_dir / "models", prediction_log,
             settings.max_text_length,
