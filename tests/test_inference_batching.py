@@ -1,9 +1,11 @@
 """Dynamic batching over the wire, with the real (tiny) model: concurrent callers share
-batches yet each gets exactly the answer it would get alone or inside PredictBatch, and a
-request larger than the queue's room answers RESOURCE_EXHAUSTED (HTTP 429)."""
+batches yet each gets exactly the answer it would get alone or inside PredictBatch, a
+request larger than the queue's room answers RESOURCE_EXHAUSTED (HTTP 429), and a new
+version swaps in under concurrent load without a failed call."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,3 +67,37 @@ def test_more_texts_than_the_queue_holds_is_429(mesh: RunningMesh) -> None:
         body = refused.json()
         assert body["detail"] == "RESOURCE_EXHAUSTED" and "retry shortly" in body["error"]
         assert client.post("/predict/batch", json={"texts": ["fine"] * QUEUE}).status_code == 200
+
+
+def test_a_hot_swap_under_concurrent_load_fails_no_call(mesh: RunningMesh) -> None:
+    stop = threading.Event()
+    versions: list[str] = []
+    failures: list[str] = []
+
+    def predict_in_a_loop() -> None:
+        with grpc.insecure_channel(mesh.envoy_address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    answer = stub.Predict(inference_pb2.PredictRequest(text="works"), timeout=30)
+                    versions.append(answer.model_version)
+                except grpc.RpcError as error:
+                    failures.append(f"{error.code().name}: {error.details()}")
+
+    with httpx.Client(base_url=mesh.url, timeout=120) as client:
+        before = client.get("/predict/status").json()["model_version"]
+        clients = [threading.Thread(target=predict_in_a_loop) for _ in range(6)]
+        for thread in clients:
+            thread.start()
+        try:
+            started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
+            assert started.status_code == 200, started.text
+            wait_for(lambda: bool(versions) and versions[-1] != before, 180)
+            count = len(versions)
+            wait_for(lambda: len(versions) > count + 50, 60)  # and on, on the new one
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=60)
+    assert failures == [], failures[:5]
+    assert versions[0] == before and versions[-1] != before
