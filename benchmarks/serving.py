@@ -18,6 +18,13 @@ also given as a ratio to the best raw engine of the same run.
 
 compares instead one InferenceService (torch on every core) with two replicas (half the
 cores each), both through Envoy at concurrency 16 and 64, with the default batch size.
+
+    .venv/bin/python benchmarks/serving.py --paths
+
+measures, with the default settings, each way in: gRPC straight to InferenceService, gRPC
+through Envoy and JSON through Envoy, at concurrency 1, 16 and 64, and the inference
+process's resident memory with the model loaded; each figure as a ratio to the best raw
+engine of the same run.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import httpx
 from latency import percentile
 
 from sentiloop.core.artifacts import unpack_artifact
@@ -51,6 +60,7 @@ from sentiloop.v1 import (
 
 RAW_BATCHES = (1, 8, 32)
 MAX_BATCHES = (1, 4, 8, 16, 32)
+Figures = tuple[float, float, float]  # sentences/s, p50 ms, p99 ms
 CONCURRENCY = (1, 16, 64)
 
 
@@ -138,9 +148,13 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=384, help="sentences per condition")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", action="store_true", help="1 vs 2 replicas via Envoy")
+    parser.add_argument("--paths", action="store_true", help="direct, Envoy gRPC, Envoy JSON")
     args = parser.parse_args()
     if args.replicas:
         compare_replicas(args)
+        return
+    if args.paths:
+        compare_paths(args)
         return
 
     examples = vader.split_examples(vader.load_domain("amazon"))["test"]
@@ -181,6 +195,107 @@ def main() -> None:
         print(
             f"  {max_batch:>9} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
             f" {rate / best_raw:10.2f} {rate / raw_median[1]:9.2f}"
+        )
+
+
+def measure(call: Callable[[str], None], texts: list[str], concurrency: int) -> Figures:
+    latencies: list[float] = []
+
+    def timed(text: str) -> None:
+        started = time.perf_counter()
+        call(text)
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(timed, texts))
+    elapsed = time.perf_counter() - started
+    return (
+        len(texts) / elapsed,
+        statistics.median(latencies) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def by_path(data_dir: Path, texts: list[str]) -> tuple[dict[tuple[str, int], Figures], float]:
+    mesh = start_mesh(data_dir)
+    results: dict[tuple[str, int], Figures] = {}
+    try:
+        direct = grpc.insecure_channel(mesh.address("inference"))
+        edge = grpc.insecure_channel(mesh.envoy_address)
+        http = httpx.Client(
+            base_url=mesh.url, timeout=120, limits=httpx.Limits(max_connections=128)
+        )
+        stubs = {
+            "gRPC direct": inference_pb2_grpc.InferenceServiceStub(direct),
+            "gRPC via Envoy": inference_pb2_grpc.InferenceServiceStub(edge),
+        }
+        calls: dict[str, Callable[[str], None]] = {
+            name: (
+                lambda text, s=stub: s.Predict(inference_pb2.PredictRequest(text=text), timeout=120)
+            )
+            for name, stub in stubs.items()
+        }
+        calls["JSON via Envoy"] = lambda text: http.post(
+            "/predict", json={"text": text}
+        ).raise_for_status()
+        for call in calls.values():
+            for text in texts[:8]:  # warm-up
+                call(text)
+        for concurrency in CONCURRENCY:
+            for name, call in calls.items():
+                results[(name, concurrency)] = measure(call, texts, concurrency)
+        rss = rss_mib(mesh.pid("inference"))
+        http.close()
+        direct.close()
+        edge.close()
+    finally:
+        mesh.stop()
+    return results, rss
+
+
+def compare_paths(args: argparse.Namespace) -> None:
+    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
+    texts = [e.text for e in examples][: args.texts]
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset}, default"
+        f" settings, {len(texts)} sentences per condition, {args.rounds} rounds"
+    )
+    raw_rates: dict[int, list[float]] = defaultdict(list)
+    figures: dict[tuple[str, int], list[Figures]] = defaultdict(list)
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        artifact = bootstrap(data_dir, args.preset)
+        for round_number in range(args.rounds):
+            for batch in RAW_BATCHES:
+                raw_rates[batch].append(raw(data_dir, artifact, texts, batch))
+            results, resident = by_path(data_dir, texts)
+            rss.append(resident)
+            for key, value in results.items():
+                figures[key].append(value)
+            print(f"# round {round_number + 1} done", flush=True)
+    raw_median = {batch: statistics.median(rates) for batch, rates in raw_rates.items()}
+    best_raw = max(raw_median.values())
+    for batch, rate in raw_median.items():
+        print(f"  raw torch fp32 batch {batch:<3} {rate:8.1f} sentences/s")
+    print(f"  inference process RSS with the model loaded: {statistics.median(rss):.0f} MiB")
+    print(
+        f"  {'path':<16} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'/ best raw':>10}"
+    )
+    for (name, concurrency), values in figures.items():
+        rate = statistics.median(v[0] for v in values)
+        print(
+            f"  {name:<16} {concurrency:>7} {rate:8.1f}"
+            f" {statistics.median(v[1] for v in values):8.1f}"
+            f" {statistics.median(v[2] for v in values):8.1f} {rate / best_raw:10.2f}"
         )
 
 
