@@ -36,6 +36,9 @@ MESH_HEALTH_SERVICE = "sentiloop.v1.MeshHealthService"
 PREFIX = "SENTILOOP_"
 MiB = 1024 * 1024
 REPLICA_PORT_STRIDE = 1000
+# The most texts one Predict/PredictBatch may carry; a batch the batcher forms from several
+# calls stays within it too, so the engine's own check never refuses a mixed batch.
+MAX_TEXTS_PER_CALL = 256
 
 
 def env_name(service: str, suffix: str) -> str:
@@ -206,7 +209,7 @@ class Settings(BaseModel):
         "with a SageMaker endpoint: how often InferenceService refreshes the endpoint's state",
         group=SERVING,
     )
-    inference_max_batch: PositiveInt = setting(
+    inference_max_batch: Annotated[int, Field(ge=1, le=MAX_TEXTS_PER_CALL)] = setting(
         8,
         "most texts InferenceService predicts in one batch, from all callers together"
         " (a larger PredictBatch runs alone); 8 served the most sentences/s in"

@@ -14,6 +14,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
+from sentiloop.core.config import MAX_TEXTS_PER_CALL
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -32,7 +33,6 @@ CREATE TABLE IF NOT EXISTS predictions (
     created_at    TEXT NOT NULL
 );
 """
-MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ def check_texts(texts: list[str], max_text_length: int) -> None:
     """The input rules of every predictor, local or SageMaker."""
     if not texts:
         raise InvalidArgument({"texts": "must hold at least one text"})
-    if len(texts) > MAX_BATCH:
-        raise InvalidArgument({"texts": f"holds {len(texts)} texts; the limit is {MAX_BATCH}"})
+    if len(texts) > MAX_TEXTS_PER_CALL:
+        raise InvalidArgument(
+            {"texts": f"holds {len(texts)} texts; the limit is {MAX_TEXTS_PER_CALL}"}
+        )
     field = "text" if len(texts) == 1 else "texts"
     problems = {
         (field if field == "text" else f"texts[{i}]"): problem
