@@ -64,6 +64,11 @@ Figures = tuple[float, float, float]  # sentences/s, p50 ms, p99 ms
 CONCURRENCY = (1, 16, 64)
 
 
+def sentences(count: int) -> list[str]:
+    """The first ``count`` Amazon review sentences of the test split."""
+    return [e.text for e in vader.split_examples(vader.load_domain("amazon"))["test"]][:count]
+
+
 def bootstrap(data_dir: Path, preset: str) -> str:
     """Trains and deploys a model; returns its artifact."""
     mesh = start_mesh(data_dir)
@@ -102,7 +107,7 @@ def served(
     texts: list[str],
     replicas: int = 1,
     concurrency_levels: tuple[int, ...] = CONCURRENCY,
-) -> dict[int, tuple[float, float, float]]:
+) -> dict[int, Figures]:
     """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC straight to
     InferenceService (through Envoy with replicas, which only Envoy balances over)."""
     env = {"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)}
@@ -113,7 +118,7 @@ def served(
             "SENTILOOP_INFERENCE_PORT": "21000",
         }
     mesh = start_mesh(data_dir, extra_env=env)
-    results: dict[int, tuple[float, float, float]] = {}
+    results: dict[int, Figures] = {}
     address = mesh.envoy_address if replicas > 1 else mesh.address("inference")
     try:
         with grpc.insecure_channel(address) as channel:
@@ -121,21 +126,10 @@ def served(
             for text in texts[:8]:  # warm-up
                 stub.Predict(inference_pb2.PredictRequest(text=text), timeout=60)
             for concurrency in concurrency_levels:
-                latencies: list[float] = []
-
-                def call(text: str, out: list[float] = latencies) -> None:
-                    started = time.perf_counter()
-                    stub.Predict(inference_pb2.PredictRequest(text=text), timeout=120)
-                    out.append(time.perf_counter() - started)
-
-                started = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    list(pool.map(call, texts))
-                elapsed = time.perf_counter() - started
-                results[concurrency] = (
-                    len(texts) / elapsed,
-                    statistics.median(latencies) * 1000,
-                    percentile(latencies, 0.99) * 1000,
+                results[concurrency] = measure(
+                    lambda text: stub.Predict(inference_pb2.PredictRequest(text=text), timeout=120),
+                    texts,
+                    concurrency,
                 )
     finally:
         mesh.stop()
@@ -157,14 +151,13 @@ def main() -> None:
         compare_paths(args)
         return
 
-    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
-    texts = [e.text for e in examples][: args.texts]
+    texts = sentences(args.texts)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
         f" {len(texts)} Amazon review test sentences per condition, {args.rounds} rounds"
     )
     raw_rates: dict[int, list[float]] = defaultdict(list)
-    served_rates: dict[tuple[int, int], list[tuple[float, float, float]]] = defaultdict(list)
+    served_rates: dict[tuple[int, int], list[Figures]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         started = time.monotonic()
@@ -262,8 +255,7 @@ def by_path(data_dir: Path, texts: list[str]) -> tuple[dict[tuple[str, int], Fig
 
 
 def compare_paths(args: argparse.Namespace) -> None:
-    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
-    texts = [e.text for e in examples][: args.texts]
+    texts = sentences(args.texts)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset}, default"
         f" settings, {len(texts)} sentences per condition, {args.rounds} rounds"
@@ -300,13 +292,12 @@ def compare_paths(args: argparse.Namespace) -> None:
 
 
 def compare_replicas(args: argparse.Namespace) -> None:
-    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
-    texts = [e.text for e in examples][: args.texts]
+    texts = sentences(args.texts)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
         f" {len(texts)} sentences per condition, {args.rounds} rounds, through Envoy"
     )
-    rates: dict[tuple[int, int], list[tuple[float, float, float]]] = defaultdict(list)
+    rates: dict[tuple[int, int], list[Figures]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         bootstrap(data_dir, args.preset)

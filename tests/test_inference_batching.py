@@ -5,7 +5,6 @@ version swaps in under concurrent load without a failed call."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from sentiloop.data import vader
-from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
+from sentiloop.testing import TINY_ENV, PredictLoad, RunningMesh, start_mesh, wait_for
 from sentiloop.v1 import inference_pb2, inference_pb2_grpc
 
 QUEUE = 100
@@ -70,34 +69,13 @@ def test_more_texts_than_the_queue_holds_is_429(mesh: RunningMesh) -> None:
 
 
 def test_a_hot_swap_under_concurrent_load_fails_no_call(mesh: RunningMesh) -> None:
-    stop = threading.Event()
-    versions: list[str] = []
-    failures: list[str] = []
-
-    def predict_in_a_loop() -> None:
-        with grpc.insecure_channel(mesh.envoy_address) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            while not stop.is_set():
-                try:
-                    answer = stub.Predict(inference_pb2.PredictRequest(text="works"), timeout=30)
-                    versions.append(answer.model_version)
-                except grpc.RpcError as error:
-                    failures.append(f"{error.code().name}: {error.details()}")
-
     with httpx.Client(base_url=mesh.url, timeout=120) as client:
         before = client.get("/predict/status").json()["model_version"]
-        clients = [threading.Thread(target=predict_in_a_loop) for _ in range(6)]
-        for thread in clients:
-            thread.start()
-        try:
+        with PredictLoad(mesh.envoy_address, clients=6) as load:
             started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
             assert started.status_code == 200, started.text
-            wait_for(lambda: bool(versions) and versions[-1] != before, 180)
-            count = len(versions)
-            wait_for(lambda: len(versions) > count + 50, 60)  # and on, on the new one
-        finally:
-            stop.set()
-            for thread in clients:
-                thread.join(timeout=60)
-    assert failures == [], failures[:5]
-    assert versions[0] == before and versions[-1] != before
+            wait_for(lambda: bool(load.versions) and load.versions[-1] != before, 180)
+            count = len(load.versions)
+            wait_for(lambda: len(load.versions) > count + 50, 60)  # and on, on the new one
+    assert load.failures == [], load.failures[:5]
+    assert load.versions[0] == before and load.versions[-1] != before

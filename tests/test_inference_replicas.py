@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,22 +15,29 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import TINY_ENV, RunningMesh, free_port, pid_alive, start_mesh, wait_for
+from sentiloop.core.config import REPLICA_PORT_STRIDE
+from sentiloop.testing import (
+    TINY_ENV,
+    PredictLoad,
+    RunningMesh,
+    free_port,
+    pid_alive,
+    start_mesh,
+    wait_for,
+)
 from sentiloop.v1 import inference_pb2, inference_pb2_grpc
-
-STRIDE = 1000  # core.config.REPLICA_PORT_STRIDE: replica 2 listens 1000 above the first
 
 
 def replica_base_port() -> int:
-    """A free port whose replica port (1000 above) is free too and below the kernel's
+    """A free port whose second replica's port is free too and below the kernel's
     ephemeral range."""
     while True:
         port = free_port()
-        if port + STRIDE >= 32000:
+        if port + REPLICA_PORT_STRIDE >= 32000:
             continue
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", port + STRIDE))
+                sock.bind(("127.0.0.1", port + REPLICA_PORT_STRIDE))
             except OSError:
                 continue
         return port
@@ -49,7 +55,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
             "SENTILOOP_RESTART_DELAY_SECONDS": "0.2",
         },
     )
-    running.replica_ports = [base, base + STRIDE]  # type: ignore[attr-defined]
+    running.replica_ports = [base, base + REPLICA_PORT_STRIDE]  # type: ignore[attr-defined]
     try:
         with httpx.Client(base_url=running.url, timeout=120) as client:
             started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
@@ -73,40 +79,19 @@ def serving(port: int) -> str:
 
 
 def test_killing_a_replica_under_load_fails_no_call(mesh: RunningMesh) -> None:
-    stop = threading.Event()
-    answered: list[str] = []
-    failures: list[str] = []
-
-    def predict_in_a_loop() -> None:
-        with grpc.insecure_channel(mesh.envoy_address) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            while not stop.is_set():
-                try:
-                    answer = stub.Predict(inference_pb2.PredictRequest(text="works"), timeout=30)
-                    answered.append(answer.model_version)
-                except grpc.RpcError as error:
-                    failures.append(f"{error.code().name}: {error.details()}")
-
-    clients = [threading.Thread(target=predict_in_a_loop) for _ in range(4)]
-    for client in clients:
-        client.start()
-    try:
-        wait_for(lambda: len(answered) > 50, 60)
+    with PredictLoad(mesh.envoy_address, clients=4) as load:
+        wait_for(lambda: len(load.versions) > 50, 60)
         second = mesh.pid("inference-2")
         os.kill(second, signal.SIGKILL)
-        killed_at, before = time.monotonic(), len(answered)
+        killed_at, before = time.monotonic(), len(load.versions)
         wait_for(lambda: not pid_alive(second), 10)
         # Calls go on on the first replica while the second is down and reloading.
-        wait_for(lambda: len(answered) > before + 100 and time.monotonic() > killed_at + 3, 60)
+        wait_for(lambda: len(load.versions) > before + 100 and time.monotonic() > killed_at + 3, 60)
         restarted = wait_for(
             lambda: (pid := mesh.pid("inference-2")) != second and pid_alive(pid) and pid, 30
         )
         wait_for(lambda: serving(mesh.replica_ports[1]), 60)  # type: ignore[attr-defined]
-    finally:
-        stop.set()
-        for client in clients:
-            client.join(timeout=60)
-    assert failures == [], failures[:5]
+    assert load.failures == [], load.failures[:5]
     assert restarted != second
     # Both replicas took calls before the kill: Envoy balanced over them.
     logs = Path(mesh.data_dir) / "logs"

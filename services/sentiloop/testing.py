@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -225,3 +226,40 @@ def give_feedback(
         assert response.status_code == 200, response.text
         records.append(response.json()["feedback"])
     return records
+
+
+class PredictLoad:
+    """``clients`` threads calling Predict through ``address`` in a loop, from entering
+    the block until leaving it: the version of every answer in order, and every failure
+    (the tests that a swap or a dying replica fails no call)."""
+
+    def __init__(self, address: str, clients: int) -> None:
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self._address = address
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(clients)]
+
+    def _loop(self) -> None:
+        import grpc
+
+        from sentiloop.v1 import inference_pb2, inference_pb2_grpc
+
+        with grpc.insecure_channel(self._address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    answer = stub.Predict(inference_pb2.PredictRequest(text="works"), timeout=30)
+                    self.versions.append(answer.model_version)
+                except grpc.RpcError as error:
+                    self.failures.append(f"{error.code().name}: {error.details()}")
+
+    def __enter__(self) -> PredictLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)

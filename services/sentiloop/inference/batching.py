@@ -61,10 +61,6 @@ class Batcher(Generic[Answer]):
         self._queued = 0
         self._arrived = asyncio.Event()
 
-    @property
-    def queued(self) -> int:
-        return self._queued
-
     async def predict(self, texts: list[str]) -> list[Answer]:
         """The answers to ``texts``, in order, from a batch shared with other callers."""
         if self._queued + len(texts) > self._max_queue:
