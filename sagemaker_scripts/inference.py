@@ -1,65 +1,107 @@
 """SageMaker inference handler for models trained by ``train.py``.
 
-The SageMaker HuggingFace/PyTorch serving containers call ``model_fn`` once, then
-``input_fn`` -> ``predict_fn`` -> ``output_fn`` per request. Sentiloop's InferenceService uses
-the same file in-process (``model_fn`` + :func:`predict_texts`), so local serving and a
-SageMaker endpoint answer alike. Like ``train.py`` it must not import ``sentiloop``.
+The SageMaker serving containers call ``model_fn`` once, then ``input_fn`` -> ``predict_fn``
+-> ``output_fn`` per request. Sentiloop's InferenceService uses the same file in-process
+(``model_fn`` + :func:`predict_texts`), so local serving and a SageMaker endpoint answer
+alike. Like ``train.py`` it must not import ``sentiloop``.
+
+Two engines behind one predict path (tokenize -> pad -> forward -> softmax):
+- ONNX Runtime, when the artifact holds ``model.onnx`` (train.py exports it and checks it
+  against torch) and ``onnxruntime`` is installed: tokenized by the ``tokenizers`` library,
+  so neither torch nor transformers is imported (a serving process of ~100 MB instead of
+  ~400 MB, and no dependency on the container's transformers major version);
+- torch + transformers otherwise (older artifacts, or engine "torch").
 
 Request: ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` as ``application/json``.
 Response: ``{"predictions": [{"label", "confidence", "scores": {label: p}}, ...]}``, one per
-text, in request order.
+text, in request order. A bad request raises :class:`BadRequest`, which SageMaker's serving
+toolkit answers with HTTP 400 (a plain exception would be a 500 there).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 DEFAULT_LABELS = ["negative", "neutral", "positive"]
 MAX_LENGTH = 128
 BATCH_SIZE = 32
 JSON_TYPES = ("application/json", "application/x-json")
+ONNX_FILE = "model.onnx"
+ENGINES = ("auto", "onnxruntime", "torch")
+
+try:  # inside SageMaker's serving containers (and the test that plays one)
+    from sagemaker_inference.errors import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        GenericInferenceToolkitError as _ToolkitError,
+    )
+except ImportError:  # elsewhere a BadRequest is a plain ValueError
+    _ToolkitError = Exception
+
+
+class BadRequest(ValueError, _ToolkitError):  # type: ignore[misc,valid-type]
+    """A request the caller must fix. SageMaker's toolkit answers 400 only for its own error
+    type (any other exception is a 500), so inside it this is one of those too."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status_code = 400
+        self.message = message
+        self.phrase = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+Encode = Callable[[list[str]], list[list[int]]]
+Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
 class LoadedModel:
     """What ``model_fn`` returns: everything a prediction needs, loaded once."""
 
-    model: Any
-    tokenizer: Any
+    encode: Encode  # texts -> token ids, truncated to max_length, unpadded
+    forward: Forward  # (ids, attention mask) as int64 arrays -> logits as float32
     labels: list[str]
-    device: Any
     max_length: int
     pad_id: int
+    engine: str  # "onnxruntime" | "torch"
+    precision: str  # "fp32" | "int8" | ...
 
 
-def _serving_config(model_dir: Path, config: Any) -> tuple[list[str], int]:
-    """Label order and max length from labels.json (``{"labels": [...], "max_length": N}``
-    as train.py writes it; older artifacts hold a bare list), else the model config and
-    :data:`MAX_LENGTH`."""
+def read_serving_config(model_dir: Path) -> dict[str, Any]:
+    """labels.json as train.py writes it: ``{"labels", "max_length", "onnx": {...}}``; older
+    artifacts hold a bare label list, or none."""
     path = model_dir / "labels.json"
-    if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        labels = data["labels"] if isinstance(data, dict) else data
-        max_length = (
-            int(data.get("max_length", MAX_LENGTH)) if isinstance(data, dict) else MAX_LENGTH
-        )
-        return [str(label).lower() for label in labels], max_length
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {"labels": data}
+
+
+def _torch_labels(serving: dict[str, Any], config: Any) -> list[str]:
+    if "labels" in serving:
+        return [str(label).lower() for label in serving["labels"]]
     id2label = getattr(config, "id2label", None) or {}
     if len(id2label) == config.num_labels:
-        return [str(id2label[i]).lower() for i in range(config.num_labels)], MAX_LENGTH
-    return list(DEFAULT_LABELS), MAX_LENGTH
+        return [str(id2label[i]).lower() for i in range(config.num_labels)]
+    return list(DEFAULT_LABELS)
 
 
 def prepare(
     model: Any, tokenizer: Any, labels: list[str], device: Any, max_length: int
 ) -> LoadedModel:
-    """A model in memory made ready for :func:`predict_texts`: train.py evaluates (and
+    """A torch model in memory made ready for :func:`predict_texts`: train.py evaluates (and
     cross-fits) through this, so training-time metrics, the gate and serving share one
     predict path and one max length (the one training used, recorded in labels.json)."""
+    import torch
+
     if len(labels) != model.config.num_labels:
         raise ValueError(f"{len(labels)} labels for a model of {model.config.num_labels}")
     limits = [max_length, int(getattr(model.config, "max_position_embeddings", max_length))]
@@ -67,27 +109,118 @@ def prepare(
         limits.append(tokenizer.model_max_length)
     if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limits[1] -= 2  # RoBERTa positions start after the padding index
+    length = min(limits)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.eval()
-    return LoadedModel(model, tokenizer, labels, device, min(limits), pad_id)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [
+            list(ids)
+            for ids in tokenizer(texts, truncation=True, max_length=length, padding=False)[
+                "input_ids"
+            ]
+        ]
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=torch.from_numpy(mask).to(device),
+            ).logits
+        return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
+
+    precision = str(next(model.parameters()).dtype).removeprefix("torch.").replace("float", "fp")
+    return LoadedModel(encode, forward, labels, length, pad_id, "torch", precision)
 
 
-def model_fn(model_dir: str | Path, context: Any = None) -> LoadedModel:
-    """Load tokenizer and weights (safetensors only) from ``model_dir``, in eval mode.
+def onnx_model(folder: Path, serving: dict[str, Any], threads: int | None = None) -> LoadedModel:
+    """The ONNX graph named by ``serving["onnx"]`` in ``folder``, tokenized by the
+    ``tokenizers`` library: neither torch nor transformers is imported."""
+    import onnxruntime
+    from tokenizers import Tokenizer
 
-    CUDA when available, else CPU; ``$SENTILOOP_DEVICE=cpu`` forces the CPU.
-    """
+    onnx = serving.get("onnx") or {}
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    max_length = int(serving.get("max_length", MAX_LENGTH))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        str(folder / str(onnx.get("file", ONNX_FILE))),
+        options,
+        providers=["CPUExecutionProvider"],
+    )
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (logits,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(logits, dtype=np.float32)
+
+    labels = [str(label).lower() for label in serving.get("labels", DEFAULT_LABELS)]
+    pad_id = int(onnx.get("pad_id", 0))
+    return LoadedModel(
+        encode,
+        forward,
+        labels,
+        max_length,
+        pad_id,
+        "onnxruntime",
+        str(onnx.get("precision", "fp32")),
+    )
+
+
+def _chosen_engine(folder: Path, serving: dict[str, Any], engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    graph = (serving.get("onnx") or {}).get("file")
+    if not graph or not (folder / str(graph)).is_file():
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+def load_model(
+    model_dir: str | Path, threads: int | None = None, engine: str = "auto"
+) -> LoadedModel:
+    """Load the artifact in ``model_dir``. Engine "auto": the ONNX graph labels.json names
+    when there is one and onnxruntime is installed, else the safetensors weights through
+    torch (CUDA when available; ``$SENTILOOP_DEVICE=cpu`` forces the CPU). ``threads`` caps
+    the engine's CPU threads (None: all cores)."""
+    folder = Path(model_dir)
+    serving = read_serving_config(folder)
+    if _chosen_engine(folder, serving, engine) == "onnxruntime":
+        return onnx_model(folder, serving, threads)
+
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = Path(model_dir)
+    if threads:
+        torch.set_num_threads(threads)
     cuda = torch.cuda.is_available() and os.environ.get("SENTILOOP_DEVICE", "") != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
     model.to(device)
-    labels, max_length = _serving_config(folder, model.config)
-    return prepare(model, tokenizer, labels, device, max_length)
+    labels = _torch_labels(serving, model.config)
+    return prepare(model, tokenizer, labels, device, int(serving.get("max_length", MAX_LENGTH)))
+
+
+def model_fn(model_dir: str, context: Any = None) -> LoadedModel:
+    """SageMaker's load step (see :func:`load_model`); the endpoint's environment may set
+    ``SENTILOOP_INFERENCE_ENGINE`` as the services' settings do."""
+    return load_model(model_dir, engine=os.environ.get("SENTILOOP_INFERENCE_ENGINE") or "auto")
 
 
 def _content_type_base(content_type: str | None) -> str:
@@ -102,28 +235,33 @@ def input_fn(
     """Decode a request into a non-empty list of non-empty texts; ValueError otherwise."""
     base = _content_type_base(content_type)
     if base not in JSON_TYPES:
-        raise ValueError(f"unsupported content type {content_type!r}: send application/json")
+        raise BadRequest(f"unsupported content type {content_type!r}: send application/json")
     if isinstance(request_body, bytes | bytearray):
         try:
             request_body = bytes(request_body).decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError("request body is not UTF-8") from None
+            raise BadRequest("request body is not UTF-8") from None
     if not isinstance(request_body, str):
-        raise ValueError("request body must be str or bytes")
+        raise BadRequest("request body must be str or bytes")
     try:
         data = json.loads(request_body)
     except ValueError as error:
-        raise ValueError(f"request body is not valid JSON: {error}") from None
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
     if not isinstance(data, dict) or ("text" in data) == ("texts" in data):
-        raise ValueError('expected a JSON object with either "text" or "texts"')
+        raise BadRequest('expected a JSON object with either "text" or "texts"')
     texts = [data["text"]] if "text" in data else data["texts"]
     if not isinstance(texts, list) or not texts:
-        raise ValueError('"texts" must be a non-empty list of strings')
+        raise BadRequest('"texts" must be a non-empty list of strings')
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             where = '"text"' if "text" in data else f'"texts"[{i}]'
-            raise ValueError(f"{where} must be a non-empty string")
+            raise BadRequest(f"{where} must be a non-empty string")
     return texts
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def predict_texts(
@@ -134,36 +272,27 @@ def predict_texts(
     Texts are tokenized once, sorted by length and batched, so each batch pads to nearly its
     own length (padding to the longest of a big batch made it slower per text).
     """
-    import torch
-
     if not texts:
         return []
-    encoded = model.tokenizer(
-        list(texts), truncation=True, max_length=model.max_length, padding=False
-    )["input_ids"]
+    encoded = model.encode(list(texts))
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[dict[str, Any]] = [{} for _ in texts]
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                mask[row, : len(encoded[i])] = 1
-            logits = model.model(
-                input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
-            ).logits
-            probabilities = torch.softmax(logits.float(), dim=-1).cpu().tolist()
-            for i, row_probabilities in zip(batch, probabilities, strict=True):
-                scores = dict(zip(model.labels, row_probabilities, strict=True))
-                best = max(range(len(model.labels)), key=lambda k: row_probabilities[k])
-                results[i] = {
-                    "label": model.labels[best],
-                    "confidence": row_probabilities[best],
-                    "scores": scores,
-                }
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        ids = np.full((len(batch), width), model.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, i in enumerate(batch):
+            ids[row, : len(encoded[i])] = encoded[i]
+            mask[row, : len(encoded[i])] = 1
+        probabilities = softmax(model.forward(ids, mask).astype(np.float64)).tolist()
+        for i, row_probabilities in zip(batch, probabilities, strict=True):
+            best = max(range(len(model.labels)), key=lambda k: row_probabilities[k])
+            results[i] = {
+                "label": model.labels[best],
+                "confidence": row_probabilities[best],
+                "scores": dict(zip(model.labels, row_probabilities, strict=True)),
+            }
     return results
 
 
@@ -178,5 +307,5 @@ def output_fn(
     """``{"predictions": [...]}`` as JSON (the only format served)."""
     base = _content_type_base(accept)
     if base not in (*JSON_TYPES, "*/*"):
-        raise ValueError(f"unsupported accept type {accept!r}: ask for application/json")
+        raise BadRequest(f"unsupported accept type {accept!r}: ask for application/json")
     return json.dumps({"predictions": prediction})

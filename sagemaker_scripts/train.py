@@ -805,10 +805,191 @@ def _save_model(model: Any, tokenizer: Any, model_dir: Path, max_length: int) ->
     # What inference.py serves with: the label order and the max length training used.
     serving = {"labels": LABELS, "max_length": max_length}
     (model_dir / "labels.json").write_text(json.dumps(serving) + "\n", encoding="utf-8")
-    handler = Path(__file__).resolve().with_name("inference.py")
-    if handler.is_file():
-        (model_dir / "code").mkdir(exist_ok=True)
-        shutil.copyfile(handler, model_dir / "code" / "inference.py")
+    # The endpoint's handler and what its container must install for it.
+    for name in ("inference.py", "requirements.txt"):
+        source = Path(__file__).resolve().with_name(name)
+        if source.is_file():
+            (model_dir / "code").mkdir(exist_ok=True)
+            shutil.copyfile(source, model_dir / "code" / name)
+
+
+# ONNX graphs must answer like the torch model they came from (probabilities, on the test
+# set); an int8 graph serves only when it is as good as fp32 and batch-invariant.
+ONNX_TOLERANCE = 1e-4
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_F1_DROP = 0.005
+INT8_BATCH_TOLERANCE = 1e-3
+INT8_FILE = "model.int8.onnx"
+# Model types whose attention onnxruntime's transformer optimizer fuses offline.
+FUSIBLE_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert"}
+
+
+def _probabilities(inference: Any, model: Any, texts: list[str], batch_size: int) -> Any:
+    import numpy as np
+
+    predicted = inference.predict_texts(model, texts, batch_size)
+    return np.array([[p["scores"][label] for label in model.labels] for p in predicted])
+
+
+def _export_graph(model_dir: Path, target: Path) -> None:
+    """The safetensors model in ``model_dir`` as an ONNX graph with dynamic batch and length.
+    Eager attention, because onnxruntime fuses only that form into its Attention kernel."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), attn_implementation="eager", use_safetensors=True
+    ).eval()
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2204, 102, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    kwargs: dict[str, Any] = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: the graph onnxruntime fuses
+    with torch.inference_mode():
+        torch.onnx.export(
+            model,
+            (ids, mask),
+            str(target),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "length"},
+                "attention_mask": {0: "batch", 1: "length"},
+                "logits": {0: "batch"},
+            },
+            opset_version=17,
+            **kwargs,
+        )
+    fuse_as = FUSIBLE_MODEL_TYPES.get(model.config.model_type)
+    if fuse_as:
+        from onnxruntime.transformers import optimizer
+
+        optimized = optimizer.optimize_model(
+            str(target),
+            model_type=fuse_as,
+            num_heads=model.config.num_attention_heads,
+            hidden_size=model.config.hidden_size,
+            opt_level=1,
+        )
+        optimized.save_model_to_file(str(target))
+
+
+def _int8_verdict(
+    inference: Any, fp32: Any, int8: Any, texts: list[str], truth: list[int], batch_size: int
+) -> dict[str, Any]:
+    """Whether the int8 graph may serve: argmax agreement with fp32, macro-F1 drop, and
+    batch invariance (each text alone against inside length-mixed batches)."""
+    import numpy as np
+
+    reference = _probabilities(inference, fp32, texts, batch_size)
+    alone = _probabilities(inference, int8, texts, 1)
+    # Unsorted batches of mixed lengths: what a dynamic batcher forms under load.
+    mixed = np.concatenate(
+        [
+            _probabilities(inference, int8, texts[i : i + batch_size], batch_size)
+            for i in range(0, len(texts), batch_size)
+        ]
+    )
+    agreement = float((alone.argmax(1) == reference.argmax(1)).mean())
+    f1_fp32 = compute_metrics(truth, list(reference.argmax(1)), LABELS)["macro_f1"]
+    f1_int8 = compute_metrics(truth, list(alone.argmax(1)), LABELS)["macro_f1"]
+    batch_difference = float(np.abs(alone - mixed).max())
+    label_flips = int((alone.argmax(1) != mixed.argmax(1)).sum())
+    problems = []
+    if agreement < INT8_MIN_AGREEMENT:
+        problems.append(f"argmax agreement {agreement:.4f} < {INT8_MIN_AGREEMENT}")
+    if f1_fp32 - f1_int8 > INT8_MAX_F1_DROP:
+        problems.append(f"macro-F1 {f1_int8:.4f} is more than 0.5 points below {f1_fp32:.4f}")
+    if batch_difference > INT8_BATCH_TOLERANCE or label_flips:
+        problems.append(
+            f"not batch-invariant: probabilities move by {batch_difference:.2g}"
+            f" and {label_flips} labels flip between batch 1 and {batch_size}"
+        )
+    return {
+        "accepted": not problems,
+        "reason": "; ".join(problems) or "as good as fp32 and batch-invariant",
+        "argmax_agreement": round(agreement, 6),
+        "macro_f1_fp32": round(f1_fp32, 6),
+        "macro_f1_int8": round(f1_int8, 6),
+        "batch_max_difference": batch_difference,
+        "batch_label_flips": label_flips,
+    }
+
+
+def export_onnx(
+    model_dir: Path, reference: Any, check: Split, batch_size: int, with_int8: bool = True
+) -> dict[str, Any]:
+    """Adds ``model.onnx`` to a saved model folder when it answers like ``reference`` (the
+    torch model) on ``check``'s texts, within :data:`ONNX_TOLERANCE`; then tries an int8
+    graph (:func:`_int8_verdict`) and keeps it only when it passes. Returns what labels.json
+    and metrics.json record; ``{"engine": "torch", "reason": ...}`` when serving stays on
+    torch (no onnxruntime here, or a graph that answered differently)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return {"engine": "torch", "reason": "onnxruntime is not installed in the training job"}
+    import numpy as np
+
+    inference = _inference_script()
+    target = model_dir / inference.ONNX_FILE
+    started = time.monotonic()
+    _export_graph(model_dir, target)
+    serving = inference.read_serving_config(model_dir)
+    onnx_record: dict[str, Any] = {
+        "file": inference.ONNX_FILE,
+        "precision": "fp32",
+        "pad_id": reference.pad_id,
+    }
+    serving["onnx"] = onnx_record
+    fp32 = inference.onnx_model(model_dir, serving)
+    texts = list(check.texts)
+    difference = float(
+        np.abs(
+            _probabilities(inference, fp32, texts, batch_size)
+            - _probabilities(inference, reference, texts, batch_size)
+        ).max()
+    )
+    if difference > ONNX_TOLERANCE:
+        target.unlink()
+        reason = f"the ONNX graph's probabilities differ from torch by {difference:.2g}"
+        _log(f"ONNX export dropped: {reason} (> {ONNX_TOLERANCE})")
+        return {"engine": "torch", "reason": reason}
+    onnx_record["max_difference"] = difference
+    onnx_record["checked_texts"] = len(texts)
+    _log(f"ONNX export: {len(texts)} {check.name} texts within {difference:.2g} of torch")
+    if with_int8:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8_path = model_dir / INT8_FILE
+        quantize_dynamic(
+            str(target),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            # Needed on the fused graph, whose contrib ops carry no type information.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        int8 = inference.onnx_model(
+            model_dir, serving | {"onnx": {**onnx_record, "file": INT8_FILE}}
+        )
+        verdict = _int8_verdict(inference, fp32, int8, texts, list(check.labels), batch_size)
+        _log(f"int8: {'serves' if verdict['accepted'] else 'rejected'}: {verdict['reason']}")
+        if verdict["accepted"]:
+            onnx_record.update(file=INT8_FILE, precision="int8")
+            target.unlink()
+        else:
+            int8_path.unlink()
+        onnx_record["int8"] = verdict
+    onnx_record["export_seconds"] = round(time.monotonic() - started, 3)
+    return {"engine": "onnxruntime", **onnx_record}
+
+
+def _record_serving(model_dir: Path, onnx_record: dict[str, Any]) -> None:
+    path = model_dir / "labels.json"
+    serving = json.loads(path.read_text(encoding="utf-8"))
+    serving["onnx"] = onnx_record
+    path.write_text(json.dumps(serving) + "\n", encoding="utf-8")
 
 
 @functools.cache
@@ -1038,6 +1219,11 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
     emit_status("Uploading")
     model.to("cpu")
     _save_model(model, tokenizer, job.model_dir, loaded.max_length)
+    check = job.test if job.test is not None else job.validation
+    reference = inference.prepare(model, tokenizer, LABELS, torch.device("cpu"), loaded.max_length)
+    serving = export_onnx(job.model_dir, reference, check, hps["eval_batch_size"])
+    if serving["engine"] == "onnxruntime":
+        _record_serving(job.model_dir, {k: v for k, v in serving.items() if k != "engine"})
     if crossfit:
         _write_crossfit(job.model_dir / "crossfit.csv", crossfit)
     splits = [s for s in (train, job.validation, job.test) if s is not None]
@@ -1057,6 +1243,7 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
         "precision": precision,
         "parameters": parameters,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "serving": serving,
     }
     return metrics
 

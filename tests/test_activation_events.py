@@ -83,6 +83,12 @@ def test_the_registry_answers_endpoint_status_from_serving_events(mesh: RunningM
     with httpx.Client(base_url=mesh.url, timeout=60) as client:
         good = ensure_serving(client)
         wait_for(lambda: endpoint_status(client, good) == "InService", 15)
+        # How it serves, as InferenceService announced it: the ONNX graph train.py exported
+        # and checked, at the precision that passed (int8 only when proven).
+        status = client.get("/predict/status").json()
+        assert status["engine"] == "onnxruntime" and status["precision"] in ("fp32", "int8")
+        model = client.get(f"/models/{good}").json()["model"]
+        assert (model["engine"], model["precision"]) == (status["engine"], status["precision"])
 
         # A version whose artifact cannot load: the registry learns that it failed.
         registered = client.post("/models", json={"path": "/nowhere/model.tar.gz"})

@@ -194,10 +194,18 @@ def test_model_folder(tiny_run: Run) -> None:
     assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json"} <= names
     assert {"metrics.json", "code"} <= names
     assert (tiny_run.model_dir / "code" / "inference.py").is_file()
-    # What serving uses: the label order and the max length training used (tiny: 32).
-    assert json.loads((tiny_run.model_dir / "labels.json").read_text()) == {
-        "labels": LABELS, "max_length": 32
-    }  # fmt: skip
+    assert "onnxruntime" in (tiny_run.model_dir / "code" / "requirements.txt").read_text()
+    # What serving uses: the label order and the max length training used (tiny: 32), and
+    # the ONNX graph that was checked against torch (fp32, or int8 when that passed).
+    serving = json.loads((tiny_run.model_dir / "labels.json").read_text())
+    assert serving["labels"] == LABELS and serving["max_length"] == 32
+    onnx = serving["onnx"]
+    assert (tiny_run.model_dir / onnx["file"]).is_file()
+    assert onnx["precision"] == ("int8" if onnx["int8"]["accepted"] else "fp32")
+    assert onnx["max_difference"] <= train.ONNX_TOLERANCE
+    assert onnx["checked_texts"] == LIMITS["test"]
+    assert len(list(tiny_run.model_dir.glob("*.onnx"))) == 1  # only the graph that serves
+    assert tiny_run.metrics()["serving"] == {"engine": "onnxruntime", **onnx}
     config = json.loads((tiny_run.model_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert config["num_hidden_layers"] == 2 and config["hidden_size"] == 32
@@ -221,12 +229,14 @@ def test_inference_handler_end_to_end(tiny_run: Run) -> None:
         assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-5)
         assert prediction["confidence"] == max(prediction["scores"].values())
         assert prediction["scores"][prediction["label"]] == prediction["confidence"]
-    # Length-sorted batching gives back the request order: same answers one by one.
+    # Length-sorted batching gives back the request order: same answers one by one (int8
+    # serves only when batch-invariant within its tolerance).
+    tolerance = train.INT8_BATCH_TOLERANCE if model.precision == "int8" else 1e-5
     for text, batched in zip(texts, predictions, strict=True):
         single = inference.predict_texts(model, [text])[0]
         assert single["label"] == batched["label"]
         for label in LABELS:
-            assert single["scores"][label] == pytest.approx(batched["scores"][label], abs=1e-5)
+            assert single["scores"][label] == pytest.approx(batched["scores"][label], abs=tolerance)
     one = inference.input_fn('{"text": "great player."}', "application/json; charset=utf-8")
     assert one == ["great player."]
 
@@ -253,7 +263,11 @@ def test_same_seed_same_model(tmp_path: Path, data: Path, tiny_run: Run) -> None
     assert again.returncode == 0, again.stderr
 
     def comparable(metrics: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+        return {
+            k: comparable(v) if isinstance(v, dict) else v
+            for k, v in metrics.items()
+            if not k.endswith("_seconds")
+        }
 
     assert comparable(again.metrics()) == comparable(tiny_run.metrics())
     digest = [
@@ -477,3 +491,172 @@ def test_cross_fitting_predicts_every_feedback_row_out_of_fold(tmp_path: Path, d
         p for p in map(train.parse_line, run.stdout.splitlines()) if p and p["kind"] == "progress"
     ]
     assert progress[-1]["step"] == progress[-1]["total_steps"] == 12
+
+
+# --- The engines serving what train.py wrote -------------------------------------------------
+
+SENTENCES = [
+    "i love it!",
+    "it broke after a day and support never answered my emails.",
+    "ok.",
+    "the battery lasts for two days, which is more than i expected from a phone this cheap.",
+    "terrible.",
+    "not bad at all, though the case scratches easily",
+]
+
+
+def _scores(model: Any, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+    return [
+        [p["scores"][label] for label in LABELS]
+        for p in inference.predict_texts(model, texts, batch_size)
+    ]
+
+
+def _copy_model(source: Path, target: Path, drop_onnx: bool = False) -> Path:
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and not (drop_onnx and path.suffix == ".onnx"):
+            (target / path.name).write_bytes(path.read_bytes())
+    if drop_onnx:  # what an artifact from before the ONNX export looks like
+        serving = json.loads((target / "labels.json").read_text())
+        del serving["onnx"]
+        (target / "labels.json").write_text(json.dumps(serving))
+    return target
+
+
+def test_onnx_export_answers_like_torch(tmp_path: Path, data: Path, tiny_run: Run) -> None:
+    """export_onnx's check, redone here on other sentences: the fp32 graph's probabilities
+    are torch's within the tolerance, label for label."""
+    folder = _copy_model(tiny_run.model_dir, tmp_path / "model", drop_onnx=True)
+    torch_model = inference.model_fn(folder)
+    assert torch_model.engine == "torch"
+    check = train.Split("test", SENTENCES, [0] * len(SENTENCES), [1.0] * len(SENTENCES))
+    record = train.export_onnx(folder, torch_model, check, 4, with_int8=False)
+    assert record["engine"] == "onnxruntime" and record["precision"] == "fp32", record
+    train._record_serving(folder, {k: v for k, v in record.items() if k != "engine"})
+    onnx_model = inference.model_fn(folder)
+    assert (onnx_model.engine, onnx_model.precision) == ("onnxruntime", "fp32")
+    texts = train.read_channel(data / "validation", "validation").texts
+    for ours, theirs in zip(_scores(onnx_model, texts), _scores(torch_model, texts), strict=True):
+        assert ours == pytest.approx(theirs, abs=train.ONNX_TOLERANCE)
+
+
+def test_old_torch_only_artifact_still_serves(tmp_path: Path, tiny_run: Run) -> None:
+    folder = _copy_model(tiny_run.model_dir, tmp_path / "model", drop_onnx=True)
+    model = inference.model_fn(folder)
+    assert (model.engine, model.precision) == ("torch", "fp32")
+    predictions = inference.predict_texts(model, SENTENCES)
+    assert [p["label"] in LABELS for p in predictions] == [True] * len(SENTENCES)
+
+
+def test_served_engine_is_batch_invariant(tiny_run: Run) -> None:
+    """What the dynamic batcher relies on: a text gets the same answer alone and inside any
+    batch of mixed lengths (here unsorted batches of 2, 3 and all)."""
+    model = inference.model_fn(tiny_run.model_dir)
+    assert model.engine == "onnxruntime"
+    alone = [_scores(model, [text])[0] for text in SENTENCES]
+    for size in (2, 3, len(SENTENCES)):
+        batched = [
+            row
+            for start in range(0, len(SENTENCES), size)
+            for row in _scores(model, SENTENCES[start : start + size], size)
+        ]
+        for one, many in zip(alone, batched, strict=True):
+            assert many == pytest.approx(one, abs=train.INT8_BATCH_TOLERANCE)
+            assert max(range(3), key=many.__getitem__) == max(range(3), key=one.__getitem__)
+
+
+def test_int8_verdict_refuses_a_batch_dependent_engine() -> None:
+    """Dynamic int8 rescales activations per batch: an engine whose answers move with the
+    batch is refused even when it agrees with fp32 alone."""
+    import numpy as np
+
+    def engine(drift: float) -> Any:
+        def forward(ids: Any, mask: Any) -> Any:
+            logits = np.stack([ids.sum(1) % 5, ids.sum(1) % 3, ids.sum(1) % 7], 1)
+            return (logits + drift * (len(ids) - 1) * np.arange(3)).astype(np.float32)
+
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [[len(word) for word in text.split()] for text in texts]
+
+        return inference.LoadedModel(encode, forward, LABELS, 32, 0, "onnxruntime", "x")
+
+    truth = [0, 1, 2, 0, 1, 2]
+    same = train._int8_verdict(inference, engine(0), engine(0), SENTENCES, truth, 3)
+    assert same["accepted"] and same["argmax_agreement"] == 1.0, same
+    moving = train._int8_verdict(inference, engine(0), engine(0.5), SENTENCES, truth, 3)
+    assert not moving["accepted"] and "not batch-invariant" in moving["reason"], moving
+
+
+_TOOLKIT_SCRIPT = """
+import json, sys
+from sagemaker_inference.default_handler_service import DefaultHandlerService
+
+class Requests:
+    def __init__(self, headers): self.headers = headers
+    def get_request_properties(self): return self.headers
+
+class Context:
+    # The slice of multi-model-server's context the handler service reads and writes.
+    def __init__(self, model_dir, content_type):
+        self.system_properties = {"model_dir": model_dir}
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        self.request_processor = [Requests(headers)]
+        self.status = 200
+    def set_response_status(self, code, phrase): self.status = code
+    def set_response_content_type(self, index, content_type): pass
+
+model_dir, requests = sys.argv[1], json.loads(sys.stdin.read())
+service = DefaultHandlerService()
+service.initialize(Context(model_dir, "application/json"))
+answers = []
+for body, content_type in requests:
+    context = Context(model_dir, content_type)
+    (answer,) = service.handle([{"body": body.encode()}], context)
+    answers.append({"status": context.status, "body": answer})
+print(json.dumps({"answers": answers, "torch": "torch" in sys.modules,
+                  "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_sagemaker_serving_toolkit_serves_the_artifact(tiny_run: Run) -> None:
+    """inference.py inside SageMaker's own serving toolkit (sagemaker-inference's
+    DefaultHandlerService, as the containers run it, with the model server's context played
+    by a small class), in a process of its own like a container's worker: the answers equal
+    local serving, bad requests are 400s, and neither torch nor transformers is imported."""
+    requests = [
+        (json.dumps({"texts": SENTENCES}), "application/json"),
+        (json.dumps({"text": SENTENCES[0]}), "application/json"),
+        ("{not json", "application/json"),
+        (json.dumps({"texts": []}), "application/json"),
+        (json.dumps({"text": "x"}), "text/csv"),
+    ]
+    env = {
+        **os.environ,
+        "SAGEMAKER_PROGRAM": "inference.py",
+        # The container puts the artifact's code/ folder on the worker's path.
+        "PYTHONPATH": str(tiny_run.model_dir / "code"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _TOOLKIT_SCRIPT, str(tiny_run.model_dir)],
+        input=json.dumps(requests),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert not result["torch"] and not result["transformers"]
+    answers = result["answers"]
+    assert [a["status"] for a in answers] == [200, 200, 400, 400, 400], answers
+    local = inference.predict_texts(inference.model_fn(tiny_run.model_dir), SENTENCES)
+    served = json.loads(answers[0]["body"])["predictions"]
+    assert [p["label"] for p in served] == [p["label"] for p in local]
+    for ours, theirs in zip(served, local, strict=True):
+        assert ours["scores"] == pytest.approx(theirs["scores"], abs=1e-6)
+    assert json.loads(answers[1]["body"])["predictions"][0]["label"] == local[0]["label"]
+    assert "not valid JSON" in answers[2]["body"]
+    assert "non-empty list" in answers[3]["body"]
+    assert "unsupported content type" in answers[4]["body"]

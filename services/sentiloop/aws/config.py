@@ -43,7 +43,7 @@ def require_remote_store(store: Any, what: str) -> None:
 log = logging.getLogger("sentiloop.sagemaker")
 
 VERSION_TAG = "sentiloop:model-version"
-SOURCEDIR_FILES = ("train.py", "inference.py")
+SOURCEDIR_FILES = ("train.py", "inference.py", "requirements.txt")
 INIT_CHANNEL = "init"
 INIT_CHANNEL_DIR = "/opt/ml/input/data/init"
 # The serving containers load inference.py from the model: train.py writes it to

@@ -216,6 +216,13 @@ class Settings(BaseModel):
         " benchmarks/serving.py on 2 CPUs (MiniLM: larger batches pad more)",
         group=SERVING,
     )
+    inference_engine: Literal["auto", "onnxruntime", "torch"] = setting(
+        "auto",
+        "what runs the model: `auto` serves the ONNX graph that training exported and"
+        " checked against torch (without importing torch), and torch for artifacts without"
+        " one; `torch` always uses torch",
+        group=SERVING,
+    )
     inference_replicas: Annotated[int, Field(ge=1, le=8)] = setting(
         1,
         "InferenceService processes `up` starts behind Envoy (least-request balancing;"

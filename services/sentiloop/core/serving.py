@@ -18,6 +18,10 @@ class ServingState:
     target_version: str = ""  # the version being loaded, or that failed to load
     failure_reason: str = ""
     loaded_at: datetime | None = None
+    # How model_version answers: "onnxruntime" or "torch", and "fp32", "int8", ... ("" when
+    # not known, as behind a SageMaker endpoint).
+    engine: str = ""
+    precision: str = ""
 
     @property
     def subject(self) -> str:
@@ -28,7 +32,8 @@ class ServingState:
             return f"loading {self.target_version} (serving {self.model_version or 'nothing'})"
         if self.status == EndpointState.FAILED:
             return f"{self.target_version} failed to load: {self.failure_reason}"
-        return f"{self.status} {self.model_version}".strip()
+        served_with = f" ({self.engine} {self.precision})" if self.engine else ""
+        return f"{self.status} {self.model_version}{served_with}".strip()
 
     def as_attributes(self) -> dict[str, str]:
         return {
@@ -36,6 +41,8 @@ class ServingState:
             "model_version": self.model_version,
             "target_version": self.target_version,
             "failure_reason": self.failure_reason,
+            "engine": self.engine,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -45,6 +52,8 @@ class ServingState:
             model_version=str(attributes.get("model_version", "")),
             target_version=str(attributes.get("target_version", "")),
             failure_reason=str(attributes.get("failure_reason", "")),
+            engine=str(attributes.get("engine", "")),
+            precision=str(attributes.get("precision", "")),
         )
 
     def endpoint_status_of(self, version: str) -> str:

@@ -38,8 +38,18 @@ CREATE TABLE IF NOT EXISTS predictions (
 @dataclass(frozen=True)
 class LoadedVersion:
     version: str
-    model: Any
+    model: Any  # inference.py's LoadedModel
     loaded_at: datetime
+
+    def serving_state(self) -> ServingState:
+        return ServingState(
+            EndpointState.IN_SERVICE,
+            self.version,
+            self.version,
+            loaded_at=self.loaded_at,
+            engine=self.model.engine,
+            precision=self.model.precision,
+        )
 
 
 @dataclass(frozen=True)
@@ -124,21 +134,25 @@ class PredictionLog:
             self._db.close()
 
 
-def share_cores(replicas: int) -> int:
-    """Gives this process its share of the CPU's cores for torch: replicas that each took
-    every core would fight over them. Returns the threads it took."""
-    import torch
-
-    threads = max(1, (os.cpu_count() or 1) // replicas)
-    torch.set_num_threads(threads)
-    return threads
+def engine_threads(replicas: int) -> int:
+    """This process's share of the CPU's cores: replicas whose engines each took every core
+    would fight over them."""
+    return max(1, (os.cpu_count() or 1) // replicas)
 
 
 class Predictor:
     def __init__(
-        self, store: ObjectStore, cache_dir: Path, log: PredictionLog, max_text_length: int
+        self,
+        store: ObjectStore,
+        cache_dir: Path,
+        log: PredictionLog,
+        max_text_length: int,
+        threads: int,
+        engine: str = "auto",
     ) -> None:
         self._store = store
+        self._threads = threads
+        self._engine = engine
         self._cache_dir = cache_dir
         self._log = log
         self._max_text_length = max_text_length
@@ -150,7 +164,7 @@ class Predictor:
     def load(self, version: str, artifact: str) -> LoadedVersion:
         """Fetches and unpacks the artifact, then loads it (slow; runs off the event loop)."""
         folder = unpack_artifact(self._store, artifact, self._cache_dir)
-        model = self._inference.model_fn(str(folder))
+        model = self._inference.load_model(folder, threads=self._threads, engine=self._engine)
         return LoadedVersion(version=version, model=model, loaded_at=datetime.now(UTC))
 
     def check(self, texts: list[str]) -> None:

@@ -24,7 +24,7 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
 from sentiloop.inference.batching import Batcher
-from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, share_cores
+from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, engine_threads
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
 from sentiloop.v1 import notification_pb2, registry_pb2
@@ -116,6 +116,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             target_version=state.target_version,
             failure_reason=state.failure_reason,
             loaded_at=timestamp(state.loaded_at),
+            engine=state.engine,
+            precision=state.precision,
         )
 
     async def close(self) -> None:
@@ -264,19 +266,19 @@ class RegistryFollower:
             if predictor.state.status != EndpointState.IN_SERVICE:
                 # Back to the served version (a rollback after a failed load): the
                 # failure is over, and the state must say so.
-                await self._set_state(
-                    ServingState(
-                        EndpointState.IN_SERVICE, version, version, loaded_at=current.loaded_at
-                    )
-                )
+                await self._set_state(current.serving_state())
             return True
         loop = asyncio.get_running_loop()
         if self._failed and self._failed[0] == version and loop.time() - self._failed[1] < 30:
             return True
         serving = current.version if current else ""
         await self._set_state(
-            ServingState(
-                EndpointState.LOADING, serving, version, loaded_at=predictor.state.loaded_at
+            replace(
+                predictor.state,
+                status=EndpointState.LOADING,
+                model_version=serving,
+                target_version=version,
+                failure_reason="",
             )
         )
         log.info("loading model version %s", version, extra={"fields": {"version": version}})
@@ -294,9 +296,7 @@ class RegistryFollower:
             )
             return True
         predictor.current = loaded
-        await self._set_state(
-            ServingState(EndpointState.IN_SERVICE, version, version, loaded_at=loaded.loaded_at)
-        )
+        await self._set_state(loaded.serving_state())
         log.info("serving model version %s", version, extra={"fields": {"version": version}})
         return True
 
@@ -344,14 +344,14 @@ def create_app(settings: Settings) -> ServiceApp:
 
         follower = None
     else:
+        threads = engine_threads(settings.inference_replicas)
         if settings.inference_replicas > 1:
-            threads = share_cores(settings.inference_replicas)
             log.info(
-                "%d replicas: torch runs %d threads here", settings.inference_replicas, threads
+                "%d replicas: the engine runs %d threads here", settings.inference_replicas, threads
             )
         predictor = Predictor(
             open_object_store(settings), service_dir / "models", prediction_log,
-            settings.max_text_length,
+            settings.max_text_length, threads, settings.inference_engine,
         )  # fmt: skip
         servicer = InferenceServicer(predictor, prediction_log, settings)
         follower = RegistryFollower(predictor, clients, announcer, fallback_seconds)

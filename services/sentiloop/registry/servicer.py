@@ -51,6 +51,8 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
         created_at=timestamp(model.created_at),
         status=model.status,
         gate=json_format.ParseDict(model.gate, common_pb2.GateDecision()) if model.gate else None,
+        engine=model.engine,
+        precision=model.precision,
     )
 
 

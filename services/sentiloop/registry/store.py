@@ -14,6 +14,7 @@ from sentiloop.core import sqlite
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
+from sentiloop.core.vocabulary import EndpointState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS serving (
     failure_reason TEXT NOT NULL,
     event_id       INTEGER NOT NULL
 );
+-- How each version last served (engine and precision), from serving.changed events.
+CREATE TABLE IF NOT EXISTS served_with (
+    version   TEXT PRIMARY KEY,
+    engine    TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    event_id  INTEGER NOT NULL
+);
 """
 
 SOURCES = ("bootstrap", "retraining", "manual")
@@ -63,6 +71,8 @@ class ModelVersion:
     is_active: bool = False
     status: str = "registered"
     gate: dict[str, Any] = field(default_factory=dict)
+    engine: str = ""  # how it last served ("" if it has not, as far as the registry heard)
+    precision: str = ""
 
     @property
     def accuracy(self) -> float:
@@ -214,6 +224,13 @@ class ModelRegistry:
                     event_id,
                 ),
             )
+            if state.status == EndpointState.IN_SERVICE and state.engine:
+                self._db.execute(
+                    "INSERT INTO served_with VALUES (?, ?, ?, ?) ON CONFLICT (version) DO UPDATE"
+                    " SET engine = excluded.engine, precision = excluded.precision,"
+                    " event_id = excluded.event_id WHERE excluded.event_id > served_with.event_id",
+                    (state.model_version, state.engine, state.precision, event_id),
+                )
             return cursor.rowcount > 0
 
     def serving(self) -> tuple[ServingState, int] | None:
@@ -260,6 +277,9 @@ class ModelRegistry:
             "SELECT 1 FROM activations WHERE version = ? LIMIT 1", (version,)
         ).fetchone()
         gate = json.loads(row["gate"])
+        served = self._db.execute(
+            "SELECT engine, precision FROM served_with WHERE version = ?", (version,)
+        ).fetchone()
         if version == active:
             status = "active"
         elif activated:
@@ -280,4 +300,6 @@ class ModelRegistry:
             is_active=version == active,
             status=status,
             gate=gate,
+            engine=served["engine"] if served else "",
+            precision=served["precision"] if served else "",
         )

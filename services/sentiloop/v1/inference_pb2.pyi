@@ -237,6 +237,8 @@ class GetServingStatusResponse(_message.Message):
     TARGET_VERSION_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     LOADED_AT_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     status: _builtins.str
     """"NotDeployed" (no active model), "Loading", "InService" or "Failed"."""
     model_version: _builtins.str
@@ -245,6 +247,12 @@ class GetServingStatusResponse(_message.Message):
     """The active version of the registry, being loaded while `status` is "Loading"."""
     failure_reason: _builtins.str
     """Why loading the active version failed, when it did."""
+    engine: _builtins.str
+    """The engine answering: "onnxruntime" or "torch" ("" when not known, e.g. a SageMaker
+    endpoint).
+    """
+    precision: _builtins.str
+    """The served model's numeric precision: "fp32", or "int8" when it passed its checks."""
     @_builtins.property
     def loaded_at(self) -> _timestamp_pb2.Timestamp:
         """When the served version was loaded."""
@@ -257,10 +265,12 @@ class GetServingStatusResponse(_message.Message):
         target_version: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
         loaded_at: _timestamp_pb2.Timestamp | None = ...,
+        engine: _builtins.str = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "loaded_at", b"loaded_at", "model_version", b"model_version", "status", b"status", "target_version", b"target_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "failure_reason", b"failure_reason", "loaded_at", b"loaded_at", "model_version", b"model_version", "precision", b"precision", "status", b"status", "target_version", b"target_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,8 @@ class ModelVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     GATE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The version name, e.g. "v3"."""
     path: _builtins.str
@@ -57,6 +59,12 @@ class ModelVersion(_message.Message):
     """Content hash of the dataset snapshot the model was trained on."""
     status: _builtins.str
     """"registered", "active", "retired" or "rejected"."""
+    engine: _builtins.str
+    """The engine that last served this version, as InferenceService announced it:
+    "onnxruntime" or "torch" ("" if it has not served, or behind a SageMaker endpoint).
+    """
+    precision: _builtins.str
+    """The precision it served at: "fp32", or "int8" when that passed its checks."""
     @_builtins.property
     def test_metrics(self) -> _common_pb2.ClassificationMetrics:
         """The full training-time metrics on the test set."""
@@ -89,10 +97,12 @@ class ModelVersion(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         status: _builtins.str = ...,
         gate: _common_pb2.GateDecision | None = ...,
+        engine: _builtins.str = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gate", b"gate", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "gate", b"gate", "is_active", b"is_active", "path", b"path", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "engine", b"engine", "gate", b"gate", "is_active", b"is_active", "path", b"path", "precision", b"precision", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
