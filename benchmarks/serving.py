@@ -1,37 +1,41 @@
-"""Served Predict throughput with dynamic batching, against the raw engine, on real review
-sentences, in one run.
+"""Served Predict throughput and latency against the raw engines, on real review sentences,
+in one run (issue 12's report).
 
     .venv/bin/python benchmarks/serving.py [--preset minilm] [--texts 384] [--rounds 3]
 
-1. Bootstraps a model (MiniLM by default) into a temporary data directory.
+1. Bootstraps a model (MiniLM by default) into a temporary data directory: train.py exports
+   it to ONNX and decides whether its int8 graph may serve.
 2. Raw in-process, the same inference.py on the same artifact, in this process while no
-   mesh runs: predict_texts one text per call (batch 1, the naive baseline), 8 and 32.
-3. Served: gRPC straight to InferenceService at concurrency 1, 16 and 64, with
-   SENTILOOP_INFERENCE_MAX_BATCH=1 (every request runs alone: the server before batching)
-   and with batches of up to 4, 8, 16 and 32 texts. The mesh restarts on the same data
-   directory for each setting; the load generator runs on the same machine.
+   mesh runs: torch fp32 one text per call (batch 1, the naive baseline) and at 8, and the
+   served ONNX graph (fp32, or int8 when it passed) at batch 1, 8 and 32.
+3. Served with the default settings, each way in: gRPC straight to InferenceService, gRPC
+   through Envoy and JSON through Envoy, closed-loop at concurrency 1, 16 and 64, then
+   open-loop (Poisson arrivals) at half of that path's saturation throughput; and the
+   inference process's resident memory with the model loaded.
 
-Conditions are interleaved round by round and medians reported; every served figure is
-also given as a ratio to the best raw engine of the same run.
+Conditions are interleaved round by round and medians reported; every served figure is also
+given as a ratio to the best raw engine and to torch fp32 at batch 1 of the same run. The
+load generator runs on the same machine as the mesh.
+
+    .venv/bin/python benchmarks/serving.py --batch-sizes
+
+compares instead SENTILOOP_INFERENCE_MAX_BATCH=1 (every request alone: the server before
+batching) with batches of up to 4, 8, 16 and 32 texts, gRPC direct at concurrency 1, 16 and
+64 (how the default batch size was chosen), and
 
     .venv/bin/python benchmarks/serving.py --replicas
 
-compares instead one InferenceService (torch on every core) with two replicas (half the
-cores each), both through Envoy at concurrency 16 and 64, with the default batch size.
-
-    .venv/bin/python benchmarks/serving.py --paths
-
-measures, with the default settings, each way in: gRPC straight to InferenceService, gRPC
-through Envoy and JSON through Envoy, at concurrency 1, 16 and 64, and the inference
-process's resident memory with the model loaded; each figure as a ratio to the best raw
-engine of the same run.
+one InferenceService (the engine on every core) with two replicas (half the cores each),
+both through Envoy at concurrency 16 and 64, with the default batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -39,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -62,6 +67,7 @@ RAW_BATCHES = (1, 8, 32)
 MAX_BATCHES = (1, 4, 8, 16, 32)
 Figures = tuple[float, float, float]  # sentences/s, p50 ms, p99 ms
 CONCURRENCY = (1, 16, 64)
+HALF = 0  # stands for "open loop at half of the path's saturation" among the concurrencies
 
 
 def sentences(count: int) -> list[str]:
@@ -89,16 +95,22 @@ def bootstrap(data_dir: Path, preset: str) -> str:
         mesh.stop()
 
 
-def raw(data_dir: Path, artifact: str, texts: list[str], batch: int) -> float:
+def raw(data_dir: Path, artifact: str, texts: list[str], batch: int, engine: str) -> float:
     """Sentences per second of predict_texts in this process, ``batch`` texts per call."""
     inference = load_script("inference")
     folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
-    model = inference.model_fn(str(folder))
+    model = inference.load_model(folder, engine=engine)
     inference.predict_texts(model, texts[:batch])  # warm-up
     started = time.perf_counter()
     for start in range(0, len(texts), batch):
         inference.predict_texts(model, texts[start : start + batch])
     return len(texts) / (time.perf_counter() - started)
+
+
+def served_graph(data_dir: Path, artifact: str) -> dict[str, Any]:
+    """What labels.json says of the artifact's ONNX graph (precision, the int8 verdict)."""
+    folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
+    return dict(json.loads((folder / "labels.json").read_text()).get("onnx") or {})
 
 
 def served(
@@ -136,27 +148,59 @@ def served(
     return results
 
 
+RAW_CONDITIONS = (("torch", 1), ("torch", 8), ("auto", 1), ("auto", 8), ("auto", 32))
+
+
+def raw_engines(data_dir: Path, artifact: str, texts: list[str]) -> dict[tuple[str, int], float]:
+    return {
+        (engine, batch): raw(data_dir, artifact, texts, batch, engine)
+        for engine, batch in RAW_CONDITIONS
+    }
+
+
+def print_raw(rates: dict[tuple[str, int], list[float]], graph: dict[str, Any]) -> dict[str, float]:
+    """Prints the raw engines' medians; returns the best raw and torch fp32 batch 1."""
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    best = max(median.values())
+    served_as = f"onnxruntime {graph.get('precision', '?')}" if graph else "torch fp32 (no ONNX)"
+    print("\nraw engine, in-process (sentences/s, median of rounds)")
+    for (engine, batch), rate in median.items():
+        name = "torch fp32" if engine == "torch" else served_as
+        print(f"  {name:<18} batch {batch:<3} {rate:8.1f}   / best raw {rate / best:5.2f}")
+    verdict = graph.get("int8") or {}
+    if verdict:
+        print(
+            f"  int8 {'serves' if verdict['accepted'] else 'rejected'}: {verdict['reason']}"
+            f" (argmax agreement {verdict['argmax_agreement']:.4f}, macro-F1"
+            f" {verdict['macro_f1_int8']:.4f} vs fp32 {verdict['macro_f1_fp32']:.4f},"
+            f" {verdict['batch_label_flips']} labels flip with the batch)"
+        )
+    return {"best": best, "torch_b1": median[("torch", 1)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="minilm")
     parser.add_argument("--texts", type=int, default=384, help="sentences per condition")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", action="store_true", help="1 vs 2 replicas via Envoy")
-    parser.add_argument("--paths", action="store_true", help="direct, Envoy gRPC, Envoy JSON")
+    parser.add_argument("--batch-sizes", action="store_true", help="max batch 1 to 32, direct")
     args = parser.parse_args()
     if args.replicas:
         compare_replicas(args)
-        return
-    if args.paths:
-        compare_paths(args)
-        return
+    elif args.batch_sizes:
+        compare_batch_sizes(args)
+    else:
+        report(args)
 
+
+def compare_batch_sizes(args: argparse.Namespace) -> None:
     texts = sentences(args.texts)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
         f" {len(texts)} Amazon review test sentences per condition, {args.rounds} rounds"
     )
-    raw_rates: dict[int, list[float]] = defaultdict(list)
+    raw_rates: dict[tuple[str, int], list[float]] = defaultdict(list)
     served_rates: dict[tuple[int, int], list[Figures]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -164,22 +208,17 @@ def main() -> None:
         artifact = bootstrap(data_dir, args.preset)
         print(f"# bootstrapped in {time.monotonic() - started:.0f} s: {artifact}")
         for round_number in range(args.rounds):
-            for batch in RAW_BATCHES:
-                raw_rates[batch].append(raw(data_dir, artifact, texts, batch))
+            for key, rate in raw_engines(data_dir, artifact, texts).items():
+                raw_rates[key].append(rate)
             for max_batch in MAX_BATCHES:
                 for concurrency, figures in served(data_dir, max_batch, texts).items():
                     served_rates[(max_batch, concurrency)].append(figures)
             print(f"# round {round_number + 1} done", flush=True)
-
-    raw_median = {batch: statistics.median(rates) for batch, rates in raw_rates.items()}
-    best_raw = max(raw_median.values())
-    print("\nraw engine, in-process (sentences/s, median of rounds)")
-    for batch, rate in raw_median.items():
-        print(f"  torch fp32 batch {batch:<3} {rate:8.1f}   / best raw {rate / best_raw:5.2f}")
+        baseline = print_raw(raw_rates, served_graph(data_dir, artifact))
     print("\nserved, gRPC direct to InferenceService (median of rounds)")
     print(
         f"  {'max batch':>9} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'/ best raw':>10} {'/ raw b1':>9}"
+        f" {'/ best raw':>10} {'/ torch b1':>10}"
     )
     for (max_batch, concurrency), figures in served_rates.items():
         rate = statistics.median(f[0] for f in figures)
@@ -187,7 +226,7 @@ def main() -> None:
         p99 = statistics.median(f[2] for f in figures)
         print(
             f"  {max_batch:>9} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
-            f" {rate / best_raw:10.2f} {rate / raw_median[1]:9.2f}"
+            f" {rate / baseline['best']:10.2f} {rate / baseline['torch_b1']:10.2f}"
         )
 
 
@@ -202,6 +241,32 @@ def measure(call: Callable[[str], None], texts: list[str], concurrency: int) -> 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(timed, texts))
+    elapsed = time.perf_counter() - started
+    return (
+        len(texts) / elapsed,
+        statistics.median(latencies) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+def measure_open_loop(call: Callable[[str], None], texts: list[str], rate: float) -> Figures:
+    """Requests arriving as a Poisson process of ``rate`` per second, whether or not earlier
+    ones were answered (as independent users send them); latency from each request's send."""
+    arrivals = random.Random(13)
+    latencies: list[float] = []
+
+    def timed(text: str) -> None:
+        sent = time.perf_counter()
+        call(text)
+        latencies.append(time.perf_counter() - sent)
+
+    started = time.perf_counter()
+    due = started
+    with ThreadPoolExecutor(256) as pool:
+        for text in texts:
+            due += arrivals.expovariate(rate)
+            time.sleep(max(0.0, due - time.perf_counter()))
+            pool.submit(timed, text)
     elapsed = time.perf_counter() - started
     return (
         len(texts) / elapsed,
@@ -245,6 +310,9 @@ def by_path(data_dir: Path, texts: list[str]) -> tuple[dict[tuple[str, int], Fig
         for concurrency in CONCURRENCY:
             for name, call in calls.items():
                 results[(name, concurrency)] = measure(call, texts, concurrency)
+        for name, call in calls.items():
+            saturation = max(results[(name, c)][0] for c in CONCURRENCY)
+            results[(name, HALF)] = measure_open_loop(call, texts, saturation / 2)
         rss = rss_mib(mesh.pid("inference"))
         http.close()
         direct.close()
@@ -254,40 +322,44 @@ def by_path(data_dir: Path, texts: list[str]) -> tuple[dict[tuple[str, int], Fig
     return results, rss
 
 
-def compare_paths(args: argparse.Namespace) -> None:
+def report(args: argparse.Namespace) -> None:
     texts = sentences(args.texts)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset}, default"
-        f" settings, {len(texts)} sentences per condition, {args.rounds} rounds"
+        f" settings, {len(texts)} Amazon review test sentences per condition,"
+        f" {args.rounds} rounds"
     )
-    raw_rates: dict[int, list[float]] = defaultdict(list)
+    raw_rates: dict[tuple[str, int], list[float]] = defaultdict(list)
     figures: dict[tuple[str, int], list[Figures]] = defaultdict(list)
     rss: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
+        started = time.monotonic()
         artifact = bootstrap(data_dir, args.preset)
+        print(f"# bootstrapped in {time.monotonic() - started:.0f} s", flush=True)
         for round_number in range(args.rounds):
-            for batch in RAW_BATCHES:
-                raw_rates[batch].append(raw(data_dir, artifact, texts, batch))
+            for key, rate in raw_engines(data_dir, artifact, texts).items():
+                raw_rates[key].append(rate)
             results, resident = by_path(data_dir, texts)
             rss.append(resident)
             for key, value in results.items():
                 figures[key].append(value)
             print(f"# round {round_number + 1} done", flush=True)
-    raw_median = {batch: statistics.median(rates) for batch, rates in raw_rates.items()}
-    best_raw = max(raw_median.values())
-    for batch, rate in raw_median.items():
-        print(f"  raw torch fp32 batch {batch:<3} {rate:8.1f} sentences/s")
-    print(f"  inference process RSS with the model loaded: {statistics.median(rss):.0f} MiB")
+        baseline = print_raw(raw_rates, served_graph(data_dir, artifact))
+    print(f"\ninference process RSS with the model loaded: {statistics.median(rss):.0f} MiB")
+    print("\nserved, default settings (median of rounds)")
     print(
-        f"  {'path':<16} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'/ best raw':>10}"
+        f"  {'path':<16} {'clients':>9} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'p99/p50':>7} {'/ best raw':>10} {'/ torch b1':>10}"
     )
     for (name, concurrency), values in figures.items():
         rate = statistics.median(v[0] for v in values)
+        p50 = statistics.median(v[1] for v in values)
+        p99 = statistics.median(v[2] for v in values)
+        load = "half sat." if concurrency == HALF else str(concurrency)
         print(
-            f"  {name:<16} {concurrency:>7} {rate:8.1f}"
-            f" {statistics.median(v[1] for v in values):8.1f}"
-            f" {statistics.median(v[2] for v in values):8.1f} {rate / best_raw:10.2f}"
+            f"  {name:<16} {load:>9} {rate:8.1f} {p50:8.1f} {p99:8.1f} {p99 / p50:7.2f}"
+            f" {rate / baseline['best']:10.2f} {rate / baseline['torch_b1']:10.2f}"
         )
 
 

@@ -147,7 +147,7 @@ class Predictor:
         cache_dir: Path,
         log: PredictionLog,
         max_text_length: int,
-        threads: int,
+        threads: int | None = None,  # None: the engine's own default (every core)
         engine: str = "auto",
     ) -> None:
         self._store = store
