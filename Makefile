@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/sentiloop/v1/*.proto)
 DESCRIPTOR := services/sentiloop/v1/sentiloop.binpb
 OPENAPI := services/sentiloop/v1/openapi.json
 
-.PHONY: venv system-deps run test lint typecheck import-lint protos check-generated check-deploy buf-lint buf-breaking pytest bench bench-serving clean
+.PHONY: venv system-deps container-transformers run test lint typecheck import-lint protos check-generated check-deploy buf-lint buf-breaking pytest bench bench-serving clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,18 @@ system-deps:
 	@test -x $(CHROMIUM) && command -v curl >/dev/null || { echo "installing chromium and curl with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl >/dev/null; }
+
+# The transformers of SageMaker's Hugging Face training container (SDK_IMAGE_VERSIONS in
+# services/sentiloop/aws/config.py), in a folder beside the venv's packages, for the test
+# that runs train.py with it (tests/test_container_transformers.py).
+CONTAINER_TRANSFORMERS := 4.55.0
+CONTAINER_PACKAGES := transformers==$(CONTAINER_TRANSFORMERS) tokenizers==0.21.4 huggingface_hub==0.36.2
+container-transformers: venv
+	@test -d $(VENV)/transformers-$(CONTAINER_TRANSFORMERS) || { \
+	  echo "installing transformers $(CONTAINER_TRANSFORMERS) into $(VENV)/transformers-$(CONTAINER_TRANSFORMERS)"; \
+	  rm -rf $(VENV)/transformers.partial && \
+	  $(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/transformers.partial $(CONTAINER_PACKAGES) && \
+	  mv $(VENV)/transformers.partial $(VENV)/transformers-$(CONTAINER_TRANSFORMERS); }
 
 run: venv
 	SENTILOOP_RETRAIN_AUTO=$${SENTILOOP_RETRAIN_AUTO:-true} $(BIN)/sentiloop up --bootstrap-if-empty
@@ -73,7 +85,7 @@ typecheck: venv
 import-lint: venv
 	$(BIN)/lint-imports
 
-pytest: venv system-deps
+pytest: venv system-deps container-transformers
 	$(BIN)/pytest -q
 
 test: venv system-deps buf-lint buf-breaking check-generated lint typecheck import-lint check-deploy pytest

@@ -384,7 +384,8 @@ def test_training_job_request_and_result(aws: Aws) -> None:
     assert definitions == load_script("train").METRIC_DEFINITIONS
     assert {d["Name"] for d in definitions} >= {"test_accuracy", "test_macro_f1", "loss"}
 
-    # The code SageMaker runs: the very scripts, at the root of sourcedir.tar.gz.
+    # The code SageMaker runs: the very scripts, at the root of sourcedir.tar.gz, and the
+    # requirements its container installs first (onnx and onnxruntime for the export).
     assert store.uri(backend.code_key(job.name)) == code
     archive = store.get_bytes(backend.code_key(job.name))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -392,6 +393,7 @@ def test_training_job_request_and_result(aws: Aws) -> None:
     assert contents == {
         "train.py": (scripts_dir() / "train.py").read_bytes(),
         "inference.py": (scripts_dir() / "inference.py").read_bytes(),
+        "requirements.txt": (scripts_dir() / "requirements.txt").read_bytes(),
     }
 
 
