@@ -21,12 +21,13 @@ load generator runs on the same machine as the mesh.
 
 compares instead SENTILOOP_INFERENCE_MAX_BATCH=1 (every request alone: the server before
 batching) with batches of up to 4, 8, 16 and 32 texts, gRPC direct at concurrency 1, 16 and
-64 (how the default batch size was chosen), and
+64 and open-loop at ``--rate`` requests/s (how the default batch size was chosen), and
 
     .venv/bin/python benchmarks/serving.py --replicas
 
 one InferenceService (the engine on every core) with two replicas (half the cores each),
-both through Envoy at concurrency 16 and 64, with the default batch size.
+both through Envoy at concurrency 16 and 64 and open-loop at ``--rate`` requests/s, with the
+default batch size.
 """
 
 from __future__ import annotations
@@ -107,6 +108,22 @@ def raw(data_dir: Path, artifact: str, texts: list[str], batch: int, engine: str
     return len(texts) / (time.perf_counter() - started)
 
 
+def test_set_quality(data_dir: Path, artifact: str) -> dict[str, float]:
+    """Macro-F1 on the whole Amazon test split of torch fp32 and of the served engine."""
+    inference, train = load_script("inference"), load_script("train")
+    folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
+    examples = vader.split_examples(vader.load_domain("amazon"))["test"]
+    truth = [train.LABELS.index(e.label) for e in examples]
+    scores = {}
+    for engine in ("torch", "auto"):
+        model = inference.load_model(folder, engine=engine)
+        predicted = inference.predict_texts(model, [e.text for e in examples])
+        guesses = [train.LABELS.index(p["label"]) for p in predicted]
+        name = "torch fp32" if engine == "torch" else f"{model.engine} {model.precision}"
+        scores[name] = train.compute_metrics(truth, guesses, train.LABELS)["macro_f1"]
+    return scores
+
+
 def served_graph(data_dir: Path, artifact: str) -> dict[str, Any]:
     """What labels.json says of the artifact's ONNX graph (precision, the int8 verdict)."""
     folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
@@ -119,9 +136,11 @@ def served(
     texts: list[str],
     replicas: int = 1,
     concurrency_levels: tuple[int, ...] = CONCURRENCY,
+    open_rate: float | None = None,
 ) -> dict[int, Figures]:
     """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC straight to
-    InferenceService (through Envoy with replicas, which only Envoy balances over)."""
+    InferenceService (through Envoy with replicas, which only Envoy balances over); with
+    ``open_rate``, also open-loop at that many requests per second (key HALF)."""
     env = {"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)}
     if replicas > 1:
         env |= {
@@ -137,12 +156,14 @@ def served(
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             for text in texts[:8]:  # warm-up
                 stub.Predict(inference_pb2.PredictRequest(text=text), timeout=60)
+
+            def call(text: str) -> None:
+                stub.Predict(inference_pb2.PredictRequest(text=text), timeout=120)
+
             for concurrency in concurrency_levels:
-                results[concurrency] = measure(
-                    lambda text: stub.Predict(inference_pb2.PredictRequest(text=text), timeout=120),
-                    texts,
-                    concurrency,
-                )
+                results[concurrency] = measure(call, texts, concurrency)
+            if open_rate:
+                results[HALF] = measure_open_loop(call, texts, open_rate)
     finally:
         mesh.stop()
     return results
@@ -185,6 +206,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", action="store_true", help="1 vs 2 replicas via Envoy")
     parser.add_argument("--batch-sizes", action="store_true", help="max batch 1 to 32, direct")
+    parser.add_argument(
+        "--rate", type=float, default=200, help="--batch-sizes, --replicas: open-loop requests/s"
+    )
     args = parser.parse_args()
     if args.replicas:
         compare_replicas(args)
@@ -211,7 +235,9 @@ def compare_batch_sizes(args: argparse.Namespace) -> None:
             for key, rate in raw_engines(data_dir, artifact, texts).items():
                 raw_rates[key].append(rate)
             for max_batch in MAX_BATCHES:
-                for concurrency, figures in served(data_dir, max_batch, texts).items():
+                for concurrency, figures in served(
+                    data_dir, max_batch, texts, open_rate=args.rate
+                ).items():
                     served_rates[(max_batch, concurrency)].append(figures)
             print(f"# round {round_number + 1} done", flush=True)
         baseline = print_raw(raw_rates, served_graph(data_dir, artifact))
@@ -224,8 +250,9 @@ def compare_batch_sizes(args: argparse.Namespace) -> None:
         rate = statistics.median(f[0] for f in figures)
         p50 = statistics.median(f[1] for f in figures)
         p99 = statistics.median(f[2] for f in figures)
+        load = f"{args.rate:.0f}/s" if concurrency == HALF else str(concurrency)
         print(
-            f"  {max_batch:>9} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
+            f"  {max_batch:>9} {load:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
             f" {rate / baseline['best']:10.2f} {rate / baseline['torch_b1']:10.2f}"
         )
 
@@ -346,6 +373,11 @@ def report(args: argparse.Namespace) -> None:
                 figures[key].append(value)
             print(f"# round {round_number + 1} done", flush=True)
         baseline = print_raw(raw_rates, served_graph(data_dir, artifact))
+        quality = test_set_quality(data_dir, artifact)
+    print(
+        "\ntest-set macro-F1 (all Amazon test sentences): "
+        + ", ".join(f"{name} {f1:.4f}" for name, f1 in quality.items())
+    )
     print(f"\ninference process RSS with the model loaded: {statistics.median(rss):.0f} MiB")
     print("\nserved, default settings (median of rounds)")
     print(
@@ -376,16 +408,17 @@ def compare_replicas(args: argparse.Namespace) -> None:
         for round_number in range(args.rounds):
             for replicas in (1, 2):
                 for concurrency, figures in served(
-                    data_dir, 8, texts, replicas, concurrency_levels=(16, 64)
+                    data_dir, 4, texts, replicas, concurrency_levels=(16, 64), open_rate=args.rate
                 ).items():
                     rates[(replicas, concurrency)].append(figures)
             print(f"# round {round_number + 1} done", flush=True)
-    base = {c: statistics.median(f[0] for f in rates[(1, c)]) for c in (16, 64)}
+    base = {c: statistics.median(f[0] for f in rates[(1, c)]) for c in (16, 64, HALF)}
     print(f"  {'replicas':>8} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'/ 1':>6}")
     for (replicas, concurrency), figures in rates.items():
         rate = statistics.median(f[0] for f in figures)
+        load = f"{args.rate:.0f}/s" if concurrency == HALF else str(concurrency)
         print(
-            f"  {replicas:>8} {concurrency:>7} {rate:8.1f}"
+            f"  {replicas:>8} {load:>7} {rate:8.1f}"
             f" {statistics.median(f[1] for f in figures):8.1f}"
             f" {statistics.median(f[2] for f in figures):8.1f} {rate / base[concurrency]:6.2f}"
         )

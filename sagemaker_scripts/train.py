@@ -88,9 +88,18 @@ Progress goes to stdout, one flushed line per event (see :func:`parse_line`)::
     [sentiloop] metric <name>=<float>
 
 The model folder gets ``model.safetensors``, ``config.json``, the tokenizer files,
-``labels.json`` (``{"labels": [...], "max_length": N}``: the label order and the max length
-serving must use, the one training used), ``metrics.json`` and ``code/inference.py``
-(SageMaker's place for a custom inference handler). Nothing is ever pickled. Validation,
+``labels.json`` (``{"labels": [...], "max_length": N, "onnx": {...}}``: the label order and
+the max length serving must use, the one training used, and the ONNX graph that serves),
+``metrics.json``, ``code/inference.py`` (SageMaker's place for a custom inference handler)
+and ``code/requirements.txt`` (what its container installs first). Nothing is ever pickled.
+
+The ONNX graph (:func:`export_onnx`): the saved model is exported with eager attention and
+fused by onnxruntime's optimizer, then kept as ``model.onnx`` only if its probabilities are
+within :data:`ONNX_TOLERANCE` of torch's on every test (else validation) text; otherwise
+serving stays on torch. A dynamic int8 graph (per-channel weights) replaces it only if it
+agrees with fp32 on >= 99% of those texts, loses <= 0.5 points of macro-F1 and is
+batch-invariant (:func:`_int8_verdict`); the verdict is recorded either way. Without
+onnxruntime in the training environment the export is skipped and recorded as such. Validation,
 test and cross-fit predictions go through ``inference.py``'s own ``predict_texts``, so the
 metrics recorded here, the promotion gate and serving measure one model the same way.
 

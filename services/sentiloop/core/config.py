@@ -210,10 +210,11 @@ class Settings(BaseModel):
         group=SERVING,
     )
     inference_max_batch: Annotated[int, Field(ge=1, le=MAX_TEXTS_PER_CALL)] = setting(
-        8,
+        4,
         "most texts InferenceService predicts in one batch, from all callers together"
-        " (a larger PredictBatch runs alone); 8 served the most sentences/s in"
-        " benchmarks/serving.py on 2 CPUs (MiniLM: larger batches pad more)",
+        " (a larger PredictBatch runs alone); 4 served the most sentences/s at 16 clients and"
+        " kept the shortest open-loop tail in `benchmarks/serving.py --batch-sizes` on 2 CPUs"
+        " (MiniLM on ONNX Runtime: larger batches pad more and gain nothing per sentence)",
         group=SERVING,
     )
     inference_engine: Literal["auto", "onnxruntime", "torch"] = setting(
