@@ -113,7 +113,7 @@ def test_set_quality(data_dir: Path, artifact: str) -> dict[str, float]:
     inference, train = load_script("inference"), load_script("train")
     folder = unpack_artifact(LocalObjectStore(data_dir / "objects"), artifact, data_dir / "raw")
     examples = vader.split_examples(vader.load_domain("amazon"))["test"]
-    truth = [train.LABELS.index(e.label) for e in examples]
+    truth = [train.LABELS.index(e.label.lower()) for e in examples]
     scores = {}
     for engine in ("torch", "auto"):
         model = inference.load_model(folder, engine=engine)
