@@ -22,7 +22,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 
 @pytest.fixture
 def http(mesh: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=mesh.url, timeout=10) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=10) as client:
         yield client
 
 
@@ -32,7 +32,7 @@ def channel_to(mesh: RunningMesh) -> Iterator[object]:
 
     def open_channel(service: str) -> grpc.Channel:
         address = mesh.envoy_address if service == "envoy" else mesh.address(service)
-        channel = grpc.insecure_channel(address)
+        channel = mesh.operator_channel(address)
         channels.append(channel)
         return channel
 

@@ -12,10 +12,18 @@ import signal
 from collections.abc import Iterator
 from functools import partial
 
+import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
+from sentiloop.testing import (
+    TINY_ENV,
+    RunningMesh,
+    start_mesh,
+    wait_for,
+    write_unloadable_artifact,
+)
+from sentiloop.v1 import registry_pb2, registry_pb2_grpc
 
 NO_POLLING = {**TINY_ENV, "SENTILOOP_INFERENCE_FALLBACK_POLL_SECONDS": "600"}
 
@@ -40,7 +48,7 @@ def newly_served(client: httpx.Client, before: str) -> str:
 
 
 def test_activations_and_rollbacks_are_followed_as_events(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=60) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=60) as client:
         served = []
         for _ in range(2):
             before = serving(client)
@@ -75,12 +83,32 @@ def ensure_serving(client: httpx.Client) -> str:
     return serving(client)
 
 
+def test_only_real_artifacts_get_a_version(mesh: RunningMesh) -> None:
+    """The findings: /etc/passwd and ../../../../etc/passwd were registered. Now a 400
+    through Envoy and INVALID_ARGUMENT over gRPC straight to the registry, naming why."""
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=60) as client:
+        before = client.get("/models").json()["count"]
+        for path in ("/etc/passwd", "../../../../etc/passwd"):
+            answer = client.post("/models", json={"path": path, "source": "manual"})
+            assert answer.status_code == 400, answer.text
+            assert "is not in the object store" in answer.json()["error"], answer.text
+        with mesh.operator_channel(mesh.address("registry")) as channel:
+            stub = registry_pb2_grpc.ModelRegistryServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RegisterModel(
+                    registry_pb2.RegisterModelRequest(path="/etc/passwd", source="manual"),
+                    timeout=10,
+                )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.get("/models").json()["count"] == before
+
+
 def endpoint_status(client: httpx.Client, version: str) -> str:
     return str(client.get(f"/models/{version}").json()["model"].get("endpoint_status", ""))
 
 
 def test_the_registry_answers_endpoint_status_from_serving_events(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=60) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=60) as client:
         good = ensure_serving(client)
         wait_for(lambda: endpoint_status(client, good) == "InService", 15)
         # How it serves, as InferenceService announced it: the ONNX graph train.py exported
@@ -90,33 +118,45 @@ def test_the_registry_answers_endpoint_status_from_serving_events(mesh: RunningM
         model = client.get(f"/models/{good}").json()["model"]
         assert (model["engine"], model["precision"]) == (status["engine"], status["precision"])
 
-        # A version whose artifact cannot load: the registry learns that it failed.
-        registered = client.post("/models", json={"path": "/nowhere/model.tar.gz"})
+        # A version whose artifact passes the registry's checks but cannot load. The
+        # finding: the registry claimed it while the previous version answered, and the
+        # statuses stayed Failed after a rollback. Now the registry goes back to the
+        # version that answers, says why, and every status agrees.
+        registered = client.post(
+            "/models", json={"path": str(write_unloadable_artifact(mesh.data_dir))}
+        )
         assert registered.status_code == 200, registered.text
         broken = registered.json()["model"]["version"]
-        assert client.post(f"/models/{broken}/activate", json={}).status_code == 200
-        wait_for(lambda: endpoint_status(client, broken) == "Failed", 30)
-        assert (
-            serving(client) == ""
-            and client.post("/predict", json={"text": "ok"}).json()["model_version"] == good
-        )  # the failed load did not stop the good version from answering
+        activated = client.post(f"/models/{broken}/activate", json={"reason": "try it"})
+        assert activated.status_code == 200, activated.text
+        wait_for(lambda: client.get("/models/active").json()["model"]["version"] == good, 30)
+        wait_for(lambda: serving(client) == good, 15)
+        wait_for(lambda: endpoint_status(client, good) == "InService", 15)
+        endpoint = client.get("/model-init/endpoint-status").json()
+        assert (endpoint["status"], endpoint["model_version"]) == ("InService", good), endpoint
+        assert client.post("/predict", json={"text": "ok"}).json()["model_version"] == good
+        assert endpoint_status(client, broken) == ""  # only the active version has one
+        failed = client.get("/events", params={"type_prefix": "model.activation_failed"})
+        assert any(
+            e["subject"] == broken and e["attributes"]["active_version"] == good
+            for e in failed.json()["events"]
+        ), failed.text
+        history = client.get("/models/activations").json()["activations"]
+        assert [(a["version"], a["kind"]) for a in history[:2]] == [
+            (good, "reverted"),
+            (broken, "activate"),
+        ]
+        assert broken in history[0]["reason"] and "failed to load" in history[0]["reason"]
 
         # With ModelInit frozen, the registry still answers at once: it asks no one.
         os.kill(mesh.pid("model_init"), signal.SIGSTOP)
         try:
             with httpx.Client(base_url=mesh.url, timeout=3) as quick:
-                assert endpoint_status(quick, broken) == "Failed"
+                assert endpoint_status(quick, good) == "InService"
                 models = quick.get("/models").json()["models"]
-                assert [m["endpoint_status"] for m in models if m["is_active"]] == ["Failed"]
+                assert [m["endpoint_status"] for m in models if m["is_active"]] == ["InService"]
         finally:
             os.kill(mesh.pid("model_init"), signal.SIGCONT)
-
-        # Rolling back to the served version ends the failure, in the registry too.
-        rolled = client.post("/models/rollback", json={"reason": "the artifact is broken"})
-        assert rolled.status_code == 200 and rolled.json()["model"]["version"] == good
-        wait_for(lambda: serving(client) == good, 15)
-        wait_for(lambda: endpoint_status(client, good) == "InService", 15)
-        assert endpoint_status(client, broken) == ""  # only the active version has one
 
 
 def scored(mesh: RunningMesh, version: str) -> list[int]:
@@ -130,7 +170,7 @@ def scored(mesh: RunningMesh, version: str) -> list[int]:
 
 
 def test_an_activated_version_is_scored_before_anyone_evaluates_it(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=120) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=120) as client:
         version = ensure_serving(client)
         # The model.activated event had EvaluationService predict the test set at once ...
         prepared = wait_for(lambda: scored(mesh, version), 60)

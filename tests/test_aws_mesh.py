@@ -4,7 +4,9 @@ and the model package mirror, sagemaker-runtime for predictions, SNS for events.
 
 moto reports a training job Completed at once and writes no artifact; its
 ``ModelArtifacts.S3ModelArtifacts`` is ``<S3OutputPath>/<job>/output/model.tar.gz`` all
-the same. Sentiloop trusts SageMaker's answer (no metrics.json in the output, so empty
+the same. Here moto's CreateTrainingJob also writes what a real job leaves there (a small
+but complete model.tar.gz, in SeaweedFS), since the registry checks an artifact before it
+registers it. Sentiloop trusts SageMaker's answer (no metrics.json in the output, so empty
 metrics), registers that path as v1 and deploys it; moto's endpoints are InService at
 once, and invoke_endpoint answers what was queued through moto's static results API."""
 
@@ -21,10 +23,11 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from moto.sagemaker.models import SageMakerModelBackend
 from moto.server import ThreadedMotoServer
 from seaweed import SeaweedS3, running_seaweed
 
-from sentiloop.testing import RunningMesh, free_port, start_mesh
+from sentiloop.testing import MINIMAL_MODEL_FILES, RunningMesh, free_port, start_mesh, tarball
 
 REGION = "us-east-1"
 BUCKET = "sentiloop-aws-mesh"
@@ -103,7 +106,19 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def aws(seaweed: SeaweedS3) -> Iterator[Aws]:
+def aws(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    s3 = seaweed.client()
+    create_training_job = SageMakerModelBackend.create_training_job
+
+    def create_and_write_the_model(self: Any, training_job_name: str, **kwargs: Any) -> Any:
+        job = create_training_job(self, training_job_name, **kwargs)
+        bucket, _, prefix = kwargs["output_data_config"]["S3OutputPath"][5:].partition("/")
+        key = f"{prefix.rstrip('/')}/{training_job_name}/output/model.tar.gz".lstrip("/")
+        s3.put_object(Bucket=bucket, Key=key, Body=tarball(MINIMAL_MODEL_FILES))
+        return job
+
+    # moto's server runs in this process: its backend is patched like any object here.
+    monkeypatch.setattr(SageMakerModelBackend, "create_training_job", create_and_write_the_model)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -116,7 +131,6 @@ def aws(seaweed: SeaweedS3) -> Iterator[Aws]:
     sagemaker, sns, sqs = (
         session.client(name, endpoint_url=url) for name in ("sagemaker", "sns", "sqs")
     )
-    s3 = seaweed.client()
     topic_arn = sns.create_topic(Name="sentiloop-events")["TopicArn"]
     queue_url = sqs.create_queue(QueueName="sentiloop-events")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
@@ -175,7 +189,9 @@ def watch(client: httpx.Client, job_name: str) -> list[dict[str, Any]]:
 
 
 def test_bootstrap_deploy_and_predict_on_aws(aws: Aws, aws_mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=aws_mesh.url, timeout=30) as client:
+    with httpx.Client(
+        base_url=aws_mesh.url, headers=aws_mesh.operator_headers, timeout=30
+    ) as client:
         # Nothing deployed yet.
         status = client.get("/model-init/endpoint-status").json()
         assert status["status"] == "NotDeployed" and status["backend"] == "sagemaker", status
@@ -227,9 +243,10 @@ def test_bootstrap_deploy_and_predict_on_aws(aws: Aws, aws_mesh: RunningMesh) ->
         assert model["path"] == artifact and model["path"].startswith("s3://")
         assert model["training_job_name"] == job_name
         assert model["source"] == "bootstrap" and model["test_metrics"]["total_samples"] == 0
-        # Registered and deployed on SageMaker's word: the artifact itself is not in the bucket.
+        # The artifact the job left in the bucket, which the registry checked before it
+        # registered the path.
         listed = aws.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{job_name}/")
-        assert listed.get("KeyCount", 0) == 0
+        assert [o["Key"] for o in listed["Contents"]] == [f"models/{job_name}/output/model.tar.gz"]
 
         def in_service() -> dict[str, Any] | None:
             status = client.get("/model-init/endpoint-status").json()
@@ -312,7 +329,9 @@ def test_sagemaker_trains_on_an_imported_dataset(aws: Aws, aws_mesh: RunningMesh
         for word, label in (("great", "positive"), ("awful", "negative"), ("plain", "neutral"))
     ]
     aws.s3.put_object(Bucket=BUCKET, Key="incoming/train_data.csv", Body="\n".join(lines).encode())
-    with httpx.Client(base_url=aws_mesh.url, timeout=30) as client:
+    with httpx.Client(
+        base_url=aws_mesh.url, headers=aws_mesh.operator_headers, timeout=30
+    ) as client:
         imported = client.post(
             "/datasets", json={"train": {"uri": f"s3://{BUCKET}/incoming/train_data.csv"}}
         )

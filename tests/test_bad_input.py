@@ -101,7 +101,7 @@ def test_invalid_argument_over_grpc_carries_field_violations(mesh: RunningMesh) 
     from sentiloop.v1 import feedback_pb2 as pb
     from sentiloop.v1 import feedback_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+    with mesh.operator_channel(mesh.address("feedback")) as channel:
         stub = pb_grpc.FeedbackServiceStub(channel)
         try:
             stub.SubmitFeedback(pb.SubmitFeedbackRequest(text="", user_label="bad"), timeout=5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def dataset_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMe
 
 @pytest.fixture
 def client(dataset_mesh: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dataset_mesh.url, timeout=600) as http:
+    with httpx.Client(
+        base_url=dataset_mesh.url, headers=dataset_mesh.operator_headers, timeout=600
+    ) as http:
         yield http
 
 
@@ -72,7 +75,7 @@ def test_import_through_envoy_grpc_upload_and_a_store_key(
 
     # The same file streamed in chunks over gRPC (through Envoy) is the same dataset.
     data = content.encode()
-    with grpc.insecure_channel(dataset_mesh.envoy_address) as channel:
+    with dataset_mesh.operator_channel() as channel:
         stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
         uploaded = stub.UploadDataset(
             iter(
@@ -195,11 +198,14 @@ def test_the_cli_uploads_lists_and_shows(dataset_mesh: RunningMesh, tmp_path: Pa
     import sys
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        # The CLI finds the operator token in its data directory: this mesh's.
+        env = {**os.environ, "SENTILOOP_DATA_DIR": str(dataset_mesh.data_dir)}
         return subprocess.run(
             [sys.executable, "-m", "sentiloop.cli", *args, "--address", dataset_mesh.envoy_address],
             capture_output=True,
             text=True,
             timeout=60,
+            env=env,
         )
 
     train = tmp_path / "train_data.csv"

@@ -260,7 +260,7 @@ def test_feedback_is_exported_exactly_once_through_an_outage(
             ids.append(int(response.json()["feedback"]["id"]))
         return ids
 
-    with httpx.Client(base_url=mesh.url, timeout=30) as http:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=30) as http:
         before = send(http, 10, "before")
         wait_for(lambda: sorted(ids_in_bucket()) == before, 30)
 

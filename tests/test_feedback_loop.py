@@ -66,7 +66,9 @@ def loop_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]
 
 @pytest.fixture
 def client(loop_mesh: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=loop_mesh.url, timeout=600) as http:
+    with httpx.Client(
+        base_url=loop_mesh.url, headers=loop_mesh.operator_headers, timeout=600
+    ) as http:
         yield http
 
 
@@ -75,7 +77,7 @@ def first_run(loop_mesh: RunningMesh) -> dict[str, Any]:
     """The loop's first turn on the module's mesh: bootstrap, too few labels, then enough
     for a retraining run. Every test of the mesh builds on it, so it comes first whatever
     the order of the tests; the test below checks what it saw."""
-    client = httpx.Client(base_url=loop_mesh.url, timeout=600)
+    client = httpx.Client(base_url=loop_mesh.url, headers=loop_mesh.operator_headers, timeout=600)
     try:
         return run_the_loop_once(loop_mesh, client)
     finally:
@@ -234,7 +236,7 @@ def test_compare_scores_a_retrained_candidate_out_of_fold(
 def test_concurrent_retrain_calls_run_exactly_once(
     first_run: dict[str, Any], loop_mesh: RunningMesh
 ) -> None:
-    with grpc.insecure_channel(loop_mesh.envoy_address) as channel:
+    with loop_mesh.operator_channel() as channel:
         stub = retraining_pb2_grpc.RetrainingServiceStub(channel)
 
         def retrain(_: int) -> tuple[str, str]:
@@ -325,7 +327,9 @@ def policy(client: httpx.Client) -> dict[str, Any]:
 
 
 def test_a_burst_is_one_run_and_a_backlog_skips_the_cooldown(auto_mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=auto_mesh.url, timeout=600) as client:
+    with httpx.Client(
+        base_url=auto_mesh.url, headers=auto_mesh.operator_headers, timeout=600
+    ) as client:
         bootstrap(client)
         give_feedback(client, 10, "first")
         time.sleep(2)

@@ -37,7 +37,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 
 
 def test_the_gate_promotes_a_candidate_that_learned_the_feedback(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=600) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=600) as client:
         client.post("/model-init/bootstrap?auto_deploy=true", json={})
         wait_for(lambda: client.get("/predict/status").json().get("model_version") == "v1", 120)
         fresh = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import httpx
 import pytest
 
@@ -31,7 +30,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         extra_env={**TINY_ENV, "SENTILOOP_INFERENCE_MAX_QUEUE": str(QUEUE)},
     )
     try:
-        with httpx.Client(base_url=running.url, timeout=120) as client:
+        with httpx.Client(
+            base_url=running.url, headers=running.operator_headers, timeout=120
+        ) as client:
             started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
             assert started.status_code == 200, started.text
             wait_for(lambda: client.get("/predict/status").json()["status"] == "InService", 180)
@@ -42,7 +43,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 
 def test_concurrent_callers_each_get_their_own_answer(mesh: RunningMesh) -> None:
     texts = [text for _group, text, _label in vader.load_domain("amazon")[:64]]
-    with grpc.insecure_channel(mesh.address("inference")) as channel:
+    with mesh.operator_channel(mesh.address("inference")) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
         def alone(text: str) -> inference_pb2.PredictResponse:
@@ -65,7 +66,7 @@ def test_concurrent_callers_each_get_their_own_answer(mesh: RunningMesh) -> None
 
 
 def test_more_texts_than_the_queue_holds_is_429(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=60) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=60) as client:
         refused = client.post("/predict/batch", json={"texts": ["fine"] * (QUEUE + 1)})
         assert refused.status_code == 429, refused.text
         body = refused.json()
@@ -74,7 +75,7 @@ def test_more_texts_than_the_queue_holds_is_429(mesh: RunningMesh) -> None:
 
 
 def test_a_hot_swap_under_concurrent_load_fails_no_call(mesh: RunningMesh) -> None:
-    with httpx.Client(base_url=mesh.url, timeout=120) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=120) as client:
         before = client.get("/predict/status").json()["model_version"]
         with PredictLoad(mesh.envoy_address, clients=6) as load:
             started = client.post("/model-init/bootstrap?auto_deploy=true", json={})

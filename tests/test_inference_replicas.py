@@ -57,7 +57,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     )
     running.replica_ports = [base, base + REPLICA_PORT_STRIDE]  # type: ignore[attr-defined]
     try:
-        with httpx.Client(base_url=running.url, timeout=120) as client:
+        with httpx.Client(
+            base_url=running.url, headers=running.operator_headers, timeout=120
+        ) as client:
             started = client.post("/model-init/bootstrap?auto_deploy=true", json={})
             assert started.status_code == 200, started.text
         for port in running.replica_ports:  # type: ignore[attr-defined]

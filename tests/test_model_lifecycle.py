@@ -41,7 +41,9 @@ def lifecycle(tmp_path: Path) -> Iterator[RunningMesh]:
 
 @pytest.fixture
 def client(lifecycle: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as http:
+    with httpx.Client(
+        base_url=lifecycle.url, headers=lifecycle.operator_headers, timeout=60
+    ) as http:
         yield http
 
 
@@ -63,7 +65,7 @@ def test_predict_before_any_model_is_unavailable(
     assert response.status_code == 503
     assert "no model is deployed" in response.json()["message"]
     with (
-        grpc.insecure_channel(lifecycle.address("inference")) as channel,
+        lifecycle.operator_channel(lifecycle.address("inference")) as channel,
         pytest.raises(grpc.RpcError) as raised,
     ):
         inference_pb2_grpc.InferenceServiceStub(channel).Predict(
@@ -128,7 +130,7 @@ def test_bootstrap_deploy_switch_and_rollback(lifecycle: RunningMesh, client: ht
     assert logged == ("I love this product!", "v1", prediction["label"])
 
     # A second job over gRPC, deployed by hand while a client predicts in a loop.
-    with grpc.insecure_channel(lifecycle.envoy_address) as channel:
+    with lifecycle.operator_channel() as channel:
         stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
         second = stub.Bootstrap(model_init_pb2.BootstrapRequest(preset="tiny"), timeout=30)
         last = list(
@@ -143,7 +145,9 @@ def test_bootstrap_deploy_switch_and_rollback(lifecycle: RunningMesh, client: ht
     stop = threading.Event()
 
     def predict_in_a_loop() -> None:
-        with httpx.Client(base_url=lifecycle.url, timeout=30) as http:
+        with httpx.Client(
+            base_url=lifecycle.url, headers=lifecycle.operator_headers, timeout=30
+        ) as http:
             while not stop.is_set():
                 response = http.post("/predict", json={"text": "Works fine, nothing special."})
                 if response.status_code == 200:
@@ -192,7 +196,7 @@ def test_unknown_and_malicious_job_names(lifecycle: RunningMesh, client: httpx.C
     assert client.get("/model-init/status/..%2Fx").status_code == 400
     assert client.get("/model-init/status/a/b").status_code == 404  # no route at all
     assert client.get(f"/model-init/status/{'x' * 300}").status_code == 400
-    with grpc.insecure_channel(lifecycle.address("model_init")) as channel:
+    with lifecycle.operator_channel(lifecycle.address("model_init")) as channel:
         stub = model_init_pb2_grpc.ModelInitServiceStub(channel)
         for name, code in [
             ("no-such-job", grpc.StatusCode.NOT_FOUND),
@@ -275,7 +279,7 @@ def test_restarting_model_init_mid_training_keeps_the_job_and_its_auto_deploy(
 
 
 def test_registry_over_grpc(lifecycle: RunningMesh) -> None:
-    with grpc.insecure_channel(lifecycle.address("registry")) as channel:
+    with lifecycle.operator_channel(lifecycle.address("registry")) as channel:
         stub = registry_pb2_grpc.ModelRegistryServiceStub(channel)
         listed = stub.ListModels(registry_pb2.ListModelsRequest())
         assert listed.count == len(listed.models) == 0  # a fresh mesh
@@ -293,7 +297,7 @@ def test_a_restarted_mesh_serves_its_model_from_the_first_request(tmp_path: Path
     ready while the active model is still unknown."""
     mesh = start_mesh(tmp_path, extra_env=TINY_ENV)
     try:
-        with httpx.Client(base_url=mesh.url, timeout=120) as client:
+        with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=120) as client:
             client.post("/model-init/bootstrap?auto_deploy=true", json={})
             wait_for(lambda: endpoint(client)["status"] == "InService", 180)
     finally:
@@ -301,7 +305,9 @@ def test_a_restarted_mesh_serves_its_model_from_the_first_request(tmp_path: Path
     for _ in range(2):
         mesh = start_mesh(tmp_path, extra_env=TINY_ENV)
         try:  # a failed assertion must not leave a mesh holding its ports
-            with httpx.Client(base_url=mesh.url, timeout=60) as client:
+            with httpx.Client(
+                base_url=mesh.url, headers=mesh.operator_headers, timeout=60
+            ) as client:
                 first = client.post("/predict", json={"text": "Works as promised"})
         finally:
             assert mesh.stop() == 0

@@ -57,13 +57,17 @@ def events_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMes
 
 @pytest.fixture
 def client(events_mesh: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=events_mesh.url, timeout=10) as http:
+    with httpx.Client(
+        base_url=events_mesh.url, headers=events_mesh.service_headers, timeout=10
+    ) as http:
         yield http
 
 
 @pytest.fixture
 def stub(events_mesh: RunningMesh) -> Iterator[pb_grpc.NotificationServiceStub]:
-    with grpc.insecure_channel(events_mesh.address("notification")) as channel:
+    with events_mesh.operator_channel(
+        events_mesh.address("notification"), role="service"
+    ) as channel:
         yield pb_grpc.NotificationServiceStub(channel)
 
 
@@ -129,7 +133,7 @@ def test_publish_json_through_envoy(client: httpx.Client) -> None:
 @pytest.mark.parametrize("via", ["notification", "envoy"])
 def test_publish_over_grpc(events_mesh: RunningMesh, via: str) -> None:
     address = events_mesh.envoy_address if via == "envoy" else events_mesh.address("notification")
-    with grpc.insecure_channel(address) as channel:
+    with events_mesh.operator_channel(address, role="service") as channel:
         stub = pb_grpc.NotificationServiceStub(channel)
         first = publish(stub, "model.registered", "v7", accuracy=0.91)
         second = publish(stub, "model.promoted", "v7")
@@ -280,7 +284,9 @@ def test_subscribe_replays_then_continues_live_without_gap_or_duplicate(
     published: list[int] = []
 
     def keep_publishing() -> None:
-        with grpc.insecure_channel(events_mesh.address("notification")) as channel:
+        with events_mesh.operator_channel(
+            events_mesh.address("notification"), role="service"
+        ) as channel:
             other = pb_grpc.NotificationServiceStub(channel)
             for i in range(120):
                 published.append(publish(other, f"{prefix}live", str(i)).id)
@@ -344,7 +350,9 @@ def test_slow_subscriber_does_not_hold_up_publishing(
     events_mesh: RunningMesh, stub: pb_grpc.NotificationServiceStub
 ) -> None:
     prefix = unique_prefix()
-    with grpc.insecure_channel(events_mesh.address("notification")) as slow_channel:
+    with events_mesh.operator_channel(
+        events_mesh.address("notification"), role="service"
+    ) as slow_channel:
         slow = pb_grpc.NotificationServiceStub(slow_channel).Subscribe(
             pb.SubscribeRequest(type_prefixes=[prefix]), timeout=60
         )
@@ -450,7 +458,9 @@ def test_events_survive_a_restart(events_mesh: RunningMesh, client: httpx.Client
 def test_sigterm_ends_open_streams_at_once(events_mesh: RunningMesh, client: httpx.Client) -> None:
     pid = events_mesh.pid("notification")
     with (
-        grpc.insecure_channel(events_mesh.address("notification")) as channel,
+        events_mesh.operator_channel(
+            events_mesh.address("notification"), role="service"
+        ) as channel,
         client.stream("GET", "/events/stream") as json_stream,
     ):
         stub = pb_grpc.NotificationServiceStub(channel)
@@ -471,8 +481,8 @@ def test_sigterm_ends_open_streams_at_once(events_mesh: RunningMesh, client: htt
 def test_mesh_stops_promptly_with_subscribers_open(tmp_path: Path) -> None:
     # A mesh of its own, as the test stops it.
     events_mesh = start_mesh(tmp_path, extra_env=EVENTS_ENV)
-    channel = grpc.insecure_channel(events_mesh.address("notification"))
-    http = httpx.Client(base_url=events_mesh.url, timeout=10)
+    channel = events_mesh.operator_channel(events_mesh.address("notification"), role="service")
+    http = httpx.Client(base_url=events_mesh.url, headers=events_mesh.service_headers, timeout=10)
     try:
         stream = pb_grpc.NotificationServiceStub(channel).Subscribe(
             pb.SubscribeRequest(), timeout=30

@@ -17,10 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
+from sentiloop.testing import (
+    TINY_ENV,
+    RunningMesh,
+    start_mesh,
+    wait_for,
+    write_unloadable_artifact,
+)
 from sentiloop.v1 import model_init_pb2, model_init_pb2_grpc
 
 # The requests of ORIGINAL_API.md, verbatim.
@@ -177,10 +182,13 @@ class Answer:
 
 
 def curl(mesh: RunningMesh, command: str, job_name: str = "", *extra: str) -> Answer:
-    """Runs one of ORIGINAL_API.md's commands as written (HOST and JOB_NAME filled in)."""
+    """Runs one of ORIGINAL_API.md's commands as written (HOST and JOB_NAME filled in),
+    with the operator credential that the calls changing models now need (the one thing
+    an old client adds; tests/test_auth.py shows the public ones answer without it)."""
     args = shlex.split(
         command.replace("HOST:8080", mesh.envoy_address).replace("JOB_NAME", job_name)
     )
+    args += ["-H", f"Authorization: Bearer {mesh.token()}"]
     with tempfile.TemporaryDirectory() as tmp:
         headers, body = Path(tmp, "headers"), Path(tmp, "body")
         done = subprocess.run(
@@ -259,9 +267,8 @@ def predict_while_no_model_is_deployed_is_503(mesh: RunningMesh) -> None:
 
 
 def predict_when_the_model_cannot_be_loaded_is_500(mesh: RunningMesh) -> None:
-    broken = mesh.data_dir / "objects" / "models" / "broken" / "output" / "model.tar.gz"
-    broken.parent.mkdir(parents=True)
-    broken.write_bytes(b"this is not a gzipped tar file")
+    # Complete and safe (the registry checks that), but its weights are garbage.
+    broken = write_unloadable_artifact(mesh.data_dir, "broken")
     registered = curl(
         mesh,
         "curl -X POST http://HOST:8080/models -H 'Content-Type: application/json'"
@@ -328,7 +335,7 @@ def test_the_original_walkthrough(mesh: RunningMesh) -> None:
     endpoint = assert_contract(curl(mesh, ENDPOINT_STATUS), ENDPOINT_STATUS)
     assert endpoint["status"] == "InService"
     assert endpoint["creation_time"] <= endpoint["last_modified_time"]
-    with grpc.insecure_channel(mesh.envoy_address) as channel:  # the same fields over gRPC
+    with mesh.operator_channel() as channel:  # the same fields over gRPC
         answer = model_init_pb2_grpc.ModelInitServiceStub(channel).GetEndpointStatus(
             model_init_pb2.GetEndpointStatusRequest(), timeout=10
         )
@@ -442,7 +449,7 @@ def test_docs_render_a_swagger_ui(mesh: RunningMesh) -> None:
 def test_grpc_clients_see_the_same_top_level_fields(mesh: RunningMesh) -> None:
     from sentiloop.v1 import feedback_pb2, feedback_pb2_grpc
 
-    with grpc.insecure_channel(mesh.envoy_address) as channel:
+    with mesh.operator_channel() as channel:
         feedback = feedback_pb2_grpc.FeedbackServiceStub(channel).SubmitFeedback(
             feedback_pb2.SubmitFeedbackRequest(text="Works fine", user_label="positive"),
             timeout=10,

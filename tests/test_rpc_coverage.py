@@ -30,7 +30,7 @@ from sentiloop.v1 import (
 def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     mesh: RunningMesh = start_mesh(tmp_path_factory.mktemp("rpcs"), extra_env=TINY_ENV)
     try:
-        with grpc.insecure_channel(mesh.envoy_address) as envoy:
+        with mesh.operator_channel() as envoy:
             yield envoy
     finally:
         assert mesh.stop() == 0

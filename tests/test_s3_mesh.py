@@ -46,7 +46,7 @@ def test_the_loop_keeps_everything_in_the_bucket(
     mesh, bucket = s3_mesh
     timings: dict[str, float] = {}
     started = time.monotonic()
-    with httpx.Client(base_url=mesh.url, timeout=600) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=600) as client:
         boot = client.post("/model-init/bootstrap?auto_deploy=true", json={})
         assert boot.status_code == 200, boot.text
         bootstrap_job = boot.json()["job_name"]
@@ -120,7 +120,7 @@ def test_import_a_dataset_from_an_s3_uri(
     seaweed.client().put_object(
         Bucket=user_bucket, Key="in/train_data.csv", Body="\n".join(lines).encode()
     )
-    with httpx.Client(base_url=mesh.url, timeout=60) as client:
+    with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=60) as client:
         uri = f"s3://{user_bucket}/in/train_data.csv"
         imported = client.post("/datasets", json={"name": "mine", "train": {"uri": uri}})
         assert imported.status_code == 200, imported.text

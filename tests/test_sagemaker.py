@@ -48,7 +48,7 @@ from sentiloop.inference.sagemaker_runtime import SageMakerPredictor, serving_st
 from sentiloop.model_init.backends import TrainingEvent, artifact_key
 from sentiloop.model_init.jobs import JobStore, TrainingJob
 from sentiloop.model_init.manager import EndpointStatus, ModelInit, NewTraining
-from sentiloop.testing import free_port
+from sentiloop.testing import free_port, tarball
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sagemaker"
 REGION = "us-east-1"
@@ -222,16 +222,6 @@ def run_job(backend: SageMakerTrainingBackend, job: TrainingJob) -> list[Trainin
 
     asyncio.run(asyncio.wait_for(backend.run(job, report), 10))
     return events
-
-
-def tarball(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
 
 
 # --------------------------------------------------------------------------- configuration

@@ -113,7 +113,7 @@ def sns_mesh(aws: Aws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 
 @pytest.fixture
 def client(sns_mesh: RunningMesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sns_mesh.url, timeout=10) as http:
+    with httpx.Client(base_url=sns_mesh.url, headers=sns_mesh.service_headers, timeout=10) as http:
         yield http
 
 

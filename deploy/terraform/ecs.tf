@@ -107,6 +107,10 @@ resource "aws_ecs_task_definition" "service" {
         lookup(local.service_environment, each.key, {}),
       ) : { name = key, value = value }
     ]
+    secrets = [
+      for role, secret in aws_secretsmanager_secret.credential :
+      { name = "SENTILOOP_${upper(role)}_TOKEN", valueFrom = secret.arn }
+    ]
     mountPoints = [
       { sourceVolume = "data", containerPath = "/data", readOnly = false },
       { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },

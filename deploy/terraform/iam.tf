@@ -49,6 +49,24 @@ data "aws_iam_policy_document" "execution" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = [for g in aws_cloudwatch_log_group.service : "${g.arn}:*"]
   }
+
+  # The credentials ECS puts into the service tasks' environment (secrets.tf).
+  statement {
+    sid       = "ReadCredentials"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [for s in aws_secretsmanager_secret.credential : s.arn]
+  }
+
+  statement {
+    sid       = "DecryptCredentials"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${var.region}.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "execution" {

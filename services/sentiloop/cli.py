@@ -21,7 +21,12 @@ def _envoy_address(args: argparse.Namespace) -> str:
 def _grpc_call(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
     import grpc
 
-    with grpc.insecure_channel(_envoy_address(args)) as channel:
+    from sentiloop.core.auth import bearer_channel, operator_token
+
+    # The operator credential: SENTILOOP_OPERATOR_TOKEN, else the mesh's token file.
+    token = operator_token(load_settings())
+    channel_to = bearer_channel if token else lambda address, _: grpc.insecure_channel(address)
+    with channel_to(_envoy_address(args), token) as channel:
         try:
             return call(channel)
         except grpc.RpcError as error:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sentiloop.core.config import SERVICES, env_name
 
 if TYPE_CHECKING:
+    import grpc
     import httpx
 
 
@@ -85,6 +86,26 @@ class RunningMesh:
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
+
+    def token(self, role: str = "operator") -> str:
+        """A credential `up` generated for this mesh: "operator" or "service" (core.auth)."""
+        return (self.data_dir / "secrets" / f"{role}.token").read_text().strip()
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token()}"}
+
+    @property
+    def service_headers(self) -> dict[str, str]:
+        """What the services present to each other: the only credential that publishes."""
+        return {"authorization": f"Bearer {self.token('service')}"}
+
+    def operator_channel(self, address: str | None = None, role: str = "operator") -> grpc.Channel:
+        """A channel (to Envoy unless ``address`` names a service) that presents the
+        ``role``'s credential on every call."""
+        from sentiloop.core.auth import bearer_channel
+
+        return bearer_channel(address or self.envoy_address, self.token(role))
 
     def pid(self, child: str) -> int:
         return int((self.data_dir / "run" / f"{child}.pid").read_text())
@@ -263,3 +284,35 @@ class PredictLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=60)
+
+
+# The smallest artifact the registry accepts (core.artifacts): its weights are not weights.
+MINIMAL_MODEL_FILES = {
+    "config.json": b'{"model_type": "bert", "num_labels": 3}',
+    "labels.json": b'{"labels": ["negative", "neutral", "positive"]}',
+    "tokenizer.json": b"{}",
+    "model.safetensors": b"not weights",
+}
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    """A model.tar.gz's bytes: ``files`` as plain members."""
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def write_unloadable_artifact(data_dir: Path, name: str = "unloadable") -> Path:
+    """A complete, safe model.tar.gz in the local store's model area (it passes the
+    registry's checks) that cannot load: a version that fails when activated."""
+    path = data_dir / "objects" / "models" / name / "output" / "model.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tarball(MINIMAL_MODEL_FILES))
+    return path

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from sentiloop.core import errors
+from sentiloop.core.auth import Credentials
 from sentiloop.core.config import Settings
 from sentiloop.core.logs import request_id_var
 from sentiloop.v1 import (
@@ -44,16 +45,34 @@ def mesh_error(
     return errors.Unavailable(f"the {service} service could not answer ({code.name}); try again")
 
 
-class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+def _with_call_metadata(details: Any, token: str) -> Any:
+    """The service credential and the current request id on an outgoing call."""
+    metadata = list(details.metadata or [])
+    metadata.append(("authorization", f"Bearer {token}"))
+    request_id = request_id_var.get()
+    if request_id:
+        metadata.append(("x-request-id", request_id))
+    return details._replace(metadata=metadata)
+
+
+class _UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._token = token
+
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        request_id = request_id_var.get()
-        if request_id:
-            metadata = list(client_call_details.metadata or [])
-            metadata.append(("x-request-id", request_id))
-            client_call_details = client_call_details._replace(metadata=metadata)
-        return await continuation(client_call_details, request)
+        return await continuation(_with_call_metadata(client_call_details, self._token), request)
+
+
+class _StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return await continuation(_with_call_metadata(client_call_details, self._token), request)
 
 
 class Clients:
@@ -61,13 +80,15 @@ class Clients:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._token = Credentials.from_settings(settings).service
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def channel(self, service: str) -> grpc.aio.Channel:
         channel = self._channels.get(service)
         if channel is None:
             channel = grpc.aio.insecure_channel(
-                self._settings.address(service), interceptors=[_RequestIdInterceptor()]
+                self._settings.address(service),
+                interceptors=[_UnaryInterceptor(self._token), _StreamInterceptor(self._token)],
             )
             self._channels[service] = channel
         return channel

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
 )
 
@@ -98,6 +99,7 @@ BACKENDS = "Backends"
 S3 = "S3 object store"
 SAGEMAKER = "SageMaker"
 EXPORT = "Feedback export (S3 mode)"
+ACCESS = "Access"
 
 
 def _port(service: str) -> Any:
@@ -153,6 +155,27 @@ class Settings(BaseModel):
     envoy_admin_port: Port = setting(9901, "Envoy's admin interface (loopback only)", group=MESH)
     cors_origins: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = setting(
         ("*",), "comma-separated origins browsers may call from", group=MESH, shown="`*`"
+    )
+    operator_token: SecretStr | None = setting(
+        None,
+        "the operator credential, sent as `Authorization: Bearer TOKEN` on every call that"
+        " changes what is trained, registered, served or exported (production: from a"
+        " secret store)",
+        group=ACCESS,
+        shown="generated once into `DATA_DIR/secrets/operator.token` (owner-only)",
+    )
+    service_token: SecretStr | None = setting(
+        None,
+        "the credential the services present to each other (the only one that may publish events)",
+        group=ACCESS,
+        shown="generated once into `DATA_DIR/secrets/service.token` (owner-only)",
+    )
+    api_key: SecretStr | None = setting(
+        None,
+        "when set, public calls (predict, feedback, listings) need it as a bearer token too:"
+        " a private deployment; health checks stay open",
+        group=ACCESS,
+        shown="unset: public calls are open",
     )
     envoy_descriptor: Path | None = setting(
         None,
@@ -471,7 +494,9 @@ class Settings(BaseModel):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, bool):
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, tuple):
                 text = ",".join(value)

@@ -42,3 +42,11 @@ class ResourceExhausted(SentiloopError):
 
 class Internal(SentiloopError):
     """The service cannot do what it should, through no fault of the caller (HTTP 500)."""
+
+
+class Unauthenticated(SentiloopError):
+    """No credential, or one that is not valid (HTTP 401)."""
+
+
+class PermissionDenied(SentiloopError):
+    """A valid credential whose role may not make this call (HTTP 403)."""

@@ -44,7 +44,11 @@ class LocalObjectStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        # A link inside the store must not lead a read or a write out of it.
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidArgument({"key": f"{key!r} leads out of the object store"})
+        return path
 
     def _write_atomically(self, key: str, write: object) -> str:
         target = self._path(key)

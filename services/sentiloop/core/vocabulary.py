@@ -63,6 +63,9 @@ class EventType(StrEnum):
     # The registry's active version changed (an activation or a rollback): what
     # InferenceService follows to load the new version.
     MODEL_ACTIVATED = "model.activated"
+    # An activated version failed to load: the registry went back to the version that
+    # answers (model.activated, kind "reverted") and says why here.
+    MODEL_ACTIVATION_FAILED = "model.activation_failed"
     # What InferenceService serves changed (loading, serving, failed to load): the
     # registry keeps the latest and answers endpoint statuses from it.
     SERVING_CHANGED = "serving.changed"

@@ -113,6 +113,7 @@ class LocalEndpoint:
     async def wait_in_service(self, version: str, timeout: float) -> EndpointStatus:
         deadline = time.monotonic() + timeout
         status = await self.status()
+        seen = False  # InferenceService took up ``version`` (loading it, or failed to)
         while time.monotonic() < deadline:
             serving = await self._serving()
             if serving is not None:
@@ -121,6 +122,17 @@ class LocalEndpoint:
                 if serving.target_version == version and serving.status == EndpointState.FAILED:
                     return EndpointStatus(
                         EndpointState.FAILED, serving.model_version, serving.failure_reason
+                    )
+                if serving.target_version == version:
+                    seen = True
+                elif seen:
+                    # It failed and the registry went back to the answering version
+                    # between two looks: the failure is in model.activation_failed.
+                    return EndpointStatus(
+                        EndpointState.FAILED,
+                        serving.model_version,
+                        f"{version} did not load; {serving.model_version} stays active"
+                        " (GET /events?type_prefix=model.activation_failed says why)",
                     )
             await asyncio.sleep(0.2)
         status = await self.status()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sentiloop.core.serving import ServingState
@@ -31,9 +32,18 @@ class Notify(Protocol):
 
 
 class Registry:
-    def __init__(self, store: ModelRegistry, notify: Notify, mirror: Mirror | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelRegistry,
+        notify: Notify,
+        check_artifact: Callable[[str], None],
+        mirror: Mirror | None = None,
+    ) -> None:
         self._store = store
         self._notify = notify
+        # Raises InvalidArgument unless the path is a safe, complete artifact in the object
+        # store (core.artifacts.check_artifact): only those get a version.
+        self._check_artifact = check_artifact
         self._mirror = mirror
 
     async def versions(self) -> list[ModelVersion]:
@@ -54,8 +64,32 @@ class Registry:
         return {version: kept[0].endpoint_status_of(version) for version in active}
 
     async def serving_changed(self, state: ServingState, event_id: int) -> None:
-        if await asyncio.to_thread(self._store.record_serving, state, event_id):
-            log.info("serving: %s", state.describe(), extra={"fields": {"event_id": event_id}})
+        if not await asyncio.to_thread(self._store.record_serving, state, event_id):
+            return
+        log.info("serving: %s", state.describe(), extra={"fields": {"event_id": event_id}})
+        if state.status == EndpointState.FAILED and state.model_version:
+            await self._revert(state)
+
+    async def _revert(self, state: ServingState) -> None:
+        """The active version failed to load while the previous one still answers: the
+        registry goes back to the answering one, so that it, /predict/status and the
+        endpoint status agree, and says so (model.activation_failed)."""
+        failed, answering = state.target_version, state.model_version
+        reason = f"{failed} failed to load: {state.failure_reason}"
+        model = await asyncio.to_thread(self._store.revert_failed, failed, answering, reason)
+        if model is None:
+            return
+        log.warning("%s; %s stays active", reason, answering)
+        await self._approve(model.version, reason)
+        await self._activated(model, failed, "reverted", reason)
+        await self._notify(
+            EventType.MODEL_ACTIVATION_FAILED,
+            failed,
+            f"{reason}; {answering} stays active",
+            failed_version=failed,
+            active_version=answering,
+            reason=state.failure_reason,
+        )
 
     async def last_serving_event(self) -> int:
         kept = await asyncio.to_thread(self._store.serving)
@@ -65,6 +99,8 @@ class Registry:
         return await asyncio.to_thread(self._store.activations)
 
     async def register(self, new: NewModel) -> ModelVersion:
+        if new.path.strip():  # an empty one is the store's to name, with the other fields
+            await asyncio.to_thread(self._check_artifact, new.path)
         model = await asyncio.to_thread(self._store.register, new)
         if self._mirror is not None:
             # The mirror failing never fails the registration: the store is the truth.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
 import grpc
@@ -12,11 +13,13 @@ from google.protobuf import json_format
 
 from sentiloop.aws import config as aws
 from sentiloop.aws.model_packages import ModelPackageMirror
+from sentiloop.core.artifacts import check_artifact
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
 from sentiloop.core.follow import EventFollower
 from sentiloop.core.notify import Notifier
+from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EventType
@@ -127,7 +130,10 @@ def create_app(settings: Settings) -> ServiceApp:
 
         mirror = ModelPackageMirror(SageMakerConfig.from_settings(settings), aws.sagemaker_client())
         mirror.ensure_group()
-    domain = Registry(registry, Notifier(clients).emit, mirror)
+    store = open_object_store(settings)
+    domain = Registry(
+        registry, Notifier(clients).emit, partial(check_artifact, store), mirror=mirror
+    )
     servicer = ModelRegistryServicer(domain)
     tasks: list[asyncio.Task[None]] = []
 

@@ -168,7 +168,7 @@ class ModelRegistry:
             self._record_locked(target.version, previous, kind, reason)
             return self._get_locked(target.version), previous
 
-    def rollback(self, reason: str = "") -> tuple[ModelVersion, str]:
+    def rollback(self, reason: str = "", kind: str = "rollback") -> tuple[ModelVersion, str]:
         """Returns to the version that was active before the current one became active
         (undoing activations one at a time, like an undo stack)."""
         with self._lock:
@@ -187,10 +187,22 @@ class ModelRegistry:
             below = became_active["previous_version"] if became_active else ""
             self._db.execute(
                 "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
-                " VALUES (?, ?, 'rollback', ?, ?)",
-                (target, below, reason, datetime.now(UTC).isoformat()),
+                " VALUES (?, ?, ?, ?, ?)",
+                (target, below, kind, reason, datetime.now(UTC).isoformat()),
             )
             return self._get_locked(target), current["version"]
+
+    def revert_failed(self, failed: str, answering: str, reason: str) -> ModelVersion | None:
+        """``failed`` (the active version) could not be loaded while ``answering`` still
+        serves: the activation of ``failed`` is undone (kind "reverted") when it was the last
+        one and came from ``answering``; returns the version active now, or None when
+        there was nothing to undo (another activation came first)."""
+        with self._lock:
+            last = self._db.execute("SELECT * FROM activations ORDER BY id DESC LIMIT 1").fetchone()
+            if last is None or last["version"] != failed or last["previous_version"] != answering:
+                return None
+        model, _ = self.rollback(reason, kind="reverted")
+        return model
 
     def activations(self) -> list[Activation]:
         with self._lock:
