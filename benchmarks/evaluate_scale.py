@@ -84,7 +84,9 @@ def main() -> None:
         FeedbackStore(db, 5000).close()  # the service's own schema
         mesh = start_mesh(data, extra_env=TINY_ENV)
         try:
-            with httpx.Client(base_url=mesh.url, timeout=3600) as client:
+            with httpx.Client(
+                base_url=mesh.url, headers=mesh.operator_headers, timeout=3600
+            ) as client:
                 client.post("/model-init/bootstrap?auto_deploy=true", json={})
                 wait_for(
                     lambda: client.get("/predict/status").json().get("status") == "InService", 180

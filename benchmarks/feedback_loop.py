@@ -159,9 +159,7 @@ def main() -> None:
     state, golden = root / "state", root / "golden"
 
     def channel_for(mesh: Any) -> grpc.Channel:
-        return grpc.insecure_channel(
-            mesh.envoy_address, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
+        return mesh.operator_channel(options=[("grpc.max_receive_message_length", 64 << 20)])
 
     def mesh_env(seed: int) -> dict[str, str]:
         # make run's defaults, only the seed of the policy's runs named.

@@ -30,7 +30,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         mesh = start_mesh(Path(tmp))
-        channel = grpc.insecure_channel(mesh.envoy_address)
+        channel = mesh.operator_channel()
         model_init = model_init_pb2_grpc.ModelInitServiceStub(channel)
         started = time.monotonic()
         job = model_init.Bootstrap(

@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mesh = start_mesh(Path(tmp), extra_env={"SENTILOOP_NOTIFICATION_QUEUE_SIZE": "64"})
         try:
-            with grpc.insecure_channel(mesh.address("notification")) as channel:
+            with mesh.operator_channel(mesh.address("notification"), "service") as channel:
                 stub = pb_grpc.NotificationServiceStub(channel)
                 alone: list[float] = []
                 slow_present: list[float] = []

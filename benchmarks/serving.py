@@ -80,7 +80,7 @@ def bootstrap(data_dir: Path, preset: str) -> str:
     """Trains and deploys a model; returns its artifact."""
     mesh = start_mesh(data_dir)
     try:
-        with grpc.insecure_channel(mesh.envoy_address) as channel:
+        with mesh.operator_channel() as channel:
             model_init = model_init_pb2_grpc.ModelInitServiceStub(channel)
             job = model_init.Bootstrap(
                 model_init_pb2.BootstrapRequest(auto_deploy=True, preset=preset)

@@ -28,6 +28,7 @@ from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh
 ROOT = Path(__file__).resolve().parents[1]
 DESCRIPTOR = ROOT / "services" / "sentiloop" / "v1" / "sentiloop.binpb"
 API_KEY = "a-public-key-for-this-test"
+ALLOWED_ORIGIN = "https://console.example"
 
 
 def contract() -> dict[str, tuple[str, str, bool, bool]]:
@@ -141,7 +142,12 @@ def grpc_code(mesh: RunningMesh, method: str, token: str | None) -> grpc.StatusC
 def private_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     """A private deployment: public calls need the API key too."""
     running = start_mesh(
-        tmp_path_factory.mktemp("auth"), extra_env={**TINY_ENV, "SENTILOOP_API_KEY": API_KEY}
+        tmp_path_factory.mktemp("auth"),
+        extra_env={
+            **TINY_ENV,
+            "SENTILOOP_API_KEY": API_KEY,
+            "SENTILOOP_CORS_ORIGINS": ALLOWED_ORIGIN,
+        },
     )
     try:
         yield running
@@ -223,3 +229,25 @@ def test_the_generated_credentials_are_owner_only(mesh: RunningMesh) -> None:
     for role in ("operator", "service"):
         assert stat.S_IMODE((secrets_dir / f"{role}.token").stat().st_mode) == 0o600
     assert os.stat(secrets_dir).st_uid == os.getuid()
+
+
+def test_cors_grants_only_the_configured_origins(private_mesh: RunningMesh) -> None:
+    """An operator call from a page in the browser is preflighted (it carries an
+    Authorization header): granted to a configured origin, refused to any other."""
+
+    def preflight(origin: str) -> httpx.Response:
+        return httpx.options(
+            f"{private_mesh.url}/models/rollback",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+            timeout=10,
+        )
+
+    allowed = preflight(ALLOWED_ORIGIN)
+    assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "authorization" in allowed.headers["access-control-allow-headers"]
+    foreign = preflight("http://evil.example")
+    assert "access-control-allow-origin" not in foreign.headers, foreign.headers

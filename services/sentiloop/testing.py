@@ -100,12 +100,17 @@ class RunningMesh:
         """What the services present to each other: the only credential that publishes."""
         return {"authorization": f"Bearer {self.token('service')}"}
 
-    def operator_channel(self, address: str | None = None, role: str = "operator") -> grpc.Channel:
+    def operator_channel(
+        self,
+        address: str | None = None,
+        role: str = "operator",
+        options: list[tuple[str, Any]] | None = None,
+    ) -> grpc.Channel:
         """A channel (to Envoy unless ``address`` names a service) that presents the
         ``role``'s credential on every call."""
         from sentiloop.core.auth import bearer_channel
 
-        return bearer_channel(address or self.envoy_address, self.token(role))
+        return bearer_channel(address or self.envoy_address, self.token(role), options)
 
     def pid(self, child: str) -> int:
         return int((self.data_dir / "run" / f"{child}.pid").read_text())

@@ -212,6 +212,8 @@ class _Bearer(
         return continuation(_BearerDetails(details, self._token), requests)
 
 
-def bearer_channel(address: str, token: str) -> grpc.Channel:
+def bearer_channel(
+    address: str, token: str, options: list[tuple[str, Any]] | None = None
+) -> grpc.Channel:
     """A blocking channel whose every call presents ``token`` (the CLI's, the tests')."""
-    return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(token))
+    return grpc.intercept_channel(grpc.insecure_channel(address, options=options), _Bearer(token))

@@ -154,7 +154,11 @@ class Settings(BaseModel):
     envoy_port: Port = setting(8080, "port of Envoy's listener (JSON and gRPC)", group=MESH)
     envoy_admin_port: Port = setting(9901, "Envoy's admin interface (loopback only)", group=MESH)
     cors_origins: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = setting(
-        ("*",), "comma-separated origins browsers may call from", group=MESH, shown="`*`"
+        (),
+        "comma-separated other origins whose pages may call the API from a browser (`*`:"
+        " any); unset, only pages served by the mesh itself (its own origin) may",
+        group=MESH,
+        shown="none: same origin only",
     )
     operator_token: SecretStr | None = setting(
         None,

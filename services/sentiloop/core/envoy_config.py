@@ -312,10 +312,9 @@ def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
 
 
 def render(settings: Settings) -> dict[str, Any]:
-    origins = settings.cors_origins or ("*",)
     origin_matchers = [
         {"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
-        for origin in origins
+        for origin in settings.cors_origins
     ]
     routes = [_route(MESH_HEALTH_SERVICE, MESH_HEALTH_CLUSTER, retry=True)]
     cluster_of = {full_name: name for name, (_, full_name) in SERVICES.items()}
@@ -426,6 +425,8 @@ def render(settings: Settings) -> dict[str, Any]:
                     "name": "sentiloop",
                     "domains": ["*"],
                     "routes": routes,
+                    # No policy, no CORS headers: browsers then let only the mesh's own
+                    # pages (same origin) read answers or send credentials.
                     "typed_per_filter_config": {
                         "envoy.filters.http.cors": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
@@ -435,7 +436,9 @@ def render(settings: Settings) -> dict[str, Any]:
                             "expose_headers": "x-request-id, grpc-status, grpc-message",
                             "max_age": "86400",
                         }
-                    },
+                    }
+                    if origin_matchers
+                    else {},
                 }
             ],
         },
