@@ -11,8 +11,11 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -251,3 +254,57 @@ def test_cors_grants_only_the_configured_origins(private_mesh: RunningMesh) -> N
     assert "authorization" in allowed.headers["access-control-allow-headers"]
     foreign = preflight("http://evil.example")
     assert "access-control-allow-origin" not in foreign.headers, foreign.headers
+
+
+@pytest.fixture(scope="module")
+def limited_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    running = start_mesh(
+        tmp_path_factory.mktemp("limited"),
+        extra_env={**TINY_ENV, "SENTILOOP_RATE_LIMIT_PER_SECOND": str(RATE)},
+    )
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0
+
+
+RATE = 5  # per second per client address, bursts up to twice that
+
+
+def test_a_burst_over_the_rate_limit_is_429_then_service_again(limited_mesh: RunningMesh) -> None:
+    """40 public calls at once from one address: the bucket (2 x RATE) lets a burst
+    through and answers the rest 429 in the error shape; operator calls and health are not
+    limited; a second later the client is served again."""
+    with httpx.Client(base_url=limited_mesh.url, timeout=30) as client:
+
+        def stats(_: int) -> httpx.Response:
+            return client.get("/feedback/stats")
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(stats, range(40)))
+        codes = [a.status_code for a in answers]
+        assert 0 < codes.count(200) <= 2 * RATE + 2 and codes.count(429) >= 40 - 2 * RATE - 2
+        assert set(codes) == {200, 429}, codes
+        limited = next(a for a in answers if a.status_code == 429).json()
+        assert limited["detail"] == "local_rate_limited" and limited["code"] == 8, limited
+        assert f"at most {RATE} per second" in limited["error"], limited
+        assert client.get("/health").status_code == 200
+        assert client.get(
+            "/models/activations", headers=limited_mesh.operator_headers
+        ).status_code in (200, 429)
+        time.sleep(1.5)
+        assert client.get("/feedback/stats").status_code == 200
+    # gRPC callers get RESOURCE_EXHAUSTED from the same bucket.
+    with grpc.insecure_channel(limited_mesh.envoy_address) as channel:
+        stub = channel.unary_unary("/sentiloop.v1.FeedbackService/GetFeedbackStats")
+        with ThreadPoolExecutor(20) as pool:
+            outcomes = list(pool.map(lambda _: _grpc_outcome(stub), range(40)))
+    assert "RESOURCE_EXHAUSTED" in outcomes and "OK" in outcomes, outcomes
+
+
+def _grpc_outcome(stub: Any) -> str:
+    try:
+        stub(b"", timeout=10)
+        return "OK"
+    except grpc.RpcError as error:
+        return str(error.code().name)  # type: ignore[attr-defined]

@@ -196,6 +196,10 @@ resource "aws_ecs_task_definition" "envoy" {
         SENTILOOP_ENVOY_HOST       = "0.0.0.0"
         SENTILOOP_ENVOY_PORT       = tostring(local.envoy_port)
         SENTILOOP_ENVOY_ADMIN_PORT = tostring(local.envoy_admin_port)
+        # Behind the load balancer every request comes from its addresses: a per-address
+        # limit here would throttle all clients together. Per-client limits belong in
+        # front of the ALB there (AWS WAF rate-based rules; not in these files yet).
+        SENTILOOP_RATE_LIMIT_PER_SECOND = "0"
       }) : { name = key, value = value }
     ]
     mountPoints = [

@@ -160,6 +160,13 @@ class Settings(BaseModel):
         group=MESH,
         shown="none: same origin only",
     )
+    rate_limit_per_second: Annotated[int, Field(ge=0)] = setting(
+        100,
+        "requests per second each client address may make to the public RPCs through Envoy"
+        " (bursts up to twice that; more answer 429); 0 turns the limit off, e.g. for a"
+        " benchmark client on loopback",
+        group=MESH,
+    )
     operator_token: SecretStr | None = setting(
         None,
         "the operator credential, sent as `Authorization: Bearer TOKEN` on every call that"

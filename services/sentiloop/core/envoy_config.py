@@ -12,6 +12,7 @@ from google.protobuf import descriptor_pb2
 from google.rpc import code_pb2
 
 from sentiloop.core import static_site
+from sentiloop.core.auth import METHOD_ROLES, Role
 from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
 
 DESCRIPTOR = Path(__file__).resolve().parent.parent / "v1" / "sentiloop.binpb"
@@ -113,7 +114,7 @@ LOCAL_REPLY_CODES: dict[int, int] = {
 }
 
 
-def _local_replies() -> dict[str, Any]:
+def _local_replies(rate_per_second: int) -> dict[str, Any]:
     """Envoy's own error answers to JSON clients in the API's error shape: `error` the
     message, `detail` Envoy's reason (e.g. route_not_found, no_healthy_upstream).
     gRPC clients keep Envoy's usual grpc-status answers."""
@@ -141,15 +142,17 @@ def _local_replies() -> dict[str, Any]:
         }
     }
 
-    def mapper(status_filter: dict[str, Any], code: int) -> dict[str, Any]:
+    def mapper(
+        status_filter: dict[str, Any], code: int, error: str = "%LOCAL_REPLY_BODY%"
+    ) -> dict[str, Any]:
         return {
             "filter": {"and_filter": {"filters": [status_filter, not_grpc]}},
             "body_format_override": {
                 "json_format": {
-                    "error": "%LOCAL_REPLY_BODY%",
+                    "error": error,
                     "detail": "%RESPONSE_CODE_DETAILS%",
                     "code": code,
-                    "message": "%LOCAL_REPLY_BODY%",
+                    "message": error,
                     "details": [],
                 },
                 "content_type": "application/json",
@@ -166,7 +169,16 @@ def _local_replies() -> dict[str, Any]:
             }
         }
 
-    mappers = [mapper(status("EQ", http), code) for http, code in LOCAL_REPLY_CODES.items()]
+    # Envoy answers 429 itself only for the per-client rate limit (a full batch queue is
+    # the service's RESOURCE_EXHAUSTED, transcoded).
+    rate_limited = (
+        f"too many requests from this address (at most {rate_per_second} per second, bursts"
+        f" of {2 * rate_per_second}); retry shortly"
+    )
+    mappers = [
+        mapper(status("EQ", http), code, rate_limited if http == 429 else "%LOCAL_REPLY_BODY%")
+        for http, code in LOCAL_REPLY_CODES.items()
+    ]
     mappers.append(mapper(status("GE", 400), code_pb2.UNKNOWN))
     return {"mappers": mappers}
 
@@ -275,7 +287,9 @@ def addresses_of(settings: Settings, service: str) -> list[str]:
     return [settings.address(service)]
 
 
-def _method_route(path: str, cluster: str, seconds: int) -> dict[str, Any]:
+def _method_route(
+    path: str, cluster: str, seconds: int, limit: dict[str, Any] | None
+) -> dict[str, Any]:
     route: dict[str, Any] = {
         "cluster": cluster,
         "timeout": f"{seconds}s",
@@ -284,7 +298,41 @@ def _method_route(path: str, cluster: str, seconds: int) -> dict[str, Any]:
     }
     if path in IDEMPOTENT:
         route["retry_policy"] = _retry_policy()
-    return {"match": {"path": f"/{path}"}, "route": route}
+    matched: dict[str, Any] = {"match": {"path": f"/{path}"}, "route": route}
+    if limit is not None:
+        matched["typed_per_filter_config"] = {RATE_LIMIT_FILTER: limit}
+    return matched
+
+
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+_LOCAL_RATE_LIMIT = (
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+)
+
+
+def _rate_limit(per_second: int) -> dict[str, Any]:
+    """A token bucket per client address (a wildcard descriptor: Envoy keeps one bucket
+    for each address it sees, up to max_dynamic_descriptors, least recently used out)."""
+
+    def always() -> dict[str, Any]:  # a fresh dict each time: YAML would alias a shared one
+        return {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+
+    bucket = {"max_tokens": 2 * per_second, "tokens_per_fill": per_second, "fill_interval": "1s"}
+    return {
+        "@type": _LOCAL_RATE_LIMIT,
+        "stat_prefix": "public_rpcs",
+        # Required beside the descriptors; never the one that runs out.
+        "token_bucket": {"max_tokens": 1 << 30, "tokens_per_fill": 1 << 30, "fill_interval": "1s"},
+        "filter_enabled": always(),
+        "filter_enforced": always(),
+        "descriptors": [
+            {"entries": [{"key": "remote_address", "value": ""}], "token_bucket": bucket}
+        ],
+        "max_dynamic_descriptors": 10000,
+        "rate_limits": [{"actions": [{"remote_address": {}}]}],
+        # gRPC callers get RESOURCE_EXHAUSTED (JSON callers 429), like a full batch queue.
+        "rate_limited_as_resource_exhausted": True,
+    }
 
 
 def _retry_policy() -> dict[str, Any]:
@@ -318,8 +366,14 @@ def render(settings: Settings) -> dict[str, Any]:
     ]
     routes = [_route(MESH_HEALTH_SERVICE, MESH_HEALTH_CLUSTER, retry=True)]
     cluster_of = {full_name: name for name, (_, full_name) in SERVICES.items()}
+    limit = _rate_limit(settings.rate_limit_per_second) if settings.rate_limit_per_second else None
     routes += [
-        _method_route(path, cluster_of[path.split("/")[0]], seconds)
+        _method_route(
+            path,
+            cluster_of[path.split("/")[0]],
+            seconds,
+            limit if METHOD_ROLES.get(f"/{path}") == Role.PUBLIC else None,
+        )
         for path, seconds in method_timeouts(settings_descriptor(settings)).items()
     ]
     # Methods the descriptor does not know (a newer client) still reach their service.
@@ -367,6 +421,12 @@ def render(settings: Settings) -> dict[str, Any]:
                 },
             },
         },
+        # After the transcoder: a JSON call is routed by its gRPC method by then, so the
+        # limit of that method's route applies to JSON and gRPC callers alike.
+        {
+            "name": RATE_LIMIT_FILTER,
+            "typed_config": {"@type": _LOCAL_RATE_LIMIT, "stat_prefix": "edge"},
+        },
         {
             "name": "envoy.filters.http.router",
             "typed_config": {
@@ -382,7 +442,7 @@ def render(settings: Settings) -> dict[str, Any]:
         "always_set_request_id_in_response": True,
         "stream_idle_timeout": "3600s",
         "http_protocol_options": {"enable_trailers": True},
-        "local_reply_config": _local_replies(),
+        "local_reply_config": _local_replies(settings.rate_limit_per_second),
         # Envoy is the edge: the peer's address decides who is trusted, and only clients
         # on this host may send x-envoy-* headers (e.g. an operator's own
         # x-envoy-upstream-rq-timeout-ms; each method's route has its own timeout, see
