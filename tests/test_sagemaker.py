@@ -574,7 +574,10 @@ def test_endpoint_deploy_then_update(aws: Aws) -> None:
     model = aws.sagemaker.describe_model(ModelName=names.model)
     assert model["PrimaryContainer"]["Image"] == INFERENCE_IMAGE
     assert model["PrimaryContainer"]["ModelDataUrl"] == v1
-    assert model["PrimaryContainer"]["Environment"] == INFERENCE_ENVIRONMENT
+    assert model["PrimaryContainer"]["Environment"] == {
+        **INFERENCE_ENVIRONMENT,
+        "SENTILOOP_INFERENCE_ENGINE": "auto",  # the engine choice reaches the endpoint too
+    }
     assert INFERENCE_ENVIRONMENT["SAGEMAKER_PROGRAM"] == "inference.py"
     assert INFERENCE_ENVIRONMENT["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert model["ExecutionRoleArn"] == ROLE
@@ -928,7 +931,10 @@ def test_model_package_mirror(aws: Aws) -> None:
         assert package["ModelPackageGroupName"] == "sentiloop-models"
         [container] = package["InferenceSpecification"]["Containers"]
         assert container["Image"] == INFERENCE_IMAGE and container["ModelDataUrl"] == artifact
-        assert container["Environment"] == INFERENCE_ENVIRONMENT
+        assert container["Environment"] == {
+            **INFERENCE_ENVIRONMENT,
+            "SENTILOOP_INFERENCE_ENGINE": "auto",
+        }
         assert package["InferenceSpecification"]["SupportedContentTypes"] == ["application/json"]
     first = aws.sagemaker.describe_model_package(ModelPackageName=arns["promoted"])
     assert first["CustomerMetadataProperties"] == {

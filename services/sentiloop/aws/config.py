@@ -75,6 +75,13 @@ class SageMakerConfig:
     model_package_group: str = "sentiloop"
     poll_seconds: float = 15.0
     volume_size_gb: int = 30
+    inference_engine: str = "auto"  # SENTILOOP_INFERENCE_ENGINE, for the endpoint too
+
+    @property
+    def inference_environment(self) -> dict[str, str]:
+        """The serving container's environment: inference.py from the artifact, and the
+        engine choice the in-process InferenceService makes (read by its model_fn)."""
+        return {**INFERENCE_ENVIRONMENT, "SENTILOOP_INFERENCE_ENGINE": self.inference_engine}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SageMakerConfig:
@@ -131,6 +138,7 @@ class SageMakerConfig:
             endpoint_name=settings.sagemaker_endpoint_name,
             model_package_group=settings.sagemaker_model_package_group,
             poll_seconds=settings.sagemaker_poll_seconds,
+            inference_engine=settings.inference_engine,
         )
 
 

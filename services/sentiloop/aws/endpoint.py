@@ -17,7 +17,6 @@ from typing import Any
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from sentiloop.aws.config import (
-    INFERENCE_ENVIRONMENT,
     VERSION_TAG,
     SageMakerConfig,
 )
@@ -88,7 +87,7 @@ class SageMakerEndpoint:
                     artifact,
                     self._config.inference_image,
                     self._config.inference_instance_type,
-                    json.dumps(INFERENCE_ENVIRONMENT, sort_keys=True),
+                    json.dumps(self._config.inference_environment, sort_keys=True),
                 )
             ).encode()
         ).hexdigest()[:8]
@@ -112,7 +111,7 @@ class SageMakerEndpoint:
             PrimaryContainer={
                 "Image": self._config.inference_image,
                 "ModelDataUrl": artifact,
-                "Environment": dict(INFERENCE_ENVIRONMENT),
+                "Environment": self._config.inference_environment,
             },
             ExecutionRoleArn=self._config.role_arn,
             Tags=tags,

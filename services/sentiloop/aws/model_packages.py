@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from sentiloop.aws.config import INFERENCE_ENVIRONMENT, SageMakerConfig
+from sentiloop.aws.config import SageMakerConfig
 from sentiloop.aws.errors import is_missing
 
 log = logging.getLogger("sentiloop.registry")
@@ -82,7 +82,7 @@ class ModelPackageMirror:
                     {
                         "Image": image,
                         "ModelDataUrl": artifact,
-                        "Environment": dict(INFERENCE_ENVIRONMENT),
+                        "Environment": self._config.inference_environment,
                     }
                 ],
                 "SupportedContentTypes": ["application/json"],
