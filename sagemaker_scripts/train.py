@@ -884,13 +884,18 @@ def _export_graph(model_dir: Path, target: Path) -> None:
 
 
 def _int8_verdict(
-    inference: Any, fp32: Any, int8: Any, texts: list[str], truth: list[int], batch_size: int
+    inference: Any,
+    reference: Any,
+    int8: Any,
+    texts: list[str],
+    truth: list[int],
+    batch_size: int,
 ) -> dict[str, Any]:
-    """Whether the int8 graph may serve: argmax agreement with fp32, macro-F1 drop, and
-    batch invariance (each text alone against inside length-mixed batches)."""
+    """Whether the int8 graph may serve, against ``reference`` (the fp32 graph's
+    probabilities on ``texts``): argmax agreement, macro-F1 drop, and batch invariance
+    (each text alone against inside length-mixed batches)."""
     import numpy as np
 
-    reference = _probabilities(inference, fp32, texts, batch_size)
     alone = _probabilities(inference, int8, texts, 1)
     # Unsorted batches of mixed lengths: what a dynamic batcher forms under load.
     mixed = np.concatenate(
@@ -952,11 +957,9 @@ def export_onnx(
     serving["onnx"] = onnx_record
     fp32 = inference.onnx_model(model_dir, serving)
     texts = list(check.texts)
+    fp32_probabilities = _probabilities(inference, fp32, texts, batch_size)
     difference = float(
-        np.abs(
-            _probabilities(inference, fp32, texts, batch_size)
-            - _probabilities(inference, reference, texts, batch_size)
-        ).max()
+        np.abs(fp32_probabilities - _probabilities(inference, reference, texts, batch_size)).max()
     )
     if difference > ONNX_TOLERANCE:
         target.unlink()
@@ -982,7 +985,9 @@ def export_onnx(
         int8 = inference.onnx_model(
             model_dir, serving | {"onnx": {**onnx_record, "file": INT8_FILE}}
         )
-        verdict = _int8_verdict(inference, fp32, int8, texts, list(check.labels), batch_size)
+        verdict = _int8_verdict(
+            inference, fp32_probabilities, int8, texts, list(check.labels), batch_size
+        )
         _log(f"int8: {'serves' if verdict['accepted'] else 'rejected'}: {verdict['reason']}")
         if verdict["accepted"]:
             onnx_record.update(file=INT8_FILE, precision="int8")

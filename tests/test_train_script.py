@@ -582,9 +582,10 @@ def test_int8_verdict_refuses_a_batch_dependent_engine() -> None:
         return inference.LoadedModel(encode, forward, LABELS, 32, 0, "onnxruntime", "x")
 
     truth = [0, 1, 2, 0, 1, 2]
-    same = train._int8_verdict(inference, engine(0), engine(0), SENTENCES, truth, 3)
+    fp32 = train._probabilities(inference, engine(0), SENTENCES, 3)
+    same = train._int8_verdict(inference, fp32, engine(0), SENTENCES, truth, 3)
     assert same["accepted"] and same["argmax_agreement"] == 1.0, same
-    moving = train._int8_verdict(inference, engine(0), engine(0.5), SENTENCES, truth, 3)
+    moving = train._int8_verdict(inference, fp32, engine(0.5), SENTENCES, truth, 3)
     assert not moving["accepted"] and "not batch-invariant" in moving["reason"], moving
 
 
