@@ -247,14 +247,18 @@ def compare_batch_sizes(args: argparse.Namespace) -> None:
         f" {'/ best raw':>10} {'/ torch b1':>10}"
     )
     for (max_batch, concurrency), figures in served_rates.items():
-        rate = statistics.median(f[0] for f in figures)
-        p50 = statistics.median(f[1] for f in figures)
-        p99 = statistics.median(f[2] for f in figures)
+        rate, p50, p99 = medians(figures)
         load = f"{args.rate:.0f}/s" if concurrency == HALF else str(concurrency)
         print(
             f"  {max_batch:>9} {load:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
             f" {rate / baseline['best']:10.2f} {rate / baseline['torch_b1']:10.2f}"
         )
+
+
+def medians(rounds: list[Figures]) -> Figures:
+    """Each figure's median over the rounds."""
+    rate, p50, p99 = (statistics.median(figures[i] for figures in rounds) for i in range(3))
+    return rate, p50, p99
 
 
 def measure(call: Callable[[str], None], texts: list[str], concurrency: int) -> Figures:
@@ -385,9 +389,7 @@ def report(args: argparse.Namespace) -> None:
         f" {'p99/p50':>7} {'/ best raw':>10} {'/ torch b1':>10}"
     )
     for (name, concurrency), values in figures.items():
-        rate = statistics.median(v[0] for v in values)
-        p50 = statistics.median(v[1] for v in values)
-        p99 = statistics.median(v[2] for v in values)
+        rate, p50, p99 = medians(values)
         load = "half sat." if concurrency == HALF else str(concurrency)
         print(
             f"  {name:<16} {load:>9} {rate:8.1f} {p50:8.1f} {p99:8.1f} {p99 / p50:7.2f}"
@@ -412,15 +414,14 @@ def compare_replicas(args: argparse.Namespace) -> None:
                 ).items():
                     rates[(replicas, concurrency)].append(figures)
             print(f"# round {round_number + 1} done", flush=True)
-    base = {c: statistics.median(f[0] for f in rates[(1, c)]) for c in (16, 64, HALF)}
+    base = {c: medians(rates[(1, c)])[0] for c in (16, 64, HALF)}
     print(f"  {'replicas':>8} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'/ 1':>6}")
     for (replicas, concurrency), figures in rates.items():
-        rate = statistics.median(f[0] for f in figures)
+        rate, p50, p99 = medians(figures)
         load = f"{args.rate:.0f}/s" if concurrency == HALF else str(concurrency)
         print(
-            f"  {replicas:>8} {load:>7} {rate:8.1f}"
-            f" {statistics.median(f[1] for f in figures):8.1f}"
-            f" {statistics.median(f[2] for f in figures):8.1f} {rate / base[concurrency]:6.2f}"
+            f"  {replicas:>8} {load:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
+            f" {rate / base[concurrency]:6.2f}"
         )
 
 
