@@ -168,29 +168,14 @@ class ModelRegistry:
             self._record_locked(target.version, previous, kind, reason)
             return self._get_locked(target.version), previous
 
-    def rollback(self, reason: str = "", kind: str = "rollback") -> tuple[ModelVersion, str]:
+    def rollback(self, reason: str = "") -> tuple[ModelVersion, str]:
         """Returns to the version that was active before the current one became active
         (undoing activations one at a time, like an undo stack)."""
         with self._lock:
-            current = self._db.execute(
-                "SELECT * FROM activations ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            current = self._last_activation_locked()
             if current is None or not current["previous_version"]:
                 raise FailedPrecondition("there is no earlier model version to roll back to")
-            target = current["previous_version"]
-            # The undo stack below the target: what was active before it became active.
-            became_active = self._db.execute(
-                "SELECT previous_version FROM activations WHERE version = ? AND id < ?"
-                " ORDER BY id DESC LIMIT 1",
-                (target, current["id"]),
-            ).fetchone()
-            below = became_active["previous_version"] if became_active else ""
-            self._db.execute(
-                "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (target, below, kind, reason, datetime.now(UTC).isoformat()),
-            )
-            return self._get_locked(target), current["version"]
+            return self._undo_locked(current, reason, "rollback"), current["version"]
 
     def revert_failed(self, failed: str, answering: str, reason: str) -> ModelVersion | None:
         """``failed`` (the active version) could not be loaded while ``answering`` still
@@ -198,11 +183,30 @@ class ModelRegistry:
         one and came from ``answering``; returns the version active now, or None when
         there was nothing to undo (another activation came first)."""
         with self._lock:
-            last = self._db.execute("SELECT * FROM activations ORDER BY id DESC LIMIT 1").fetchone()
+            last = self._last_activation_locked()
             if last is None or last["version"] != failed or last["previous_version"] != answering:
                 return None
-        model, _ = self.rollback(reason, kind="reverted")
-        return model
+            return self._undo_locked(last, reason, "reverted")
+
+    def _last_activation_locked(self) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(
+            "SELECT * FROM activations ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return row
+
+    def _undo_locked(self, current: sqlite3.Row, reason: str, kind: str) -> ModelVersion:
+        """Undoes the activation ``current`` (the last one): its previous version becomes
+        active again, with the undo stack below it."""
+        target = current["previous_version"]
+        # The undo stack below the target: what was active before it became active.
+        became_active = self._db.execute(
+            "SELECT previous_version FROM activations WHERE version = ? AND id < ?"
+            " ORDER BY id DESC LIMIT 1",
+            (target, current["id"]),
+        ).fetchone()
+        below = became_active["previous_version"] if became_active else ""
+        self._record_locked(target, below, kind, reason)
+        return self._get_locked(target)
 
     def activations(self) -> list[Activation]:
         with self._lock:
