@@ -27,7 +27,13 @@ batching) with batches of up to 4, 8, 16 and 32 texts, gRPC direct at concurrenc
 
 one InferenceService (the engine on every core) with two replicas (half the cores each),
 both through Envoy at concurrency 16 and 64 and open-loop at ``--rate`` requests/s, with the
-default batch size.
+default batch size, and
+
+    .venv/bin/python benchmarks/serving.py --metrics-cost
+
+what the Prometheus metrics cost: SENTILOOP_METRICS_ENABLED=false (the baseline) against
+the default (on), gRPC direct to InferenceService, where nothing else hides the cost, at
+concurrency 1, 16 and 64, the two alternating first from round to round.
 """
 
 from __future__ import annotations
@@ -137,11 +143,12 @@ def served(
     replicas: int = 1,
     concurrency_levels: tuple[int, ...] = CONCURRENCY,
     open_rate: float | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[int, Figures]:
     """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC straight to
     InferenceService (through Envoy with replicas, which only Envoy balances over); with
     ``open_rate``, also open-loop at that many requests per second (key HALF)."""
-    env = {"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch)}
+    env = {"SENTILOOP_INFERENCE_MAX_BATCH": str(max_batch), **(extra_env or {})}
     if replicas > 1:
         env |= {
             "SENTILOOP_INFERENCE_REPLICAS": str(replicas),
@@ -206,6 +213,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", action="store_true", help="1 vs 2 replicas via Envoy")
     parser.add_argument("--batch-sizes", action="store_true", help="max batch 1 to 32, direct")
+    parser.add_argument("--metrics-cost", action="store_true", help="metrics off vs on, direct")
     parser.add_argument(
         "--rate", type=float, default=200, help="--batch-sizes, --replicas: open-loop requests/s"
     )
@@ -214,6 +222,8 @@ def main() -> None:
         compare_replicas(args)
     elif args.batch_sizes:
         compare_batch_sizes(args)
+    elif args.metrics_cost:
+        compare_metrics_cost(args)
     else:
         report(args)
 
@@ -395,6 +405,39 @@ def report(args: argparse.Namespace) -> None:
             f"  {name:<16} {load:>9} {rate:8.1f} {p50:8.1f} {p99:8.1f} {p99 / p50:7.2f}"
             f" {rate / baseline['best']:10.2f} {rate / baseline['torch_b1']:10.2f}"
         )
+
+
+def compare_metrics_cost(args: argparse.Namespace) -> None:
+    texts = sentences(args.texts)
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, preset {args.preset},"
+        f" {len(texts)} Amazon review test sentences per condition, {args.rounds} rounds,"
+        " gRPC direct to InferenceService, default batch size"
+    )
+    conditions = {"off": {"SENTILOOP_METRICS_ENABLED": "false"}, "on": {}}
+    rates: dict[tuple[str, int], list[Figures]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        bootstrap(data_dir, args.preset)
+        for round_number in range(args.rounds):
+            order = list(conditions) if round_number % 2 == 0 else list(conditions)[::-1]
+            for name in order:
+                figures = served(data_dir, 4, texts, extra_env=conditions[name])
+                for concurrency, measured in figures.items():
+                    rates[(name, concurrency)].append(measured)
+            print(f"# round {round_number + 1} done ({' then '.join(order)})", flush=True)
+    print("\nmetrics off (baseline) and on, median of rounds")
+    print(
+        f"  {'metrics':>7} {'clients':>7} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'on / off':>8}"
+    )
+    for concurrency in CONCURRENCY:
+        off = medians(rates[("off", concurrency)])
+        for name in conditions:
+            rate, p50, p99 = medians(rates[(name, concurrency)])
+            print(
+                f"  {name:>7} {concurrency:>7} {rate:8.1f} {p50:8.1f} {p99:8.1f}"
+                f" {rate / off[0]:8.3f}"
+            )
 
 
 def compare_replicas(args: argparse.Namespace) -> None:

@@ -482,8 +482,8 @@ class Generator:
     ) -> tuple[str, Schema]:
         where = f"{method.full_name} ({verb.upper()} {template})"
         request: Descriptor = method.input_type
-        if HTTP_BODY in (request.full_name, method.output_type.full_name):
-            raise SystemExit(f"{where}: {HTTP_BODY} (raw bodies) is not supported")
+        if request.full_name == HTTP_BODY:
+            raise SystemExit(f"{where}: {HTTP_BODY} requests (raw bodies) are not supported")
         if method.client_streaming:
             raise SystemExit(
                 f"{where}: client streams (a JSON array of messages) are not supported"
@@ -555,7 +555,10 @@ class Generator:
             operation["parameters"] = parameters
 
         response: Descriptor = method.output_type
-        if rule.response_body:
+        if response.full_name == HTTP_BODY:
+            body: Schema = {"type": "string"}
+            described = ""
+        elif rule.response_body:
             field = self.resolve(response, rule.response_body, where)
             body = self.field_schema(field, output=True)
             body.pop("description", None)
@@ -566,8 +569,14 @@ class Generator:
             else:
                 body = self.message_ref(response, output=True)
             described = self.comment(response.full_name) or "OK."
-        if method.server_streaming:
+        if response.full_name == HTTP_BODY:
+            # The one raw answer is Prometheus' text exposition (GET /metrics).
             ok: Schema = {
+                "description": comment or "OK.",
+                "content": {"text/plain": {"schema": body}},
+            }
+        elif method.server_streaming:
+            ok = {
                 "description": (
                     f"{described}\n\nA stream: newline-delimited JSON (`application/x-ndjson`), "
                     f"one `{response.full_name}` message per line, each line sent as the server "
@@ -636,6 +645,24 @@ class Generator:
                                 }
                             }
                         },
+                    }
+                },
+            }
+        }
+        paths["/metrics/envoy"] = {
+            "get": {
+                "operationId": "Envoy.GetStats",
+                "tags": ["docs"],
+                "summary": "Envoy's own statistics for Prometheus.",
+                "description": (
+                    "Envoy's statistics (requests, responses by class, upstream times and"
+                    " health per service) in Prometheus' text format, from its admin"
+                    " interface's `/stats/prometheus`. Read-only; no credential."
+                ),
+                "responses": {
+                    "200": {
+                        "description": "Envoy's statistics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
                     }
                 },
             }

@@ -16,7 +16,16 @@ import grpc
 import httpx
 import pytest
 
-from sentiloop.testing import REVIEWS, TINY_ENV, RunningMesh, give_feedback, start_mesh, wait_for
+from sentiloop.testing import (
+    REVIEWS,
+    TINY_ENV,
+    RunningMesh,
+    give_feedback,
+    metric_sum,
+    scrape,
+    start_mesh,
+    wait_for,
+)
 from sentiloop.v1 import (
     notification_pb2,
     notification_pb2_grpc,
@@ -169,6 +178,57 @@ def test_retrain_needs_ten_labels_then_runs_the_loop(first_run: dict[str, Any]) 
     # The steps' own checks ran in the fixture; what the run answered:
     assert first_run["model_version"] == "v2" and first_run["feedback_samples"] == 30
     assert first_run["gate"]["decision"] in {"promoted", "rejected"}
+
+
+def test_metrics_count_what_the_loop_did(first_run: dict[str, Any], client: httpx.Client) -> None:
+    """GET /metrics (every process, merged) against what the API itself reports, read
+    back to back, on the mesh that bootstrapped, took feedback and retrained."""
+    stats = client.get("/feedback/stats").json()
+    served = client.get("/predict/status").json()
+    samples = scrape(client)
+    # Feedback: each accepted record once, and disagreements as the stats count them.
+    assert metric_sum(samples, "sentiloop_feedback_total") == stats["total"] >= 30
+    assert metric_sum(samples, "sentiloop_feedback_disagreements_total") == stats["disagreements"]
+    # Every predicted text is counted under its label and version, and went through the
+    # batcher, whose batches hold exactly those texts.
+    predicted = metric_sum(samples, "sentiloop_predictions_total", service="inference")
+    assert predicted >= 30
+    assert metric_sum(samples, "sentiloop_predictions_total", model_version="v1") >= 30
+    labels = {lab["label"] for lab, _ in samples["sentiloop_predictions_total"]}
+    assert labels <= {"negative", "neutral", "positive"}
+    assert metric_sum(samples, "sentiloop_batch_size_sum") == predicted
+    assert metric_sum(samples, "sentiloop_batch_queue_wait_seconds_count") >= 30
+    assert metric_sum(samples, "sentiloop_batch_queue_depth") == 0
+    # The retraining run and its gate decision; two training jobs (bootstrap, retrain).
+    decision = first_run["gate"]["decision"]
+    assert metric_sum(samples, "sentiloop_gate_decisions_total", decision=decision) >= 1
+    assert metric_sum(samples, "sentiloop_retraining_runs_total", outcome=decision) >= 1
+    assert (
+        metric_sum(samples, "sentiloop_training_duration_seconds_count", outcome="Completed") >= 2
+    )
+    # The served version as an info metric, as GetServingStatus reports it.
+    [(info, value)] = samples["sentiloop_served_model_info"]
+    assert value == 1 and info["service"] == "inference"
+    assert (info["version"], info["engine"], info["precision"]) == (
+        served["model_version"],
+        served["engine"],
+        served["precision"],
+    )
+    # RPCs by service, method and code: the feedback calls, and the refused unknown id.
+    submitted = metric_sum(
+        samples, "sentiloop_rpc_duration_seconds_count", grpc_method="SubmitFeedback"
+    )
+    assert submitted >= 31
+    assert (
+        metric_sum(
+            samples,
+            "sentiloop_rpc_duration_seconds_count",
+            grpc_service="sentiloop.v1.FeedbackService",
+            grpc_method="SubmitFeedback",
+            grpc_code="NOT_FOUND",
+        )
+        >= 1
+    )
 
 
 def test_the_gate_keeps_a_rejected_candidate_out_then_force_and_rollback(

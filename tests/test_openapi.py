@@ -129,8 +129,8 @@ def test_every_http_rule_is_an_operation(document: dict[str, Any]) -> None:
         assert operation["tags"] == [rpc.split(".")[0]]
     operation_ids = [op["operationId"] for _, _, op in _operations(document)]
     assert len(operation_ids) == len(set(operation_ids))
-    # The API's routes and the two docs routes, nothing else.
-    assert len(operation_ids) == len(rules) + 2
+    # The API's routes, the two docs routes and Envoy's statistics, nothing else.
+    assert len(operation_ids) == len(rules) + 3
 
 
 def test_tags_are_the_services_with_their_comments(document: dict[str, Any]) -> None:

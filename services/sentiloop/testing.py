@@ -324,3 +324,28 @@ def write_unloadable_artifact(data_dir: Path, name: str = "unloadable") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tarball(MINIMAL_MODEL_FILES))
     return path
+
+
+def scrape(client: httpx.Client) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """GET /metrics through Envoy (``client`` sends the operator token) as sample name ->
+    [(labels, value)], parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def metric_sum(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        value
+        for sample_labels, value in samples.get(name, [])
+        if all(sample_labels.get(key) == want for key, want in labels.items())
+    )

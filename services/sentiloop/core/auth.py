@@ -52,6 +52,9 @@ METHOD_ROLES: dict[str, Role] = {
     f"{_P}FeedbackService/GetFeedbackStats": Role.PUBLIC,
     f"{_P}FeedbackService/ExportFeedback": Role.OPERATOR,
     f"{_P}MeshHealthService/GetMeshHealth": Role.PUBLIC,
+    # Counts of what was predicted and labelled, per version: the operator's (and a
+    # Prometheus given the operator token).
+    f"{_P}MeshHealthService/GetMetrics": Role.OPERATOR,
     f"{_P}EvaluationService/Evaluate": Role.PUBLIC,
     f"{_P}EvaluationService/CompareModels": Role.PUBLIC,
     f"{_P}EvaluationService/ListEvaluations": Role.PUBLIC,
@@ -81,7 +84,7 @@ METHOD_ROLES: dict[str, Role] = {
 }
 # Probes and tools, open even where public calls need the API key: the standard health
 # service, reflection (grpcurl's method lists) and the mesh health behind /health.
-OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.", f"{_P}MeshHealthService/")
+OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.", f"{_P}MeshHealthService/GetMeshHealth")
 # Who may call what each role guards.
 _ALLOWED: dict[Role, frozenset[Role]] = {
     Role.PUBLIC: frozenset(Role),

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from sentiloop.core import errors
+from sentiloop.core import errors, tracing
 from sentiloop.core.auth import Credentials
 from sentiloop.core.config import Settings
 from sentiloop.core.logs import request_id_var
@@ -52,6 +52,9 @@ def _with_call_metadata(details: Any, token: str) -> Any:
     request_id = request_id_var.get()
     if request_id:
         metadata.append(("x-request-id", request_id))
+    traceparent = tracing.outgoing_traceparent()
+    if traceparent:
+        metadata.append((tracing.TRACEPARENT, traceparent))
     return details._replace(metadata=metadata)
 
 

@@ -100,6 +100,7 @@ S3 = "S3 object store"
 SAGEMAKER = "SageMaker"
 EXPORT = "Feedback export (S3 mode)"
 ACCESS = "Access"
+OBSERVABILITY = "Metrics and traces"
 
 
 def _port(service: str) -> Any:
@@ -205,6 +206,22 @@ class Settings(BaseModel):
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
     ] = setting("INFO", "log level of the services", group=MESH)
+    metrics_enabled: bool = setting(
+        True,
+        "whether the services count calls, batches, predictions and feedback for Prometheus"
+        " (`GET /metrics` through Envoy); off only to measure what counting costs",
+        group=OBSERVABILITY,
+    )
+    otlp_endpoint: str | None = setting(
+        None,
+        "an OpenTelemetry collector's OTLP/HTTP address (e.g. `http://collector:4318`): the"
+        " services then send a span per call, one trace per request id; unset, tracing is"
+        " off and costs nothing (OpenTelemetry's own variable)",
+        group=OBSERVABILITY,
+        shown="unset: no traces",
+        env=("OTEL_EXPORTER_OTLP_ENDPOINT",),
+        pattern=r"^https?://",
+    )
 
     max_text_length: PositiveInt = setting(
         5000, "longest accepted text, in characters", group=SERVING
@@ -518,7 +535,11 @@ class Settings(BaseModel):
 
 
 def variable_of(field: str) -> str:
-    return PREFIX + field.upper() if field != "aws_region" else "AWS_REGION"
+    """The variable that sets ``field``: the first it is read from."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return PREFIX + field.upper()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,6 +17,10 @@ from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
 
 DESCRIPTOR = Path(__file__).resolve().parent.parent / "v1" / "sentiloop.binpb"
 MESH_HEALTH_CLUSTER = "mesh_health"
+# Envoy's own admin interface, on loopback beside it: only its Prometheus statistics are
+# routed there (GET /metrics/envoy).
+ENVOY_ADMIN_CLUSTER = "envoy_admin"
+ENVOY_STATS_PATH = "/metrics/envoy"
 # gRPC's default largest message: no JSON body that transcodes to more can succeed.
 MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
 # The transcoder buffers a whole unary response to turn it into JSON, by default up to the
@@ -359,6 +363,42 @@ def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
     return {"match": {"prefix": f"/{service}/"}, "route": route}
 
 
+def _envoy_stats_route() -> dict[str, Any]:
+    """GET /metrics/envoy: Envoy's statistics, read-only (the admin's other pages, which
+    can change Envoy's state, stay on loopback)."""
+    return {
+        "match": {
+            "path": ENVOY_STATS_PATH,
+            "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}],
+        },
+        "route": {
+            "cluster": ENVOY_ADMIN_CLUSTER,
+            "prefix_rewrite": "/stats/prometheus",
+            "timeout": "10s",
+        },
+        # The transcoder would answer 404: /metrics/envoy maps to no RPC.
+        "typed_per_filter_config": {
+            static_site.TRANSCODER: {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
+    }
+
+
+def _envoy_admin_cluster(admin_port: int) -> dict[str, Any]:
+    address = f"127.0.0.1:{admin_port}"
+    return {
+        "name": ENVOY_ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ENVOY_ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(address)}}]}],
+        },
+    }
+
+
 def render(settings: Settings) -> dict[str, Any]:
     origin_matchers = [
         {"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
@@ -378,6 +418,7 @@ def render(settings: Settings) -> dict[str, Any]:
     ]
     # Methods the descriptor does not know (a newer client) still reach their service.
     routes += [_route(full_name, name) for name, (_, full_name) in SERVICES.items()]
+    routes.append(_envoy_stats_route())
     # GET /docs (Swagger UI) and GET /openapi.json, answered by Envoy itself.
     routes += static_site.routes()
     # Catch-all to a real upstream, not a direct response: the CORS filter applies its
@@ -514,6 +555,7 @@ def render(settings: Settings) -> dict[str, Any]:
             MESH_HEALTH_SERVICE,
         )
     )
+    clusters.append(_envoy_admin_cluster(settings.envoy_admin_port))
     return {
         "admin": {"address": _socket(f"127.0.0.1:{settings.envoy_admin_port}")},
         "static_resources": {

@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sentiloop.core import metrics
 from sentiloop.core.config import SERVICES, Settings
 from sentiloop.v1 import health_pb2 as mesh_pb2
 from sentiloop.v1 import health_pb2_grpc as mesh_pb2_grpc
@@ -19,11 +21,28 @@ HTTP_STATUS_HEADER = "x-sentiloop-http-status"
 # ... and merges this JSON object (the API's error fields) into the JSON body.
 ERROR_FIELDS_HEADER = "x-sentiloop-error-json"
 CHECK_TIMEOUT_SECONDS = 1.0
+# A process that cannot answer a scrape within this is reported down (sentiloop_scrape_up
+# 0), not allowed to hold the whole scrape past Prometheus' own 10 s timeout.
+SCRAPE_TIMEOUT_SECONDS = 3.0
+
+
+def scrape_targets(settings: Settings) -> list[tuple[str, str]]:
+    """Every process of the mesh as (service, address): each InferenceService replica."""
+    return [
+        (name, address)
+        for name in SERVICES
+        for address in (
+            settings.inference_replica_addresses()
+            if name == "inference"
+            else [settings.address(name)]
+        )
+    ]
 
 
 class MeshHealthServicer(mesh_pb2_grpc.MeshHealthServiceServicer):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, service_token: str) -> None:
         self._settings = settings
+        self._service_token = service_token
 
     async def _check(self, service: str) -> str:
         # A fresh channel per check: a cached one sits in reconnect backoff after its
@@ -61,3 +80,33 @@ class MeshHealthServicer(mesh_pb2_grpc.MeshHealthServiceServicer):
         return mesh_pb2.GetMeshHealthResponse(
             status="ok" if healthy else "degraded", services=services
         )
+
+    async def _scrape(self, address: str) -> bytes | None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                body = await mesh_pb2_grpc.MeshHealthServiceStub(channel).GetMetrics(
+                    mesh_pb2.GetMetricsRequest(this_process_only=True),
+                    metadata=(("authorization", f"Bearer {self._service_token}"),),
+                    timeout=SCRAPE_TIMEOUT_SECONDS,
+                )
+            except grpc.aio.AioRpcError:
+                return None
+        data: bytes = body.data
+        return data
+
+    async def GetMetrics(
+        self, request: mesh_pb2.GetMetricsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> httpbody_pb2.HttpBody:
+        if request.this_process_only:
+            text = metrics.exposition()
+        else:
+            # Every process, this one too, over the wire: one path for all of them.
+            targets = scrape_targets(self._settings)
+            texts = await asyncio.gather(*(self._scrape(address) for _, address in targets))
+            text = metrics.merge(
+                [
+                    (service, address, body)
+                    for (service, address), body in zip(targets, texts, strict=True)
+                ]
+            )
+        return httpbody_pb2.HttpBody(content_type=metrics.CONTENT_TYPE, data=text)

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from sentiloop.core import errors
+from sentiloop.core import errors, metrics, tracing
 from sentiloop.core.auth import Credentials
 from sentiloop.core.config import MESH_HEALTH_SERVICE, SERVICES, Settings
 from sentiloop.core.logs import configure_logging, request_id_var
@@ -120,10 +120,12 @@ def _header(metadata: Any, name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def _mapped_errors(
-    method: str, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    method: str, metadata: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[None]:
-    """One call's request id, log line and error mapping, whatever its kind of streaming."""
-    token = request_id_var.set(request_id)
+    """One call's request id, span, log line, metrics and error mapping, whatever its kind
+    of streaming."""
+    token = request_id_var.set(_header(metadata, "x-request-id"))
+    call_span = tracing.start_call(method, _header(metadata, tracing.TRACEPARENT))
     started = time.perf_counter()
     code = "OK"
     try:
@@ -144,6 +146,7 @@ async def _mapped_errors(
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     finally:
         _log_call(method, code, started)
+        tracing.finish_call(call_span, code)
         # A stream grpc cancels is finalized from another task's context.
         with contextlib.suppress(ValueError):
             request_id_var.reset(token)
@@ -166,7 +169,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
         metadata = handler_call_details.invocation_metadata
-        request_id = _header(metadata, "x-request-id")
 
         def authorize() -> None:
             self._credentials.authorize(method, _header(metadata, "authorization"))
@@ -175,7 +177,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_unary: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with _mapped_errors(method, request_id, context):
+                async with _mapped_errors(method, metadata, context):
                     authorize()
                     _check_decoded(request)
                     return await inner_unary(request, context)
@@ -191,7 +193,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                async with _mapped_errors(method, request_id, context):
+                async with _mapped_errors(method, metadata, context):
                     authorize()
                     _check_decoded(request)
                     async for item in inner_stream(request, context):
@@ -211,7 +213,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     yield request
 
             async def upload(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with _mapped_errors(method, request_id, context):
+                async with _mapped_errors(method, metadata, context):
                     authorize()
                     return await inner_upload(checked(requests), context)
 
@@ -233,17 +235,13 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 def _log_call(method: str, code: str, started: float) -> None:
+    seconds = time.perf_counter() - started
+    metrics.observe_rpc(method, code, seconds)
     log.info(
         "rpc %s %s",
         method,
         code,
-        extra={
-            "fields": {
-                "rpc": method,
-                "code": code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            }
-        },
+        extra={"fields": {"rpc": method, "code": code, "duration_ms": round(seconds * 1000, 3)}},
     )
 
 
@@ -268,13 +266,16 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
     service_full_name = SERVICES[app.name][1]
     # gRPC sets SO_REUSEPORT by default: a second process on the same port (a stale one, or
     # a second mesh) would silently take half of the calls. Without it the bind fails loudly.
+    credentials = Credentials.from_settings(settings)
+    metrics.configure(settings.metrics_enabled)
+    tracing.configure(settings, app.name)
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(Credentials.from_settings(settings))],
+        interceptors=[CallInterceptor(credentials)],
         options=[("grpc.so_reuseport", 0)],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    mesh_health = MeshHealthServicer(settings)
+    mesh_health = MeshHealthServicer(settings, credentials.service)
     mesh_health_pb2_grpc.add_MeshHealthServiceServicer_to_server(mesh_health, server)
     app.register(server)
     served = [service_full_name, MESH_HEALTH_SERVICE, *app.extra_service_names]
@@ -318,6 +319,7 @@ async def run_service(app: ServiceApp, settings: Settings) -> None:
     await server.stop(settings.shutdown_grace_seconds)
     if app.shutdown is not None:
         await app.shutdown()
+    tracing.shutdown()
     log.info("stopped")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sentiloop.core import metrics
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
@@ -89,6 +90,8 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
         )
         new = await resolve(new, self._lookup)
         record, duplicate = await asyncio.to_thread(self._store.submit, new)
+        if not duplicate:
+            metrics.count_feedback(record.user_label, record.model_prediction)
         message = "Feedback already recorded" if duplicate else "Feedback recorded"
         return pb.SubmitFeedbackResponse(
             message=message, feedback=to_proto(record), duplicate=duplicate, id=record.id

@@ -15,11 +15,13 @@ different lengths costs little padding."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from sentiloop.core import metrics
 from sentiloop.core.errors import ResourceExhausted
 
 Answer = TypeVar("Answer")
@@ -30,9 +32,11 @@ class _Waiting(Generic[Answer]):
     texts: list[str]
     future: asyncio.Future[list[Answer]]
     length: float = field(init=False)
+    enqueued: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.length = sum(len(text) for text in self.texts) / len(self.texts)
+        self.enqueued = time.perf_counter()
 
 
 class Batcher(Generic[Answer]):
@@ -71,6 +75,7 @@ class Batcher(Generic[Answer]):
         waiting: _Waiting[Answer] = _Waiting(texts, asyncio.get_running_loop().create_future())
         self._pending.append(waiting)
         self._queued += len(texts)
+        metrics.set_queue_depth(self._queued)
         self._arrived.set()
         # A cancelled caller (a client gone, a deadline passed) cancels the future, and
         # the dispatcher drops it from the queue.
@@ -130,4 +135,7 @@ class Batcher(Generic[Answer]):
         chosen = {id(w) for w in batch}
         self._pending = [w for w in rest if id(w) not in chosen]
         self._queued -= size
+        taken = time.perf_counter()
+        metrics.observe_batch(size, (taken - waiting.enqueued for waiting in batch))
+        metrics.set_queue_depth(self._queued)
         return batch

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import grpc
 
 from sentiloop.aws import config as aws
+from sentiloop.core import metrics
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
@@ -83,7 +84,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def _predict(self, texts: list[str]) -> list[Prediction]:
         self._predictor.check(texts)  # a bad request fails alone, before it joins a batch
-        return await self._batcher.predict(texts)
+        predictions = await self._batcher.predict(texts)
+        metrics.count_predictions((p.label, p.model_version) for p in predictions)
+        return predictions
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         [prediction] = await self._predict([request.text])
@@ -247,6 +250,8 @@ class RegistryFollower:
         settled = state.status in (EndpointState.IN_SERVICE, EndpointState.FAILED)
         await self._announcer.announce(state, wait=2.0 if settled else 0)
         self._predictor.state = state
+        if state.status == EndpointState.IN_SERVICE:
+            metrics.set_served_model(state.model_version, state.engine, state.precision)
 
     async def _sync(self) -> bool:
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sentiloop.core import metrics
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, SentiloopError
 from sentiloop.core.scripts import load_script
 from sentiloop.core.training import EndpointStatus, TrainingEvent, TrainingJob
@@ -194,6 +195,8 @@ class ModelInit:
             current = await self._apply(
                 current, TrainingEvent("failed", reason="the training backend gave no result")
             )
+        ended = current.ended_at or datetime.now(UTC)
+        metrics.observe_training(str(current.status), (ended - current.created_at).total_seconds())
         if current.status == JobStatus.COMPLETED:
             test = current.final_metrics.get("test", {})
             await self._notify(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
+from sentiloop.core import metrics
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.validation import quoted
 from sentiloop.core.vocabulary import EventType
@@ -141,6 +142,7 @@ class Retrainer:
         try:
             job_name, snapshot = await self._start(run, active)
         except BaseException as error:
+            metrics.count_retraining_run("error")
             await asyncio.to_thread(self._runs.finish, run.id, "failed", {"error": str(error)})
             raise
         finished = asyncio.ensure_future(self._finish(run.id, job_name, snapshot, active.version))
@@ -201,9 +203,14 @@ class Retrainer:
             raise
         except Exception as error:
             log.exception("retraining run %s failed", run_id)
+            metrics.count_retraining_run("error")
             await self._prune()
             await asyncio.to_thread(self._runs.finish, run_id, "failed", {"error": str(error)})
             raise
+        # The gate's verdict, or why there was none to give.
+        metrics.count_retraining_run(
+            outcome.decision.decision if outcome.decision else "training_failed"
+        )
         await self._prune()
         status = "completed" if outcome.model_version else "failed"
         await asyncio.to_thread(
@@ -235,6 +242,7 @@ class Retrainer:
             )
         test, feedback = await self._mesh.compare(result.artifact, baseline, run.seed)
         decision = decide(test, feedback, baseline, self.policy.gate, run.force)
+        metrics.count_gate_decision(decision.decision)
         version = await self._mesh.register(job_name, decision.as_dict(), decision.promoted)
         event = {"promoted": EventType.MODEL_PROMOTED, "forced": EventType.MODEL_PROMOTED}.get(
             decision.decision, EventType.MODEL_REJECTED

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sentiloop/v1/health.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\"\x16\n\x14GetMeshHealthRequest\"\x9d\x01\n\x15GetMeshHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x43\n\x08services\x18\x02 \x03(\x0b\x32\x31.sentiloop.v1.GetMeshHealthResponse.ServicesEntry\x1a/\n\rServicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32~\n\x11MeshHealthService\x12i\n\rGetMeshHealth\x12\".sentiloop.v1.GetMeshHealthRequest\x1a#.sentiloop.v1.GetMeshHealthResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sentiloop/v1/health.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"\x16\n\x14GetMeshHealthRequest\"\x9d\x01\n\x15GetMeshHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x43\n\x08services\x18\x02 \x03(\x0b\x32\x31.sentiloop.v1.GetMeshHealthResponse.ServicesEntry\x1a/\n\rServicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x11GetMetricsRequest\x12\x19\n\x11this_process_only\x18\x01 \x01(\x08\x32\xd5\x01\n\x11MeshHealthService\x12i\n\rGetMeshHealth\x12\".sentiloop.v1.GetMeshHealthRequest\x1a#.sentiloop.v1.GetMeshHealthResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/health\x12U\n\nGetMetrics\x12\x1f.sentiloop.v1.GetMetricsRequest\x1a\x14.google.api.HttpBody\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/metricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMESHHEALTHRESPONSE_SERVICESENTRY']._serialized_options = b'8\001'
   _globals['_MESHHEALTHSERVICE'].methods_by_name['GetMeshHealth']._loaded_options = None
   _globals['_MESHHEALTHSERVICE'].methods_by_name['GetMeshHealth']._serialized_options = b'\202\323\344\223\002\t\022\007/health'
-  _globals['_GETMESHHEALTHREQUEST']._serialized_start=73
-  _globals['_GETMESHHEALTHREQUEST']._serialized_end=95
-  _globals['_GETMESHHEALTHRESPONSE']._serialized_start=98
-  _globals['_GETMESHHEALTHRESPONSE']._serialized_end=255
-  _globals['_GETMESHHEALTHRESPONSE_SERVICESENTRY']._serialized_start=208
-  _globals['_GETMESHHEALTHRESPONSE_SERVICESENTRY']._serialized_end=255
-  _globals['_MESHHEALTHSERVICE']._serialized_start=257
-  _globals['_MESHHEALTHSERVICE']._serialized_end=383
+  _globals['_MESHHEALTHSERVICE'].methods_by_name['GetMetrics']._loaded_options = None
+  _globals['_MESHHEALTHSERVICE'].methods_by_name['GetMetrics']._serialized_options = b'\202\323\344\223\002\n\022\010/metrics'
+  _globals['_GETMESHHEALTHREQUEST']._serialized_start=100
+  _globals['_GETMESHHEALTHREQUEST']._serialized_end=122
+  _globals['_GETMESHHEALTHRESPONSE']._serialized_start=125
+  _globals['_GETMESHHEALTHRESPONSE']._serialized_end=282
+  _globals['_GETMESHHEALTHRESPONSE_SERVICESENTRY']._serialized_start=235
+  _globals['_GETMESHHEALTHRESPONSE_SERVICESENTRY']._serialized_end=282
+  _globals['_GETMETRICSREQUEST']._serialized_start=284
+  _globals['_GETMETRICSREQUEST']._serialized_end=330
+  _globals['_MESHHEALTHSERVICE']._serialized_start=333
+  _globals['_MESHHEALTHSERVICE']._serialized_end=546
 # @@protoc_insertion_point(module_scope)

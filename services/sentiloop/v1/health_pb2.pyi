@@ -84,3 +84,25 @@ class GetMeshHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMeshHealthResponse: _TypeAlias = GetMeshHealthResponse  # noqa: Y015
+
+@_typing.final
+class GetMetricsRequest(_message.Message):
+    """Asks for Prometheus metrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THIS_PROCESS_ONLY_FIELD_NUMBER: _builtins.int
+    this_process_only: _builtins.bool
+    """Only the answering process's metrics (what the merge collects from each process)."""
+    def __init__(
+        self,
+        *,
+        this_process_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["this_process_only", b"this_process_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetricsRequest: _TypeAlias = GetMetricsRequest  # noqa: Y015

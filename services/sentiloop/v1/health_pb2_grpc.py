@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from sentiloop.v1 import health_pb2 as sentiloop_dot_v1_dot_health__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -42,6 +43,11 @@ class MeshHealthServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_health__pb2.GetMeshHealthRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_health__pb2.GetMeshHealthResponse.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/sentiloop.v1.MeshHealthService/GetMetrics',
+                request_serializer=sentiloop_dot_v1_dot_health__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class MeshHealthServiceServicer:
@@ -58,6 +64,17 @@ class MeshHealthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """Prometheus metrics in the text exposition format: through Envoy (GET /metrics)
+        every process of the mesh, merged, each sample labelled with its `service` and
+        `instance`; with `this_process_only`, only the answering process's own. The body
+        is the exposition itself, not JSON, so that Prometheus scrapes it as it is.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshHealthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +82,11 @@ def add_MeshHealthServiceServicer_to_server(servicer, server):
                     servicer.GetMeshHealth,
                     request_deserializer=sentiloop_dot_v1_dot_health__pb2.GetMeshHealthRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_health__pb2.GetMeshHealthResponse.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=sentiloop_dot_v1_dot_health__pb2.GetMetricsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +119,33 @@ class MeshHealthService:
             '/sentiloop.v1.MeshHealthService/GetMeshHealth',
             sentiloop_dot_v1_dot_health__pb2.GetMeshHealthRequest.SerializeToString,
             sentiloop_dot_v1_dot_health__pb2.GetMeshHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.MeshHealthService/GetMetrics',
+            sentiloop_dot_v1_dot_health__pb2.GetMetricsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

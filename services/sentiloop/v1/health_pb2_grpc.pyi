@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from sentiloop.v1 import health_pb2 as _health_pb2
 import abc as _abc_1
@@ -40,6 +41,13 @@ class MeshHealthServiceStub:
     """Reports the health of every service. Through Envoy the HTTP status is 200
     when all services are serving and 503 otherwise.
     """
+    GetMetrics: _grpc.UnaryUnaryMultiCallable[_health_pb2.GetMetricsRequest, _httpbody_pb2.HttpBody]
+    """Prometheus metrics in the text exposition format: through Envoy (GET /metrics)
+    every process of the mesh, merged, each sample labelled with its `service` and
+    `instance`; with `this_process_only`, only the answering process's own. The body
+    is the exposition itself, not JSON, so that Prometheus scrapes it as it is.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class MeshHealthServiceAsyncStub(MeshHealthServiceStub):
@@ -52,6 +60,13 @@ class MeshHealthServiceAsyncStub(MeshHealthServiceStub):
     GetMeshHealth: _aio.UnaryUnaryMultiCallable[_health_pb2.GetMeshHealthRequest, _health_pb2.GetMeshHealthResponse]  # type: ignore[assignment]
     """Reports the health of every service. Through Envoy the HTTP status is 200
     when all services are serving and 503 otherwise.
+    """
+    GetMetrics: _aio.UnaryUnaryMultiCallable[_health_pb2.GetMetricsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Prometheus metrics in the text exposition format: through Envoy (GET /metrics)
+    every process of the mesh, merged, each sample labelled with its `service` and
+    `instance`; with `this_process_only`, only the answering process's own. The body
+    is the exposition itself, not JSON, so that Prometheus scrapes it as it is.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class MeshHealthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +83,19 @@ class MeshHealthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_health_pb2.GetMeshHealthResponse, _abc.Awaitable[_health_pb2.GetMeshHealthResponse]]:
         """Reports the health of every service. Through Envoy the HTTP status is 200
         when all services are serving and 503 otherwise.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMetrics(
+        self,
+        request: _health_pb2.GetMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Prometheus metrics in the text exposition format: through Envoy (GET /metrics)
+        every process of the mesh, merged, each sample labelled with its `service` and
+        `instance`; with `this_process_only`, only the answering process's own. The body
+        is the exposition itself, not JSON, so that Prometheus scrapes it as it is.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_MeshHealthServiceServicer_to_server(servicer: MeshHealthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
