@@ -10,7 +10,11 @@ no Docker engine, compose plugin or Terraform provider here.
 * the Envoy configuration rendered for compose and for ECS (Cloud Map names) passes
   `envoy --mode validate`;
 * the image's health check against a real service;
-* Terraform, compose and the Dockerfile agree on the services, ports and images."""
+* Terraform, compose and the Dockerfile agree on the services, ports and images;
+* the monitoring files: the Grafana dashboard's queries use only metrics the services
+  export, Prometheus scrapes both Envoy endpoints (the merged one with the operator
+  token), Prometheus and Grafana stay on loopback with pinned images, and the CloudWatch
+  alarms watch the load balancer."""
 
 from __future__ import annotations
 
@@ -21,13 +25,17 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import Histogram
 
+from sentiloop.core import metrics
+from sentiloop.core.auth import Role
 from sentiloop.core.config import SERVICES, env_name
+from sentiloop.core.envoy_config import ENVOY_STATS_PATH
 from sentiloop.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +44,9 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 TERRAFORM = DEPLOY / "terraform"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "sentiloop.json"
 BIN = Path(sys.executable).parent
 # Services that load models or train in-process: the image with torch.
 FULL_IMAGE = {"inference", "evaluation", "model_init"}
@@ -156,7 +167,8 @@ def test_compose_structure(compose: dict[str, Any]) -> None:
             else:
                 assert source in declared_volumes, (name, source)
         for port in spec.get("ports") or []:
-            assert re.fullmatch(r"(\$\{[A-Z_]+:-\d+\}|\d+):\d+", str(port)), (name, port)
+            pattern = r"(127\.0\.0\.1:)?(\$\{[A-Z_]+:-\d+\}|\d+):\d+"
+            assert re.fullmatch(pattern, str(port)), (name, port)
         check = spec.get("healthcheck") or {}
         if not check.get("disable"):
             assert check.get("test", [None])[0] == "CMD", name
@@ -338,6 +350,195 @@ def test_terraform_layout_follows_terraform_fmt() -> None:
     multi-line value ends such a run)."""
     problems = [p for path in sorted(TERRAFORM.rglob("*.tf")) for p in fmt_problems(path)]
     assert not problems, problems
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, those inside collapsed rows too."""
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def exported_metric_names() -> set[str]:
+    """The sentiloop_* series a scrape of GET /metrics can hold: sentiloop.core.metrics'
+    names, each histogram also as its _bucket, _count and _sum series."""
+    names = set(metrics.METRIC_NAMES)
+    histograms = {
+        family.name
+        for value in vars(metrics).values()
+        if isinstance(value, Histogram)
+        for family in value.describe()
+    }
+    assert histograms <= names, histograms - names
+    return names | {f"{h}{suffix}" for h in histograms for suffix in ("_bucket", "_count", "_sum")}
+
+
+def test_dashboard_queries_use_exported_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 39 and dashboard["uid"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    datasource = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    expressions = [v["definition"] for v in variables.values() if v["type"] == "query"]
+    ids = [panel["id"] for panel in dashboard_panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in dashboard_panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        title = panel["title"]
+        assert panel.get("datasource") == datasource, title
+        assert panel.get("targets"), title
+        for target in panel["targets"]:
+            assert target.get("datasource") == datasource, title
+            expr = target["expr"]
+            assert expr.strip(), title
+            for opening, closing in ("()", "{}", "[]"):
+                assert expr.count(opening) == expr.count(closing), (title, expr)
+            expressions.append(expr)
+    used = {name for expr in expressions for name in re.findall(r"\bsentiloop_\w+", expr)}
+    unknown = used - exported_metric_names()
+    assert used and not unknown, f"not exported by sentiloop.core.metrics: {sorted(unknown)}"
+    # The panels the dashboard is for: each family appears in some query.
+    for family in ("sentiloop_rpc_duration_seconds_bucket", "sentiloop_served_model_info"):
+        assert family in used, family
+    envoy = " ".join(expressions)
+    assert "envoy_http_downstream_rq_xx" in envoy and "envoy_cluster_upstream_rq_time" in envoy
+
+
+def test_grafana_provisioning_matches_compose(compose: dict[str, Any]) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    sources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
+    (prometheus,) = [s for s in sources["datasources"] if s["type"] == "prometheus"]
+    # The dashboard's data-source variable defaults to the provisioned one.
+    assert variables["DS_PROMETHEUS"]["current"]["value"] == prometheus["uid"]
+    host, _, port = prometheus["url"].removeprefix("http://").partition(":")
+    assert host in compose["services"] and int(port) == 9090
+    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/sentiloop.yml").read_text())
+    (provider,) = providers["providers"]
+    grafana = compose["services"]["grafana"]
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode)
+    # The provider reads the folder compose mounts the repository's dashboards into.
+    source, mode = mounts[provider["options"]["path"]]
+    assert (COMPOSE.parent / source / DASHBOARD.name).resolve() == DASHBOARD and mode == ["ro"]
+    source, mode = mounts["/etc/grafana/provisioning"]
+    assert (COMPOSE.parent / source).resolve() == GRAFANA / "provisioning" and mode == ["ro"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+
+
+def test_prometheus_scrapes_both_envoy_endpoints(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert config["global"]["scrape_interval"] == "15s"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"sentiloop", "envoy"}
+    envoy_port = compose["services"]["envoy"]["environment"]["SENTILOOP_ENVOY_PORT"]
+    for job in jobs.values():
+        assert job["static_configs"] == [{"targets": [f"envoy:{envoy_port}"]}], job
+    merged, envoy = jobs["sentiloop"], jobs["envoy"]
+    assert merged["metrics_path"] == "/metrics"
+    # Each sample's own `instance` (the process) must survive the scrape.
+    assert merged["honor_labels"] is True
+    credentials = PurePosixPath(merged["authorization"]["credentials_file"])
+    assert credentials.name == f"{Role.OPERATOR}.token"
+    assert envoy["metrics_path"] == ENVOY_STATS_PATH and "authorization" not in envoy
+    # The token comes from the volume the services write it to, mounted read-only, by
+    # the user that owns it (the file is owner-only).
+    prometheus = compose["services"]["prometheus"]
+    assert f"credentials:{credentials.parent}:ro" in prometheus["volumes"]
+    _, feedback = compose_service_of(compose, "feedback")
+    assert f"credentials:{credentials.parent}" in feedback["volumes"]
+    assert prometheus["user"].split(":")[0] == "10001"
+    assert re.search(r"^USER 10001:", DOCKERFILE.read_text(), re.M)
+    config_mount = f"./prometheus/{PROMETHEUS_CONFIG.name}:/etc/prometheus/prometheus.yml:ro"
+    assert config_mount in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_compose_monitoring_is_pinned_and_on_loopback(compose: dict[str, Any]) -> None:
+    for name, repository in (("prometheus", "prom/prometheus"), ("grafana", "grafana/grafana")):
+        spec = compose["services"][name]
+        image, _, tag = spec["image"].partition(":")
+        assert image == repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), spec["image"]
+        assert spec["ports"], name
+        for port in spec["ports"]:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        for volume in spec["volumes"]:
+            if volume.startswith("."):
+                assert volume.endswith(":ro"), (name, volume)
+
+
+def test_grafana_admin_password_has_no_weak_default(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    environment = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in environment
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    shell, flag, script = grafana["entrypoint"]
+    assert (shell, flag) == ("sh", "-c") and script.endswith("exec /run.sh")
+    # Run the entrypoint as the container would (compose turns $$ into $), with a
+    # stand-in for Grafana's /run.sh that prints the password Grafana would get.
+    script = script.replace("$$", "$").replace(
+        "exec /run.sh", "printenv GF_SECURITY_ADMIN_PASSWORD"
+    )
+    base = {"PATH": os.environ.get("PATH", "")}
+
+    def password(**env: str) -> str:
+        result = subprocess.run(
+            ["sh", "-c", script], env=base | env, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert password(GRAFANA_ADMIN_PASSWORD="chosen-by-operator") == "chosen-by-operator"
+    first, second = password(GRAFANA_ADMIN_PASSWORD=""), password()
+    assert len(first) >= 24 and first != second and "admin" not in (first, second)
+
+
+def test_terraform_alarms_watch_the_alb() -> None:
+    text = (TERRAFORM / "alarms.tf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    alarms = dict(
+        re.findall(
+            r'^resource "aws_cloudwatch_metric_alarm" "(\w+)" \{\n(.*?)^\}', code, re.M | re.S
+        )
+    )
+    assert set(alarms) == {"alb_5xx_rate", "alb_latency_p99"}
+    assert re.search(r"alb_dimensions\s*=\s*\{\s*LoadBalancer\s*=\s*aws_lb\.main\.arn_suffix", code)
+    assert re.search(r"alarm_topics\s*=\s*\[aws_sns_topic\.alarms\.arn\]", code)
+    for name, body in alarms.items():
+        assert re.search(r'treat_missing_data\s*=\s*"notBreaching"', body), name
+        assert re.search(r"\balarm_actions\s*=\s*local\.alarm_topics", body), name
+        assert re.search(r"\bok_actions\s*=\s*local\.alarm_topics", body), name
+        metric_names = re.findall(r'metric_name\s*=\s*"(\w+)"', body)
+        dimensions = re.findall(r"^\s*dimensions\s*=\s*(\S+)", body, re.M)
+        assert metric_names and dimensions == ["local.alb_dimensions"] * len(metric_names), name
+    errors = alarms["alb_5xx_rate"]
+    assert set(re.findall(r'metric_name\s*=\s*"(\w+)"', errors)) == {
+        "HTTPCode_Target_5XX_Count",
+        "HTTPCode_ELB_5XX_Count",
+        "RequestCount",
+    }
+    assert re.search(r"threshold\s*=\s*var\.alarm_5xx_rate_percent", errors)
+    (expression,) = re.findall(r'expression\s*=\s*"([^"]+)"', errors)
+    assert expression.startswith("100 * (") and "target_5xx" in expression and "/" in expression
+    latency = alarms["alb_latency_p99"]
+    assert re.search(r'metric_name\s*=\s*"TargetResponseTime"', latency)
+    assert re.search(r'extended_statistic\s*=\s*"p99"', latency)
+    assert re.search(r"threshold\s*=\s*var\.alarm_latency_p99_seconds", latency)
+    # The alarm topic is encrypted with the key, and CloudWatch may use that key: without
+    # it the alarms change state but their notifications are dropped.
+    topic = text.split('resource "aws_sns_topic" "alarms" {', 1)[1].split("\n}", 1)[0]
+    assert "kms_master_key_id = aws_kms_key.main.arn" in topic
+    assert '"cloudwatch.amazonaws.com"' in (TERRAFORM / "kms.tf").read_text()
 
 
 # ----------------------------------------------------------------------------- healthcheck

@@ -1,4 +1,4 @@
-# One customer-managed key for the artifacts bucket, the SNS topic, the log groups,
+# One customer-managed key for the artifacts bucket, the SNS topics, the log groups,
 # the ECR repositories and EFS.
 resource "aws_kms_key" "main" {
   description             = "${var.name}: artifacts, events, logs, images, service data"
@@ -38,6 +38,18 @@ data "aws_iam_policy_document" "kms" {
       test     = "ArnLike"
       variable = "kms:EncryptionContext:aws:logs:arn"
       values   = ["arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/${var.name}/*"]
+    }
+  }
+
+  # CloudWatch alarms publish to the encrypted alarms topic with their own service
+  # principal, which needs the key; the topic's policy limits which alarms may publish.
+  statement {
+    sid       = "CloudWatchAlarmsPublishEncrypted"
+    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
     }
   }
 

@@ -18,6 +18,16 @@ output "sns_topic_arn" {
   value       = aws_sns_topic.events.arn
 }
 
+output "alarm_topic_arn" {
+  description = "Where the CloudWatch alarms notify (subscribe to it for e-mails or a pager)."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "alarm_names" {
+  description = "The CloudWatch alarms on the load balancer: 5xx rate and p99 latency."
+  value       = [aws_cloudwatch_metric_alarm.alb_5xx_rate.alarm_name, aws_cloudwatch_metric_alarm.alb_latency_p99.alarm_name]
+}
+
 output "sagemaker_execution_role_arn" {
   description = "The role SageMaker training jobs and endpoints run as."
   value       = aws_iam_role.sagemaker.arn

@@ -125,6 +125,28 @@ variable "extra_environment" {
   default     = {}
 }
 
+variable "alarm_5xx_rate_percent" {
+  description = "The 5xx alarm fires when more than this percentage of the load balancer's requests end in a 5xx (Envoy's or the load balancer's own) in 3 of 5 minutes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.alarm_5xx_rate_percent > 0 && var.alarm_5xx_rate_percent < 100
+    error_message = "alarm_5xx_rate_percent: a percentage between 0 and 100 (exclusive)."
+  }
+}
+
+variable "alarm_latency_p99_seconds" {
+  description = "The latency alarm fires when the p99 of the load balancer's TargetResponseTime (until Envoy's first response byte) is over this many seconds in 3 of 5 minutes."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.alarm_latency_p99_seconds > 0
+    error_message = "alarm_latency_p99_seconds: a positive number of seconds."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
