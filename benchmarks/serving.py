@@ -32,8 +32,9 @@ default batch size, and
     .venv/bin/python benchmarks/serving.py --metrics-cost
 
 what the Prometheus metrics cost: SENTILOOP_METRICS_ENABLED=false (the baseline) against
-the default (on), gRPC direct to InferenceService, where nothing else hides the cost, at
-concurrency 1, 16 and 64, the two alternating first from round to round.
+the default (on, and GET /metrics scraped every second meanwhile), gRPC direct to
+InferenceService, where nothing else hides the cost, at concurrency 1, 16 and 64, the two
+alternating first from round to round.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import platform
 import random
 import statistics
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -144,6 +146,7 @@ def served(
     concurrency_levels: tuple[int, ...] = CONCURRENCY,
     open_rate: float | None = None,
     extra_env: dict[str, str] | None = None,
+    scrape_every: float | None = None,
 ) -> dict[int, Figures]:
     """Per concurrency: sentences/s, p50 and p99 latency (ms) of Predict, gRPC straight to
     InferenceService (through Envoy with replicas, which only Envoy balances over); with
@@ -158,6 +161,15 @@ def served(
     mesh = start_mesh(data_dir, extra_env=env)
     results: dict[int, Figures] = {}
     address = mesh.envoy_address if replicas > 1 else mesh.address("inference")
+    scraping = threading.Event()
+    if scrape_every:
+        # A Prometheus scraping GET /metrics throughout, as a deployment is.
+        def scrape() -> None:
+            with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers) as client:
+                while not scraping.wait(scrape_every):
+                    client.get("/metrics", timeout=10).raise_for_status()
+
+        threading.Thread(target=scrape, daemon=True).start()
     try:
         with grpc.insecure_channel(address) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -172,6 +184,7 @@ def served(
             if open_rate:
                 results[HALF] = measure_open_loop(call, texts, open_rate)
     finally:
+        scraping.set()
         mesh.stop()
     return results
 
@@ -407,6 +420,10 @@ def report(args: argparse.Namespace) -> None:
         )
 
 
+# Fifteen times as often as deploy/prometheus/prometheus.yml scrapes: an upper bound.
+SCRAPE_SECONDS = 1.0
+
+
 def compare_metrics_cost(args: argparse.Namespace) -> None:
     texts = sentences(args.texts)
     print(
@@ -415,6 +432,7 @@ def compare_metrics_cost(args: argparse.Namespace) -> None:
         " gRPC direct to InferenceService, default batch size"
     )
     conditions = {"off": {"SENTILOOP_METRICS_ENABLED": "false"}, "on": {}}
+    scrape_every = {"off": None, "on": SCRAPE_SECONDS}
     rates: dict[tuple[str, int], list[Figures]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -422,7 +440,9 @@ def compare_metrics_cost(args: argparse.Namespace) -> None:
         for round_number in range(args.rounds):
             order = list(conditions) if round_number % 2 == 0 else list(conditions)[::-1]
             for name in order:
-                figures = served(data_dir, 4, texts, extra_env=conditions[name])
+                figures = served(
+                    data_dir, 4, texts, extra_env=conditions[name], scrape_every=scrape_every[name]
+                )
                 for concurrency, measured in figures.items():
                     rates[(name, concurrency)].append(measured)
             print(f"# round {round_number + 1} done ({' then '.join(order)})", flush=True)

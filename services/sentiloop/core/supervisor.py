@@ -268,6 +268,7 @@ def run_mesh(
 
     elapsed = time.monotonic() - started
     mesh.echo(f"Sentiloop is up in {elapsed:.1f}s")
+    mesh.echo(f"  Web console:             {mesh.url}/")
     mesh.echo(f"  JSON and gRPC via Envoy: {mesh.url}   (health: {mesh.url}/health)")
     mesh.echo(f"  API docs (Swagger UI):   {mesh.url}/docs")
     for name in SERVICES:
