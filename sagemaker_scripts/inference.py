@@ -5,12 +5,16 @@ The SageMaker serving containers call ``model_fn`` once, then ``input_fn`` -> ``
 (``model_fn`` + :func:`predict_texts`), so local serving and a SageMaker endpoint answer
 alike. Like ``train.py`` it must not import ``sentiloop``.
 
-Two engines behind one predict path (tokenize -> pad -> forward -> softmax):
+Two engines behind one predict path (tokenize -> pad -> forward -> softmax(logits / T)):
 - ONNX Runtime, when the artifact holds ``model.onnx`` (train.py exports it and checks it
   against torch) and ``onnxruntime`` is installed: tokenized by the ``tokenizers`` library,
   so neither torch nor transformers is imported (a serving process of ~100 MB instead of
   ~400 MB, and no dependency on the container's transformers major version);
 - torch + transformers otherwise (older artifacts, or engine "torch").
+
+T is the temperature train.py fitted on the validation set (labels.json's ``calibration``
+record; 1 for artifacts without one): it makes the confidences calibrated and never changes
+which label wins.
 
 Request: ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` as ``application/json``.
 Response: ``{"predictions": [{"label", "confidence", "scores": {label: p}}, ...]}``, one per
@@ -73,16 +77,33 @@ class LoadedModel:
     pad_id: int
     engine: str  # "onnxruntime" | "torch"
     precision: str  # "fp32" | "int8" | ...
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
 
 
 def read_serving_config(model_dir: Path) -> dict[str, Any]:
-    """labels.json as train.py writes it: ``{"labels", "max_length", "onnx": {...}}``; older
-    artifacts hold a bare label list, or none."""
+    """labels.json as train.py writes it: ``{"labels", "max_length", "onnx": {...},
+    "calibration": {"temperature": T, ...}}``; older artifacts hold a bare label list, or
+    none."""
     path = model_dir / "labels.json"
     if not path.is_file():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {"labels": data}
+
+
+def temperature_of(serving: dict[str, Any]) -> float:
+    """The fitted temperature labels.json records; 1 (the raw softmax) for artifacts
+    trained before calibration existed. A temperature that is not a finite number > 0 is a
+    broken artifact, refused rather than served with meaningless confidences."""
+    calibration = serving.get("calibration") or {}
+    value = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+    try:
+        temperature = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"labels.json: calibration temperature {value!r} is not a number > 0")
+    return temperature
 
 
 def _torch_labels(serving: dict[str, Any], config: Any) -> list[str]:
@@ -95,11 +116,17 @@ def _torch_labels(serving: dict[str, Any], config: Any) -> list[str]:
 
 
 def prepare(
-    model: Any, tokenizer: Any, labels: list[str], device: Any, max_length: int
+    model: Any,
+    tokenizer: Any,
+    labels: list[str],
+    device: Any,
+    max_length: int,
+    temperature: float = 1.0,
 ) -> LoadedModel:
     """A torch model in memory made ready for :func:`predict_texts`: train.py evaluates (and
     cross-fits) through this, so training-time metrics, the gate and serving share one
-    predict path and one max length (the one training used, recorded in labels.json)."""
+    predict path, one max length (the one training used, recorded in labels.json) and one
+    temperature."""
     import torch
 
     if len(labels) != model.config.num_labels:
@@ -130,7 +157,7 @@ def prepare(
         return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
 
     precision = str(next(model.parameters()).dtype).removeprefix("torch.").replace("float", "fp")
-    return LoadedModel(encode, forward, labels, length, pad_id, "torch", precision)
+    return LoadedModel(encode, forward, labels, length, pad_id, "torch", precision, temperature)
 
 
 def onnx_model(folder: Path, serving: dict[str, Any], threads: int | None = None) -> LoadedModel:
@@ -172,6 +199,7 @@ def onnx_model(folder: Path, serving: dict[str, Any], threads: int | None = None
         pad_id,
         "onnxruntime",
         str(onnx.get("precision", "fp32")),
+        temperature_of(serving),
     )
 
 
@@ -214,7 +242,8 @@ def load_model(
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
     model.to(device)
     labels = _torch_labels(serving, model.config)
-    return prepare(model, tokenizer, labels, device, int(serving.get("max_length", MAX_LENGTH)))
+    max_length = int(serving.get("max_length", MAX_LENGTH))
+    return prepare(model, tokenizer, labels, device, max_length, temperature_of(serving))
 
 
 def model_fn(model_dir: str, context: Any = None) -> LoadedModel:
@@ -264,19 +293,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def predict_texts(
+def predict_logits(
     model: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE
-) -> list[dict[str, Any]]:
-    """Class probabilities per text, in input order.
+) -> np.ndarray:
+    """Raw logits (texts x labels, float64), in input order: what :func:`predict_texts`
+    turns into probabilities, and what train.py fits the temperature on.
 
     Texts are tokenized once, sorted by length and batched, so each batch pads to nearly its
     own length (padding to the longest of a big batch made it slower per text).
     """
+    logits = np.zeros((len(texts), len(model.labels)), dtype=np.float64)
     if not texts:
-        return []
+        return logits
     encoded = model.encode(list(texts))
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    results: list[dict[str, Any]] = [{} for _ in texts]
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in batch)
@@ -285,14 +315,30 @@ def predict_texts(
         for row, i in enumerate(batch):
             ids[row, : len(encoded[i])] = encoded[i]
             mask[row, : len(encoded[i])] = 1
-        probabilities = softmax(model.forward(ids, mask).astype(np.float64)).tolist()
-        for i, row_probabilities in zip(batch, probabilities, strict=True):
-            best = max(range(len(model.labels)), key=lambda k: row_probabilities[k])
-            results[i] = {
+        logits[batch] = model.forward(ids, mask).astype(np.float64)
+    return logits
+
+
+def predict_texts(
+    model: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE
+) -> list[dict[str, Any]]:
+    """Class probabilities per text, in input order: ``softmax(logits / temperature)``.
+    A positive temperature rescales every logit alike, so the label (the argmax) is the
+    raw model's; only the confidences and scores are calibrated."""
+    if not texts:
+        return []
+    logits = predict_logits(model, texts, batch_size)
+    probabilities = softmax(logits / model.temperature).tolist()
+    results: list[dict[str, Any]] = []
+    for row_logits, row_probabilities in zip(logits, probabilities, strict=True):
+        best = int(np.argmax(row_logits))
+        results.append(
+            {
                 "label": model.labels[best],
                 "confidence": row_probabilities[best],
                 "scores": dict(zip(model.labels, row_probabilities, strict=True)),
             }
+        )
     return results
 
 

@@ -88,8 +88,9 @@ Progress goes to stdout, one flushed line per event (see :func:`parse_line`)::
     [sentiloop] metric <name>=<float>
 
 The model folder gets ``model.safetensors``, ``config.json``, the tokenizer files,
-``labels.json`` (``{"labels": [...], "max_length": N, "onnx": {...}}``: the label order and
-the max length serving must use, the one training used, and the ONNX graph that serves),
+``labels.json`` (``{"labels": [...], "max_length": N, "onnx": {...}, "calibration": {...}}``:
+the label order and the max length serving must use, the one training used, the ONNX graph
+that serves and the temperature its probabilities are divided by, see below),
 ``metrics.json``, ``code/inference.py`` (SageMaker's place for a custom inference handler)
 and ``code/requirements.txt`` (what its container installs first). Nothing is ever pickled.
 
@@ -102,6 +103,15 @@ batch-invariant (:func:`_int8_verdict`); the verdict is recorded either way. Wit
 onnxruntime in the training environment the export is skipped and recorded as such. Validation,
 test and cross-fit predictions go through ``inference.py``'s own ``predict_texts``, so the
 metrics recorded here, the promotion gate and serving measure one model the same way.
+
+Calibration (:func:`calibrate`): after training, one temperature T > 0 is fitted on the
+validation set's logits by minimising their negative log-likelihood (:func:`fit_temperature`)
+and recorded in labels.json's ``calibration`` record (with the validation NLL and ECE before
+and after, and the test ECE and Brier score before and after); ``inference.py`` serves
+``softmax(logits / T)``. A validation set of fewer than :data:`MIN_CALIBRATION_ROWS` rows
+keeps T = 1 and the record says why. T never changes a label, so accuracy and F1 are the same
+either way; the ``ece`` and ``brier`` of the validation and test metrics are the calibrated
+model's (the validation figures are in-sample: T was fitted there).
 
 Local use::
 
@@ -128,7 +138,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +149,12 @@ STATUSES = ("Starting", "Downloading", "Training", "Evaluating", "Uploading", "C
 FINAL_METRICS = (
     "validation_accuracy",
     "validation_macro_f1",
+    "validation_ece",
+    "validation_brier",
     "test_accuracy",
     "test_macro_f1",
+    "test_ece",
+    "test_brier",
     "train_loss",
 )
 PREFIX = "[sentiloop]"
@@ -235,10 +249,15 @@ def class_f1(truth: Any, pred: Any, k: int) -> Any:
 
 
 def compute_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str] = tuple(LABELS)
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    labels: Sequence[str] = tuple(LABELS),
+    probabilities: Any = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 (over all ``labels``), per-class precision/recall/F1/support and
-    the confusion matrix (rows: true class, columns: predicted class).
+    the confusion matrix (rows: true class, columns: predicted class); with
+    ``probabilities`` (samples x labels) also ``ece`` and ``brier``
+    (:func:`calibration_metrics`).
 
     A class that is never predicted has precision 0; one absent from ``y_true`` has recall 0
     (sklearn's ``zero_division=0``), and every listed class counts towards the macro average.
@@ -269,7 +288,7 @@ def compute_metrics(
             "f1": f1s[i],
             "support": support,
         }
-    return {
+    result: dict[str, Any] = {
         "accuracy": correct / total if total else 0.0,
         "macro_f1": sum(f1s) / k if k else 0.0,
         "per_class": per_class,
@@ -277,6 +296,120 @@ def compute_metrics(
         "confusion_matrix_labels": list(labels),
         "total_samples": total,
         "correct_predictions": correct,
+    }
+    if probabilities is not None:
+        result.update(calibration_metrics(y_true, probabilities))
+    return result
+
+
+ECE_BINS = 15
+MIN_CALIBRATION_ROWS = 20  # fewer validation rows fit a temperature to noise
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def calibration_metrics(
+    y_true: Sequence[int], probabilities: Any, bins: int = ECE_BINS
+) -> dict[str, float]:
+    """How well class probabilities (samples x classes) match outcomes.
+
+    ``ece``, the expected calibration error: the samples are put into ``bins`` equal-width
+    bins by their top-class confidence ((0, 1/bins], ..., ((bins-1)/bins, 1]) and ECE is
+    ``sum over bins of n_bin / n * |accuracy_bin - mean confidence_bin|``: 0 when a model
+    that says 80% is right 80% of the time. ``brier``: the mean over samples of
+    ``sum over classes of (p - onehot)^2``, 0 (certain and right) to 2 (certain and wrong).
+    Both are 0 for no samples, as accuracy is."""
+    import numpy as np
+
+    p = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(y_true, dtype=np.int64)
+    if p.ndim != 2 or len(p) != len(truth):
+        raise ValueError(f"probabilities of shape {p.shape} for {len(truth)} labels")
+    if not len(truth):
+        return {"ece": 0.0, "brier": 0.0}
+    if truth.min() < 0 or truth.max() >= p.shape[1]:
+        raise ValueError("class id out of range")
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == truth).astype(np.float64)
+    bin_of = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    gaps = np.bincount(bin_of, weights=correct - confidence, minlength=bins)
+    onehot = np.eye(p.shape[1])[truth]
+    return {
+        "ece": float(np.abs(gaps).sum() / len(truth)),
+        "brier": float(((p - onehot) ** 2).sum(axis=1).mean()),
+    }
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def temperature_nll(logits: Any, y_true: Sequence[int], temperature: float) -> float:
+    """Mean negative log-likelihood of the true classes under ``softmax(logits / T)``."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    truth = np.asarray(y_true, dtype=np.int64)
+    return float(-_log_softmax(z)[np.arange(len(truth)), truth].mean())
+
+
+def fit_temperature(
+    logits: Any,
+    y_true: Sequence[int],
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    tolerance: float = 1e-4,
+) -> float:
+    """The temperature T in ``bounds`` minimising :func:`temperature_nll` (temperature
+    scaling, Guo et al. 2017): golden-section search on log T. The NLL is convex in 1/T,
+    hence unimodal in log T, so the search finds the minimum without derivatives."""
+    ratio = (math.sqrt(5) - 1) / 2
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+
+    def nll(log_t: float) -> float:
+        return temperature_nll(logits, y_true, math.exp(log_t))
+
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    nll_a, nll_b = nll(a), nll(b)
+    while high - low > tolerance:
+        if nll_a <= nll_b:
+            high, b, nll_b = b, a, nll_a
+            a = high - ratio * (high - low)
+            nll_a = nll(a)
+        else:
+            low, a, nll_a = a, b, nll_b
+            b = low + ratio * (high - low)
+            nll_b = nll(b)
+    return math.exp((low + high) / 2)
+
+
+def calibrate(
+    logits: Any, y_true: Sequence[int], min_rows: int = MIN_CALIBRATION_ROWS
+) -> dict[str, Any]:
+    """Temperature scaling fitted on the validation set's logits: the ``calibration``
+    record labels.json and metrics.json keep (``temperature``, the rows it was fitted on,
+    NLL and ECE before and after). With fewer than ``min_rows`` rows the temperature stays 1
+    and ``reason`` says why."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64)
+    record: dict[str, Any] = {"method": "temperature", "fitted_on": "validation"}
+    record["samples"] = len(y_true)
+    if len(y_true) < min_rows:
+        return record | {
+            "temperature": 1.0,
+            "reason": f"{len(y_true)} validation rows, fewer than {min_rows}: not fitted",
+        }
+    temperature = fit_temperature(z, y_true)
+    before = calibration_metrics(y_true, np.exp(_log_softmax(z)))
+    after = calibration_metrics(y_true, np.exp(_log_softmax(z / temperature)))
+    return record | {
+        "temperature": temperature,
+        "nll_before": temperature_nll(z, y_true, 1.0),
+        "nll_after": temperature_nll(z, y_true, temperature),
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
     }
 
 
@@ -797,7 +930,9 @@ def _load_model(hps: dict[str, Any], scratch: Path) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _save_model(model: Any, tokenizer: Any, model_dir: Path, max_length: int) -> None:
+def _save_model(
+    model: Any, tokenizer: Any, model_dir: Path, max_length: int, calibration: dict[str, Any]
+) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
@@ -811,8 +946,9 @@ def _save_model(model: Any, tokenizer: Any, model_dir: Path, max_length: int) ->
     pickles = [p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
     if pickles:
         raise TrainingError(f"refusing to ship pickled files: {', '.join(pickles)}")
-    # What inference.py serves with: the label order and the max length training used.
-    serving = {"labels": LABELS, "max_length": max_length}
+    # What inference.py serves with: the label order, the max length training used and the
+    # fitted temperature.
+    serving = {"labels": LABELS, "max_length": max_length, "calibration": calibration}
     (model_dir / "labels.json").write_text(json.dumps(serving) + "\n", encoding="utf-8")
     # The endpoint's handler and what its container must install for it.
     for name in ("inference.py", "requirements.txt"):
@@ -1212,16 +1348,34 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
     parameters = sum(p.numel() for p in model.parameters())
 
     emit_status("Evaluating")
-    # The serving path itself (inference.py), at the max length the artifact records.
+    # The serving path itself (inference.py), at the max length the artifact records and
+    # with the temperature fitted on the validation set's logits. Calibration changes no
+    # label, so accuracy and F1 are the raw model's; ECE and Brier are the calibrated
+    # model's, the one that serves (the raw model's test ECE stays in the calibration record).
     inference = _inference_script()
-    loaded = inference.prepare(model, tokenizer, LABELS, device, hps["max_length"])
+    raw = inference.prepare(model, tokenizer, LABELS, device, hps["max_length"])
+    evaluation_splits = [split for split in (job.validation, job.test) if split is not None]
+    logits = {
+        split.name: inference.predict_logits(raw, split.texts, hps["eval_batch_size"])
+        for split in evaluation_splits
+    }
+    calibration = calibrate(logits["validation"], job.validation.labels)
+    _log("calibration " + json.dumps(calibration))
+    loaded = replace(raw, temperature=calibration["temperature"])
     evaluated: dict[str, Any] = {}
-    for split in (job.validation, job.test):
-        if split is None:
-            continue
+    for split in evaluation_splits:
         predicted = inference.predict_texts(loaded, split.texts, hps["eval_batch_size"])
         guesses = [LABELS.index(p["label"]) for p in predicted]
-        evaluated[split.name] = compute_metrics(split.labels, guesses, LABELS)
+        probabilities = [[p["scores"][label] for label in LABELS] for p in predicted]
+        evaluated[split.name] = compute_metrics(split.labels, guesses, LABELS, probabilities)
+    if job.test is not None:
+        import numpy as np
+
+        uncalibrated = calibration_metrics(job.test.labels, np.exp(_log_softmax(logits["test"])))
+        calibration["test_ece_before"] = uncalibrated["ece"]
+        calibration["test_ece_after"] = evaluated["test"]["ece"]
+        calibration["test_brier_before"] = uncalibrated["brier"]
+        calibration["test_brier_after"] = evaluated["test"]["brier"]
     if crossfit:
         label_ids = {label: i for i, label in enumerate(LABELS)}
         evaluated["cross_fit"] = compute_metrics(
@@ -1232,9 +1386,11 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
 
     emit_status("Uploading")
     model.to("cpu")
-    _save_model(model, tokenizer, job.model_dir, loaded.max_length)
+    _save_model(model, tokenizer, job.model_dir, loaded.max_length, calibration)
     check = job.test if job.test is not None else job.validation
-    reference = inference.prepare(model, tokenizer, LABELS, torch.device("cpu"), loaded.max_length)
+    reference = inference.prepare(
+        model, tokenizer, LABELS, torch.device("cpu"), loaded.max_length, loaded.temperature
+    )
     serving = export_onnx(job.model_dir, reference, check, hps["eval_batch_size"])
     if serving["engine"] == "onnxruntime":
         _record_serving(job.model_dir, {k: v for k, v in serving.items() if k != "engine"})
@@ -1258,6 +1414,7 @@ def train_and_evaluate(job: Job, scratch: Path) -> dict[str, Any]:
         "parameters": parameters,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "serving": serving,
+        "calibration": calibration,
     }
     return metrics
 
@@ -1298,8 +1455,8 @@ def run(args: argparse.Namespace) -> None:
     _write_json(job.output_data_dir / "metrics.json", metrics)
     for split in ("validation", "test"):
         if split in metrics:
-            _emit(f"metric {split}_accuracy={metrics[split]['accuracy']:.6f}")
-            _emit(f"metric {split}_macro_f1={metrics[split]['macro_f1']:.6f}")
+            for name in ("accuracy", "macro_f1", "ece", "brier"):
+                _emit(f"metric {split}_{name}={metrics[split][name]:.6f}")
     _emit(f"metric train_loss={metrics['train_loss']:.6f}")
     emit_status("Completed")
 

@@ -29,7 +29,7 @@ UI_TIMEOUT_MS = 60_000
 TRAINING_TIMEOUT_MS = 240_000
 LAPTOPS = [{"width": 1366, "height": 768}, {"width": 1440, "height": 900}]
 LABELS = ("negative", "neutral", "positive")
-VIEWS = ("models", "training", "predict", "events")
+VIEWS = ("models", "training", "predict", "label", "events")
 
 
 # ---------------------------------------------------------------- meshes
@@ -366,6 +366,66 @@ def test_prediction_and_feedback_round_trip(
     expect(console.by("policy-state")).to_be_visible()
     expect(console.by("policy-remaining")).to_contain_text("threshold")
     console.screenshot("console-predict.png")
+
+
+def test_labelling_queue_stores_feedback_in_one_click(
+    open_console: Callable[..., Console],
+    live_mesh: RunningMesh,
+    served: str,
+    operator: httpx.Client,
+) -> None:
+    # Ten new texts at least: a tenth of the queue is then one audit sample or more.
+    texts = [f"Queue check {n}: the {word} arrived" for n, word in enumerate(LABELLING_WORDS)]
+    batch = operator.post("/predict/batch", json={"texts": texts})
+    assert batch.status_code == 200, batch.text
+    console = open_console(live_mesh, view="label")
+    # The first audit sample issued and the most uncertain request stay in the queue
+    # from poll to poll until they are answered.
+    item = console.page.locator("[data-testid=label-item][data-audit=true]").first
+    other = console.page.locator("[data-testid=label-item][data-audit=false]").first
+    expect(item).to_be_visible()
+    expect(item.get_by_test_id("label-audit")).to_have_text("audit")
+    expect(other.get_by_test_id("label-audit")).to_have_count(0)
+    audit_id = item.get_attribute("data-prediction-id")
+    ranked_id = other.get_attribute("data-prediction-id")
+    logged = operator.get(f"/predictions/{audit_id}").json()["prediction"]
+    expect(item.get_by_test_id("label-text")).to_have_text(logged["text"])
+    expect(item.get_by_test_id("label-predicted")).to_have_text(logged["label"])
+    expect(item.get_by_test_id("label-confidence")).to_have_text(
+        f"{logged['confidence'] * 100:.1f}%"
+    )
+    queue = operator.get("/feedback/requests", params={"page_size": 20}).json()["requests"]
+    assert {audit_id, ranked_id} <= {r["prediction_id"] for r in queue}
+    console.screenshot("console-label.png")
+
+    # One click: feedback citing the prediction, marked as an audit sample; the item leaves.
+    item = console.page.locator(f"[data-testid=label-item][data-prediction-id='{audit_id}']")
+    other = console.page.locator(f"[data-testid=label-item][data-prediction-id='{ranked_id}']")
+    item.get_by_test_id("label-negative").click()
+    message = console.by("label-msg")
+    expect(message).to_contain_text("recorded: negative (an audit sample)")
+    expect(item).to_have_count(0)
+    records = operator.get("/feedback", params={"page_size": 1000}).json()["feedback"]
+    record = next(r for r in records if r["id"] == message.get_attribute("data-feedback-id"))
+    assert record["prediction_id"] == audit_id and record["user_label"] == "negative"
+    assert record["audit"] is True and record["text"] == logged["text"]
+    other.get_by_test_id("label-positive").click()
+    expect(message).to_contain_text("recorded: positive")
+    expect(other).to_have_count(0)
+    records = operator.get("/feedback", params={"page_size": 1000}).json()["feedback"]
+    record = next(r for r in records if r["prediction_id"] == ranked_id)
+    # A poll after the first screenshot may have drawn this one as an audit sample too
+    # (each poll draws its share afresh): the page says which it was, as the store does.
+    assert record["user_label"] == "positive"
+    assert record["audit"] is ("(an audit sample)" in (message.text_content() or ""))
+    left = operator.get("/feedback/requests", params={"page_size": 100}).json()["requests"]
+    assert not {audit_id, ranked_id} & {r["prediction_id"] for r in left}
+
+
+LABELLING_WORDS = (
+    "parcel", "charger", "blender", "headset", "kettle",
+    "lamp", "keyboard", "toaster", "speaker", "backpack", "umbrella", "tripod",
+)  # fmt: skip
 
 
 # Every value the progress bar takes from here on. Several updates can land in one task

@@ -139,6 +139,9 @@ def run_the_loop_once(loop_mesh: RunningMesh, client: httpx.Client) -> dict[str,
         # scored by a fold model that had not seen it.
         assert result["feedback_samples"] == gate["feedback"]["samples"] == 30
         assert gate["feedback"]["folds"] == 3 and gate["class_floor"] == 0.05
+        # Both models' calibration on the test set (out-of-fold feedback has labels only).
+        assert gate["ece_tolerance"] == 0.02 and "candidate_ece" not in gate["feedback"]
+        assert 0 <= gate["test"]["candidate_ece"] <= 1 and 0 <= gate["test"]["baseline_ece"] <= 1
         registered = client.get("/models/v2").json()["model"]
         assert registered["gate"]["decision"] == gate["decision"]
         assert registered["source"] == "retraining"
@@ -327,6 +330,12 @@ def test_evaluate_keeps_the_original_fields_and_history(
     assert report["feedback_count"] == stats["total"]
     assert 0 < report["total_samples"] <= stats["total"]  # one sample per distinct text
     assert report["test_metrics"]["total_samples"] > 0
+    # Calibration of the served probabilities on the test set; the feedback's metrics have
+    # none (served answers are logged as labels only).
+    assert 0 <= report["test_metrics"]["ece"] <= 1 and 0 <= report["test_metrics"]["brier"] <= 2
+    assert "ece" not in report["feedback_metrics"] and "brier" not in report["feedback_metrics"]
+    served = client.get("/models/active").json()["model"]["test_metrics"]
+    assert 0 <= served["ece"] <= 1 and 0 <= served["brier"] <= 2  # as its training job measured
     assert report["model_version"] == client.get("/models/active").json()["model"]["version"]
     again = client.post("/evaluate", json={"model_version": "v1"}).json()
     history = client.get("/evaluations", params={"model_version": "v1"}).json()["evaluations"]

@@ -3,9 +3,10 @@ learnable signal -> retraining (cross-fitted, tiny preset) -> the gate promotes 
 version serves and answers the new labels.
 
 The tiny preset is a randomly initialised 2-layer model, so its score on the fixed test set
-is noise: this mesh turns the test-set guards off (tolerance and class floor of 100 points)
-and keeps the one that matters here, the out-of-fold feedback evidence. The guards' own
-rejections are tested in test_gate.py and test_feedback_loop.py."""
+is noise: this mesh turns the test-set guards off (tolerance, class floor and ECE tolerance
+of 100 points) and keeps the one that matters here, the out-of-fold feedback evidence. The
+guards' own rejections are tested in test_gate.py, test_calibration.py and
+test_feedback_loop.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ ENV = {
     **TINY_ENV,
     "SENTILOOP_GATE_TOLERANCE": "1",
     "SENTILOOP_GATE_CLASS_FLOOR": "1",
+    "SENTILOOP_GATE_ECE_TOLERANCE": "1",
     "SENTILOOP_RETRAIN_LEARNING_RATE": "0.005",
 }
 # Made-up words that the tokenizer keeps as their own word pieces: a signal a 2-layer

@@ -18,6 +18,8 @@ from google.protobuf import descriptor_pb2
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
+from sentiloop.core.auth import METHOD_ROLES, Role
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = ROOT / "services" / "sentiloop" / "v1" / "openapi.json"
 DESCRIPTOR = ROOT / "services" / "sentiloop" / "v1" / "sentiloop.binpb"
@@ -83,6 +85,11 @@ def _http_rules() -> Iterator[tuple[str, str, str]]:
             for method in service.method:
                 if method.client_streaming:  # gRPC only (UploadDataset; JSON: ImportDataset)
                     assert not method.options.HasExtension(annotations_pb2.http), method.name
+                    continue
+                if not method.options.HasExtension(annotations_pb2.http):
+                    # gRPC only: calls between the services (ListRecentPredictions), no one else's.
+                    role = METHOD_ROLES[f"/{file.package}.{service.name}/{method.name}"]
+                    assert role == Role.SERVICE, method.name
                     continue
                 rule = method.options.Extensions[annotations_pb2.http]
                 for binding in [rule, *rule.additional_bindings]:
@@ -208,6 +215,7 @@ def test_int64_is_a_string_in_responses(document: dict[str, Any]) -> None:
         "prediction_id": "",
         "model_version": "",
         "created_at": "2026-11-26T13:38:38.123Z",
+        "audit": False,
     }
     answer = {
         name: {"message": "", "duplicate": False, "id": "2"}.get(name)

@@ -124,8 +124,12 @@ def test_progress_lines_parse(tiny_run: Run) -> None:
     assert set(metrics) == {
         "validation_accuracy",
         "validation_macro_f1",
+        "validation_ece",
+        "validation_brier",
         "test_accuracy",
         "test_macro_f1",
+        "test_ece",
+        "test_brier",
         "train_loss",
     }
     stored = tiny_run.metrics()

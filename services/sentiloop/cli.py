@@ -407,6 +407,11 @@ def _print_gate(gate: Any) -> None:
                 f" {comparison.delta_macro_f1_lower_bound * 100:+.1f} with 95% confidence),"
                 f" accuracy {comparison.baseline_accuracy:.4f} ->"
                 f" {comparison.candidate_accuracy:.4f}"
+                + (
+                    f", ECE {comparison.baseline_ece:.4f} -> {comparison.candidate_ece:.4f}"
+                    if comparison.HasField("candidate_ece")
+                    else ""
+                )
             )
 
 
@@ -456,9 +461,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"model {answer.model_version}")
     for name, m in (("feedback", answer.feedback_metrics), ("test set", answer.test_metrics)):
+        calibration = f"  ECE {m.ece:.4f}  Brier {m.brier:.4f}" if m.HasField("ece") else ""
         print(
             f"  {name:<9} {m.total_samples:>5} samples  accuracy {m.accuracy:.4f}"
-            f"  macro-F1 {m.macro_f1:.4f}"
+            f"  macro-F1 {m.macro_f1:.4f}{calibration}"
         )
     return 0
 

@@ -62,7 +62,7 @@ def metrics_from_final(final: Mapping[str, float]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for name, value in final.items():
         split, _, metric = name.partition("_")
-        if split in ("validation", "test") and metric in ("accuracy", "macro_f1"):
+        if split in ("validation", "test") and metric in ("accuracy", "macro_f1", "ece", "brier"):
             metrics.setdefault(split, {})[metric] = value
         elif name == "train_loss":
             metrics["train_loss"] = value

@@ -47,9 +47,18 @@ METHOD_ROLES: dict[str, Role] = {
     f"{_P}InferenceService/PredictBatch": Role.PUBLIC,
     f"{_P}InferenceService/GetPrediction": Role.PUBLIC,
     f"{_P}InferenceService/GetServingStatus": Role.PUBLIC,
+    # Every text users sent, in bulk: for the services (the labelling queue, drift).
+    f"{_P}InferenceService/ListRecentPredictions": Role.SERVICE,
+    f"{_P}InferenceService/GetDrift": Role.PUBLIC,
+    # A shadow changes what the serving process runs (a second model beside the served one).
+    f"{_P}InferenceService/StartShadow": Role.OPERATOR,
+    f"{_P}InferenceService/StopShadow": Role.OPERATOR,
+    f"{_P}InferenceService/GetShadowReport": Role.PUBLIC,
     f"{_P}FeedbackService/SubmitFeedback": Role.PUBLIC,
     f"{_P}FeedbackService/ListFeedback": Role.PUBLIC,
     f"{_P}FeedbackService/GetFeedbackStats": Role.PUBLIC,
+    # Anyone who may give feedback may ask what to label.
+    f"{_P}FeedbackService/ListLabelRequests": Role.PUBLIC,
     f"{_P}FeedbackService/ExportFeedback": Role.OPERATOR,
     f"{_P}MeshHealthService/GetMeshHealth": Role.PUBLIC,
     # Counts of what was predicted and labelled, per version: the operator's (and a
@@ -76,6 +85,8 @@ METHOD_ROLES: dict[str, Role] = {
     f"{_P}ModelRegistryService/RegisterModel": Role.OPERATOR,
     f"{_P}ModelRegistryService/ActivateModel": Role.OPERATOR,
     f"{_P}ModelRegistryService/Rollback": Role.OPERATOR,
+    # The evidence the shadow rule of activation reads: only InferenceService writes it.
+    f"{_P}ModelRegistryService/RecordShadowReport": Role.SERVICE,
     f"{_P}RetrainingService/Retrain": Role.OPERATOR,
     f"{_P}RetrainingService/GetPolicy": Role.PUBLIC,
     f"{_P}NotificationService/Publish": Role.SERVICE,

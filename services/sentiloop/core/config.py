@@ -40,6 +40,8 @@ REPLICA_PORT_STRIDE = 1000
 # The most texts one Predict/PredictBatch may carry; a batch the batcher forms from several
 # calls stays within it too, so the engine's own check never refuses a mixed batch.
 MAX_TEXTS_PER_CALL = 256
+# The most predictions one ListRecentPredictions answers.
+MAX_RECENT_PREDICTIONS = 5000
 
 
 def env_name(service: str, suffix: str) -> str:
@@ -101,6 +103,7 @@ SAGEMAKER = "SageMaker"
 EXPORT = "Feedback export (S3 mode)"
 ACCESS = "Access"
 OBSERVABILITY = "Metrics and traces"
+DRIFT = "Drift"
 
 
 def _port(service: str) -> Any:
@@ -301,6 +304,45 @@ class Settings(BaseModel):
     notification_queue_size: PositiveInt = setting(
         1000, "events a slow subscriber may lag behind before its stream ends", group=SERVING
     )
+    shadow_max_queue: PositiveInt = setting(
+        256,
+        "most answered texts waiting for a shadow candidate (`POST /predict/shadow`); more"
+        " are skipped, so that the shadow never holds up an answer",
+        group=SERVING,
+    )
+    shadow_report_seconds: Positive = setting(
+        30.0,
+        "how often InferenceService refreshes a shadow's report with new feedback and"
+        " records it with the shadowed version in the registry",
+        group=SERVING,
+    )
+
+    drift_window: Annotated[int, Field(ge=1, le=MAX_RECENT_PREDICTIONS)] = setting(
+        500,
+        "most recent predictions the drift score compares with the served version's training"
+        " data (those the served version made)",
+        group=DRIFT,
+    )
+    drift_min_window: PositiveInt = setting(
+        100,
+        "fewest predictions a drift score needs (fewer: `not_enough_traffic`; a 100-text"
+        " window of unseen review sentences scores about 0.04, of tweets about 0.11)",
+        group=DRIFT,
+    )
+    drift_interval_seconds: Positive = setting(
+        60.0, "how often InferenceService computes the drift score", group=DRIFT
+    )
+    drift_threshold: Fraction = setting(
+        0.07,
+        "drift score at or over which the traffic counts as drifted (`model.drift_detected`)",
+        group=DRIFT,
+    )
+    drift_reference_texts: PositiveInt = setting(
+        1000,
+        "held-out texts of the training data the served model predicts once per version for"
+        " the reference confidence histogram",
+        group=DRIFT,
+    )
 
     retrain_auto: bool = setting(
         False,
@@ -327,6 +369,12 @@ class Settings(BaseModel):
     )
     retrain_poll_seconds: Positive = setting(
         2.0, "how often the policy looks at the counts", group=RETRAINING
+    )
+    retrain_on_drift: bool = setting(
+        True,
+        "with `SENTILOOP_RETRAIN_AUTO`: detected drift (GET /predict/drift) starts a run"
+        " without waiting for `SENTILOOP_RETRAIN_MIN_NEW_FEEDBACK` new labels",
+        group=RETRAINING,
     )
     retrain_folds: Annotated[int, Field(ge=2)] = setting(
         3,
@@ -359,6 +407,31 @@ class Settings(BaseModel):
     gate_min_gain: Annotated[float, Field(ge=-1, le=1)] = setting(
         0.0,
         "out-of-fold feedback macro-F1 gain the candidate must show with 95% confidence",
+        group=RETRAINING,
+    )
+    gate_ece_tolerance: Fraction = setting(
+        0.02,
+        "largest rise of the expected calibration error on the test set the gate accepts"
+        " (0.02: 2 points)",
+        group=RETRAINING,
+    )
+    gate_shadow_min_labelled: PositiveInt = setting(
+        30,
+        "labelled shadowed predictions the shadow rule needs before it refuses a version whose"
+        " accuracy on them is below the served model's by more than `SENTILOOP_GATE_TOLERANCE`",
+        group=RETRAINING,
+    )
+    label_requests_window: Annotated[int, Field(ge=1, le=MAX_RECENT_PREDICTIONS)] = setting(
+        1000,
+        "most recent predictions GET /feedback/requests chooses from (recent traffic first:"
+        " older ones are not asked about)",
+        group=RETRAINING,
+    )
+    label_requests_audit_share: Fraction = setting(
+        0.1,
+        "share of GET /feedback/requests drawn uniformly at random from the window's"
+        " unlabelled predictions instead of by uncertainty (`audit`), so that feedback is not"
+        " only what users chose to correct",
         group=RETRAINING,
     )
 

@@ -35,8 +35,14 @@ def list_value(rows: list[list[int]]) -> struct_pb2.ListValue:
     return value
 
 
+def _optional_number(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return None if value is None else float(value)
+
+
 def metrics_to_proto(metrics: dict[str, Any] | None) -> common_pb2.ClassificationMetrics:
-    """From the metrics.json shape train.py writes for one split."""
+    """From the metrics.json shape train.py writes for one split (``ece`` and ``brier``
+    stay unset where the split has none: labels only, or an older model)."""
     if not metrics:
         return common_pb2.ClassificationMetrics()
     labels = list(metrics.get("confusion_matrix_labels", []))
@@ -61,6 +67,8 @@ def metrics_to_proto(metrics: dict[str, Any] | None) -> common_pb2.Classificatio
         confusion_matrix_labels=labels,
         total_samples=int(metrics.get("total_samples", 0)),
         correct_predictions=int(metrics.get("correct_predictions", 0)),
+        ece=_optional_number(metrics, "ece"),
+        brier=_optional_number(metrics, "brier"),
     )
 
 
@@ -84,6 +92,9 @@ def _confusion_matrix(matrix: struct_pb2.ListValue) -> list[list[int]]:
 def metrics_from_proto(metrics: common_pb2.ClassificationMetrics) -> dict[str, Any]:
     if not metrics.ByteSize():
         return {}
+    calibration = {
+        name: getattr(metrics, name) for name in ("ece", "brier") if metrics.HasField(name)
+    }
     return {
         "accuracy": metrics.accuracy,
         "macro_f1": metrics.macro_f1,
@@ -100,4 +111,5 @@ def metrics_from_proto(metrics: common_pb2.ClassificationMetrics) -> dict[str, A
         "confusion_matrix_labels": list(metrics.confusion_matrix_labels),
         "total_samples": metrics.total_samples,
         "correct_predictions": metrics.correct_predictions,
+        **calibration,
     }

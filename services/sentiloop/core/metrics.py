@@ -80,6 +80,45 @@ SERVED_MODEL = Gauge(
     "The model version this inference process serves, and how (value 1)",
     ["version", "engine", "precision"],
 )
+# Shadow evaluation (POST /predict/shadow): what the candidate scored beside the served
+# model, what it skipped to never hold up an answer, and how often the two agreed.
+SHADOW_PREDICTIONS = Counter(
+    "sentiloop_shadow_predictions",
+    "Answered texts a shadow candidate scored too, by the candidate's version",
+    ["shadow_version"],
+)
+SHADOW_SKIPPED = Counter(
+    "sentiloop_shadow_skipped",
+    "Answered texts a shadow candidate skipped because its queue was full",
+    ["shadow_version"],
+)
+SHADOW_AGREEMENT = Gauge(
+    "sentiloop_shadow_agreement",
+    "Share of the texts this process shadowed on which the candidate chose the served label",
+    ["shadow_version"],
+)
+# The latest drift score of the served version's recent inputs (GET /predict/drift) and
+# its components; no sample while there is no score (too little traffic, no model).
+DRIFT_SCORE = Gauge(
+    "sentiloop_drift_score",
+    "Drift score of the recent prediction inputs against the served version's training data",
+    ["version"],
+)
+DRIFT_TOKEN_DIVERGENCE = Gauge(
+    "sentiloop_drift_token_divergence",
+    "Jensen-Shannon divergence of the window's token distribution from the training texts'",
+    ["version"],
+)
+DRIFT_CONFIDENCE_SHIFT = Gauge(
+    "sentiloop_drift_confidence_shift",
+    "Jensen-Shannon divergence of the window's confidence histogram from the held-out one",
+    ["version"],
+)
+DRIFT_WINDOW = Gauge(
+    "sentiloop_drift_window_size",
+    "Predictions the latest drift score was computed over",
+    ["version"],
+)
 
 # Every metric name a dashboard may use (deploy/grafana checks its queries against it).
 METRIC_NAMES = frozenset(
@@ -95,6 +134,13 @@ METRIC_NAMES = frozenset(
         "sentiloop_gate_decisions_total",
         "sentiloop_training_duration_seconds",
         "sentiloop_served_model_info",
+        "sentiloop_shadow_predictions_total",
+        "sentiloop_shadow_skipped_total",
+        "sentiloop_shadow_agreement",
+        "sentiloop_drift_score",
+        "sentiloop_drift_token_divergence",
+        "sentiloop_drift_confidence_shift",
+        "sentiloop_drift_window_size",
         "sentiloop_scrape_up",
     }
 )
@@ -160,6 +206,36 @@ def set_served_model(version: str, engine: str, precision: str) -> None:
     if _enabled:
         SERVED_MODEL.clear()
         SERVED_MODEL.labels(version, engine, precision).set(1)
+
+
+def set_drift(
+    version: str, score: float, token_divergence: float, confidence_shift: float, window: int
+) -> None:
+    if _enabled:
+        clear_drift()
+        DRIFT_SCORE.labels(version).set(score)
+        DRIFT_TOKEN_DIVERGENCE.labels(version).set(token_divergence)
+        DRIFT_CONFIDENCE_SHIFT.labels(version).set(confidence_shift)
+        DRIFT_WINDOW.labels(version).set(window)
+
+
+def clear_drift() -> None:
+    if _enabled:
+        for gauge in (DRIFT_SCORE, DRIFT_TOKEN_DIVERGENCE, DRIFT_CONFIDENCE_SHIFT, DRIFT_WINDOW):
+            gauge.clear()
+
+
+def count_shadowed(shadow_version: str, texts: int, agreement: float) -> None:
+    """``agreement``: the running share over this process's shadow so far."""
+    if _enabled:
+        SHADOW_PREDICTIONS.labels(shadow_version).inc(texts)
+        SHADOW_AGREEMENT.clear()
+        SHADOW_AGREEMENT.labels(shadow_version).set(agreement)
+
+
+def count_shadow_skipped(shadow_version: str, texts: int) -> None:
+    if _enabled:
+        SHADOW_SKIPPED.labels(shadow_version).inc(texts)
 
 
 def exposition() -> bytes:

@@ -70,3 +70,12 @@ class EventType(StrEnum):
     # registry keeps the latest and answers endpoint statuses from it.
     SERVING_CHANGED = "serving.changed"
     RETRAINING_TRIGGERED = "retraining.triggered"
+    # A candidate version started, or stopped, scoring live traffic beside the served
+    # model (InferenceService's shadow evaluation; GET /predict/shadow reports it).
+    SHADOW_STARTED = "shadow.started"
+    SHADOW_ENDED = "shadow.ended"
+    # The drift score of the served version's recent inputs reached the threshold
+    # (GET /predict/drift); published once per crossing, and model.drift_cleared when it
+    # falls back under it.
+    MODEL_DRIFT_DETECTED = "model.drift_detected"
+    MODEL_DRIFT_CLEARED = "model.drift_cleared"

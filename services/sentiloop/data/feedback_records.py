@@ -1,5 +1,11 @@
 """The feedback record format of exports and snapshots, JSON Lines: written by the feedback
-service, read by retraining (and anyone reading an export). This module owns it."""
+service, read by retraining (and anyone reading an export). This module owns it.
+
+A record that answers an audit request (a prediction drawn uniformly at random from recent
+traffic by GET /feedback/requests) carries ``"audit": true``; other records carry no
+``audit`` key, so a record stored before audit samples existed serialises to the same bytes
+as it always did (export objects are rewritten byte for byte after a crash, and snapshots
+are named by their content): read it as ``record.get("audit", False)``."""
 
 from __future__ import annotations
 
@@ -26,22 +32,24 @@ class Record(Protocol):
     def prediction_id(self) -> str: ...
     @property
     def created_at(self) -> datetime: ...
+    @property
+    def audit(self) -> bool: ...
 
 
 def record_line(record: Record) -> str:
     """One record as one line of JSON (no newline), keys sorted."""
-    return json.dumps(
-        {
-            "id": record.id,
-            "text": record.text,
-            "user_label": record.user_label,
-            "model_prediction": record.model_prediction,
-            "model_version": record.model_version,
-            "prediction_id": record.prediction_id,
-            "created_at": record.created_at.isoformat(),
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, object] = {
+        "id": record.id,
+        "text": record.text,
+        "user_label": record.user_label,
+        "model_prediction": record.model_prediction,
+        "model_version": record.model_version,
+        "prediction_id": record.prediction_id,
+        "created_at": record.created_at.isoformat(),
+    }
+    if record.audit:
+        fields["audit"] = True
+    return json.dumps(fields, sort_keys=True)
 
 
 def to_jsonl(records: Iterable[Record]) -> bytes:

@@ -39,17 +39,41 @@ def read_labelled_csv(content: bytes) -> Labelled:
 
 
 def predict_labels(model: Any, texts: list[str]) -> list[int]:
+    return predict(model, texts)[0]
+
+
+def predict(model: Any, texts: list[str]) -> tuple[list[int], list[list[float]]]:
+    """Each text's label (an index into LABELS) and its served, calibrated probabilities
+    (in LABELS order), through inference.py's one predict path."""
     if not texts:
-        return []
+        return [], []
     index = {label: i for i, label in enumerate(LABELS)}
     outputs = load_script("inference").predict_texts(model, texts)
-    return [index[out["label"]] for out in outputs]
+    return (
+        [index[out["label"]] for out in outputs],
+        [[float(out["scores"][label]) for label in LABELS] for out in outputs],
+    )
 
 
-def metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
-    """The same metrics train.py reports, computed by the same function."""
-    result: dict[str, Any] = load_script("train").compute_metrics(y_true, y_pred, LABELS)
+def metrics(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    probabilities: Sequence[Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """The same metrics train.py reports, computed by the same function; ``ece`` and
+    ``brier`` too when the probabilities (samples x LABELS) are given."""
+    train = load_script("train")
+    result: dict[str, Any] = train.compute_metrics(y_true, y_pred, LABELS, probabilities)
     return result
+
+
+def _calibration(
+    truth: Sequence[int], probabilities: Sequence[Sequence[float]] | None
+) -> tuple[float | None, float | None]:
+    if probabilities is None or len(truth) == 0:
+        return None, None
+    found: dict[str, float] = load_script("train").calibration_metrics(truth, probabilities)
+    return found["ece"], found["brier"]
 
 
 def _class_f1(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -81,6 +105,12 @@ class Comparison:
     baseline_class_f1: tuple[float, ...] = ()
     # k when the candidate's predictions are out-of-fold (cross-fitted), else 0.
     folds: int = 0
+    # Expected calibration error (15 bins) and Brier score of each model's probabilities;
+    # None where only labels are known (out-of-fold predictions keep none).
+    candidate_ece: float | None = None
+    baseline_ece: float | None = None
+    candidate_brier: float | None = None
+    baseline_brier: float | None = None
 
 
 def compare(
@@ -91,10 +121,13 @@ def compare(
     seed: int = 13,
     resamples: int = BOOTSTRAP_RESAMPLES,
     folds: int = 0,
+    candidate_probabilities: Sequence[Sequence[float]] | None = None,
+    baseline_probabilities: Sequence[Sequence[float]] | None = None,
 ) -> Comparison:
     """Both models on the same samples, with paired-bootstrap bounds of the macro-F1 and
     accuracy differences: each resample draws the same samples for both models, so the
-    bounds reflect how much the difference depends on which samples were drawn."""
+    bounds reflect how much the difference depends on which samples were drawn. With both
+    models' probabilities, their ECE and Brier scores too."""
     y = np.asarray(truth)
     a = np.asarray(candidate)
     b = np.asarray(baseline)
@@ -109,6 +142,9 @@ def compare(
     deltas = _macro_f1(y[draws], a[draws], k) - _macro_f1(y[draws], b[draws], k)
     accuracy_deltas = (a[draws] == y[draws]).mean(axis=1) - (b[draws] == y[draws]).mean(axis=1)
     low, lower_bound, high = np.quantile(deltas, [0.025, 0.05, 0.975])
+    both = candidate_probabilities is not None and baseline_probabilities is not None
+    candidate_ece, candidate_brier = _calibration(truth, candidate_probabilities if both else None)
+    baseline_ece, baseline_brier = _calibration(truth, baseline_probabilities if both else None)
     return Comparison(
         data_set=data_set,
         samples=n,
@@ -124,6 +160,10 @@ def compare(
         candidate_class_f1=tuple(float(f) for f in class_a),
         baseline_class_f1=tuple(float(f) for f in class_b),
         folds=folds,
+        candidate_ece=candidate_ece,
+        baseline_ece=baseline_ece,
+        candidate_brier=candidate_brier,
+        baseline_brier=baseline_brier,
     )
 
 

@@ -10,11 +10,18 @@ Evaluate used to export the whole feedback table and rescore every text on every
   alike;
 * a feedback record that cites a prediction of the evaluated version already carries that
   model's answer, logged when it served: it is reused instead of predicted again.
+
+Kept scores hold the label and the probabilities, so the test set's metrics include the
+expected calibration error and the Brier score. The feedback's metrics do not: served
+answers are logged as labels only, and feedback is not a random sample of traffic (users
+label what they choose to, often what the model got wrong), so its calibration would
+measure that choice rather than the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ from sentiloop.data.scoring import (
     Labelled,
     compare,
     metrics,
-    predict_labels,
+    predict,
     read_crossfit_csv,
 )
 
@@ -50,9 +57,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     id               INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scores (
-    artifact TEXT NOT NULL,
-    text     TEXT NOT NULL,
-    label    INTEGER NOT NULL,
+    artifact      TEXT NOT NULL,
+    text          TEXT NOT NULL,
+    label         INTEGER NOT NULL,
+    probabilities TEXT,
     PRIMARY KEY (artifact, text)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
@@ -60,6 +68,16 @@ CREATE TABLE IF NOT EXISTS state (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Known:
+    """One model's answer on one text: its label (an index into LABELS) and, when the
+    evaluator predicted it, its probabilities in LABELS order (a served answer logged with
+    the feedback, or a score kept before probabilities were, has none)."""
+
+    label: int
+    probabilities: list[float] | None = None
 
 
 class Models:
@@ -105,6 +123,9 @@ class EvaluationStore:
         self._lock = threading.Lock()
         self._db = sqlite.connect(path)
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(scores)")}
+        if "probabilities" not in columns:  # scores kept before calibration was measured
+            self._db.execute("ALTER TABLE scores ADD COLUMN probabilities TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -150,45 +171,60 @@ class EvaluationStore:
                 (max(r.id for r in records),),
             )
 
-    def feedback_for(self, artifact: str, version: str) -> tuple[Labelled, dict[str, int]]:
+    def feedback_for(self, artifact: str, version: str) -> tuple[Labelled, dict[str, Known]]:
         """Every feedback text with its label, and the predictions already known for this
         model: kept scores, and serve-time predictions of this version."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.text, f.label, f.model_version, f.model_prediction, s.label AS scored"
+                "SELECT f.text, f.label, f.model_version, f.model_prediction,"
+                " s.label AS scored, s.probabilities"
                 " FROM feedback f LEFT JOIN scores s ON s.artifact = ? AND s.text = f.text"
                 " ORDER BY f.id",
                 (artifact,),
             ).fetchall()
-        known: dict[str, int] = {}
+        known: dict[str, Known] = {}
         for row in rows:
             if row["scored"] is not None:
-                known[row["text"]] = int(row["scored"])
+                known[row["text"]] = _known(row["scored"], row["probabilities"])
             elif row["model_version"] == version and row["model_prediction"] is not None:
-                known[row["text"]] = int(row["model_prediction"])
+                known[row["text"]] = Known(int(row["model_prediction"]))
         data = Labelled(texts=[r["text"] for r in rows], labels=[int(r["label"]) for r in rows])
         return data, known
 
-    def scores(self, artifact: str, texts: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def scores(self, artifact: str, texts: Sequence[str]) -> dict[str, Known]:
+        found: dict[str, Known] = {}
         with self._lock:
             for start in range(0, len(texts), 500):
                 chunk = list(texts[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 for row in self._db.execute(
-                    f"SELECT text, label FROM scores WHERE artifact = ? AND text IN ({marks})",
+                    "SELECT text, label, probabilities FROM scores"
+                    f" WHERE artifact = ? AND text IN ({marks})",
                     (artifact, *chunk),
                 ):
-                    found[row["text"]] = int(row["label"])
+                    found[row["text"]] = _known(row["label"], row["probabilities"])
         return found
 
-    def keep(self, artifact: str, predicted: dict[str, int]) -> None:
+    def keep(self, artifact: str, predicted: dict[str, Known]) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO scores (artifact, text, label) VALUES (?, ?, ?)",
-                [(artifact, text, label) for text, label in predicted.items()],
+                "INSERT OR REPLACE INTO scores (artifact, text, label, probabilities)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (
+                        artifact,
+                        text,
+                        known.label,
+                        None if known.probabilities is None else json.dumps(known.probabilities),
+                    )
+                    for text, known in predicted.items()
+                ],
             )
+
+
+def _known(label: Any, probabilities: str | None) -> Known:
+    return Known(int(label), None if probabilities is None else json.loads(probabilities))
 
 
 @dataclass(frozen=True)
@@ -217,25 +253,43 @@ class Evaluator:
             return total
 
     def _fill(
-        self, artifact: str, texts: Sequence[str], known: dict[str, int]
-    ) -> tuple[list[int], int]:
-        """Runs on the model thread: predicts what is not known yet and keeps it; returns
-        the predictions in ``texts`` order and how many were made now."""
-        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        self,
+        artifact: str,
+        texts: Sequence[str],
+        known: dict[str, Known],
+        with_probabilities: bool,
+    ) -> tuple[list[Known], int]:
+        """Runs on the model thread: predicts what is not known yet (or known without the
+        probabilities asked for) and keeps it; returns the predictions in ``texts`` order
+        and how many were made now."""
+        missing = [
+            text
+            for text in dict.fromkeys(texts)
+            if text not in known or (with_probabilities and known[text].probabilities is None)
+        ]
         if missing:
-            predicted = dict(
-                zip(missing, predict_labels(self._models.get(artifact), missing), strict=True)
-            )
+            labels, probabilities = predict(self._models.get(artifact), missing)
+            predicted = {
+                text: Known(label, p)
+                for text, label, p in zip(missing, labels, probabilities, strict=True)
+            }
             self._store.keep(artifact, predicted)
             known = {**known, **predicted}
         return [known[text] for text in texts], len(missing)
 
-    def _complete(self, artifact: str, data: Labelled, known: dict[str, int]) -> Scored:
-        predictions, made = self._fill(artifact, data.texts, known)
-        return Scored(metrics(data.labels, predictions), made)
+    def _complete(
+        self, artifact: str, data: Labelled, known: dict[str, Known], with_probabilities: bool
+    ) -> Scored:
+        predictions, made = self._fill(artifact, data.texts, known, with_probabilities)
+        probabilities = [p.probabilities or [] for p in predictions] if with_probabilities else None
+        return Scored(metrics(data.labels, [p.label for p in predictions], probabilities), made)
 
-    def predictions(self, artifact: str, texts: Sequence[str]) -> list[int]:
-        return self._fill(artifact, texts, self._store.scores(artifact, texts))[0]
+    def predictions(
+        self, artifact: str, texts: Sequence[str]
+    ) -> tuple[list[int], list[list[float]]]:
+        """The model's labels and probabilities on ``texts``, kept or predicted now."""
+        known, _ = self._fill(artifact, texts, self._store.scores(artifact, texts), True)
+        return [k.label for k in known], [k.probabilities or [] for k in known]
 
     def crossfitted(self, artifact: str) -> CrossFitted:
         path = self._models.folder(artifact) / CROSSFIT_FILE
@@ -258,30 +312,38 @@ class Evaluator:
         on feedback: a labelled set both models predict, or the candidate's out-of-fold
         predictions (cross-fitted), which only the baseline has to predict. Runs on the
         model thread, the paired bootstrap included."""
+        candidate_test, candidate_probabilities = self.predictions(candidate, test.texts)
+        baseline_test, baseline_probabilities = self.predictions(baseline, test.texts)
         on_test = compare(
             "test",
             test.labels,
-            self.predictions(candidate, test.texts),
-            self.predictions(baseline, test.texts),
+            candidate_test,
+            baseline_test,
             seed,
+            candidate_probabilities=candidate_probabilities,
+            baseline_probabilities=baseline_probabilities,
         )
         if isinstance(feedback, CrossFitted):
             on_feedback = compare(
                 "feedback", feedback.feedback.labels, feedback.predictions,
-                self.predictions(baseline, feedback.feedback.texts), seed, folds=feedback.folds,
+                self.predictions(baseline, feedback.feedback.texts)[0], seed, folds=feedback.folds,
             )  # fmt: skip
         elif feedback is not None:
             on_feedback = compare(
-                "feedback", feedback.labels, self.predictions(candidate, feedback.texts),
-                self.predictions(baseline, feedback.texts), seed,
+                "feedback", feedback.labels, self.predictions(candidate, feedback.texts)[0],
+                self.predictions(baseline, feedback.texts)[0], seed,
             )  # fmt: skip
         else:
             on_feedback = None
         return on_test, on_feedback
 
     def score_feedback(self, artifact: str, version: str) -> Scored:
+        """Metrics on the feedback: labels only (see the module's docstring), so served
+        answers are reused."""
         data, known = self._store.feedback_for(artifact, version)
-        return self._complete(artifact, data, known)
+        return self._complete(artifact, data, known, with_probabilities=False)
 
     def score(self, artifact: str, data: Labelled) -> Scored:
-        return self._complete(artifact, data, self._store.scores(artifact, data.texts))
+        """Metrics on a labelled set (the test set), ECE and Brier score included."""
+        known = self._store.scores(artifact, data.texts)
+        return self._complete(artifact, data, known, with_probabilities=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -19,6 +22,7 @@ from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import decimal, page_size
 from sentiloop.feedback.export import ExportConfig, FeedbackExporter
 from sentiloop.feedback.linking import LoggedPrediction, PredictionLookup, resolve
+from sentiloop.feedback.requests import Candidate, RecentPredictions, build_queue, check_request
 from sentiloop.feedback.store import (
     Feedback,
     FeedbackStore,
@@ -42,6 +46,7 @@ def to_proto(record: Feedback) -> pb.FeedbackRecord:
         prediction_id=record.prediction_id,
         model_version=record.model_version,
         created_at=created_at,
+        audit=record.audit,
     )
 
 
@@ -69,13 +74,57 @@ class GrpcPredictionLookup:
         return LoggedPrediction(text=p.text, label=p.label, model_version=p.model_version)
 
 
+class GrpcRecentPredictions:
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    async def recent(self, limit: int) -> list[Candidate]:
+        try:
+            answer = await self._clients.inference.ListRecentPredictions(
+                inference_pb2.ListRecentPredictionsRequest(page_size=limit), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            raise mesh_error("inference", error) from error
+        return [
+            Candidate(
+                prediction_id=p.id,
+                text=p.text,
+                label=p.label,
+                confidence=p.confidence,
+                scores=dict(p.scores),
+                model_version=p.model_version,
+                created_at=p.created_at.ToDatetime(tzinfo=UTC),
+            )
+            for p in answer.predictions
+        ]
+
+
+@dataclass(frozen=True)
+class LabelRequestConfig:
+    window: int
+    audit_share: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LabelRequestConfig:
+        return cls(settings.label_requests_window, settings.label_requests_audit_share)
+
+
 class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
     def __init__(
-        self, store: FeedbackStore, lookup: PredictionLookup, objects: ObjectStore
+        self,
+        store: FeedbackStore,
+        lookup: PredictionLookup,
+        objects: ObjectStore,
+        recent: RecentPredictions,
+        label_requests: LabelRequestConfig,
     ) -> None:
         self._store = store
         self._lookup = lookup
         self._objects = objects
+        self._recent = recent
+        self._label_requests = label_requests
+        # Audit samples must be unpredictable to whoever sends the traffic.
+        self._rng = random.SystemRandom()
 
     async def SubmitFeedback(
         self, request: pb.SubmitFeedbackRequest, context: Context
@@ -139,6 +188,55 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
             new_count=stats.new_count,
             first_new_time=timestamp(stats.first_new_at),
             latest_time=timestamp(stats.latest_at),
+            audit=stats.audit,
+        )
+
+    async def ListLabelRequests(
+        self, request: pb.ListLabelRequestsRequest, context: Context
+    ) -> pb.ListLabelRequestsResponse:
+        check_request(request.page_size, request.strategy)  # before asking inference
+        config = self._label_requests
+        window = await self._recent.recent(config.window)
+        ids = [c.prediction_id for c in window]
+        answered_ids, answered_texts = await asyncio.to_thread(
+            self._store.answered, ids, [c.text for c in window]
+        )
+        issued = await asyncio.to_thread(self._store.audit_requests, ids)
+        queue = build_queue(
+            window,
+            answered_ids=answered_ids,
+            answered_texts=answered_texts,
+            issued_audits=issued,
+            page_size=request.page_size,
+            audit_share=config.audit_share,
+            strategy=request.strategy,
+            rng=self._rng,
+        )
+        # Recorded before they are answered: feedback citing one is then marked audit.
+        await asyncio.to_thread(
+            self._store.issue_audit_requests,
+            [r.prediction.prediction_id for r in queue.requests if r.audit],
+        )
+        return pb.ListLabelRequestsResponse(
+            requests=[
+                pb.LabelRequest(
+                    prediction_id=r.prediction.prediction_id,
+                    text=r.prediction.text,
+                    label=r.prediction.label,
+                    confidence=r.prediction.confidence,
+                    scores=r.prediction.scores,
+                    model_version=r.prediction.model_version,
+                    created_at=timestamp(r.prediction.created_at),
+                    uncertainty=r.uncertainty,
+                    audit=r.audit,
+                    duplicates=r.duplicates,
+                )
+                for r in queue.requests
+            ],
+            strategy=queue.strategy,
+            window=queue.window,
+            unlabelled=queue.unlabelled,
+            audit_share=config.audit_share,
         )
 
 
@@ -147,7 +245,13 @@ def create_app(settings: Settings) -> ServiceApp:
     store = FeedbackStore(db_path, settings.max_text_length)
     clients = Clients(settings)
     objects = open_object_store(settings)
-    servicer = FeedbackServicer(store, GrpcPredictionLookup(clients), objects)
+    servicer = FeedbackServicer(
+        store,
+        GrpcPredictionLookup(clients),
+        objects,
+        GrpcRecentPredictions(clients),
+        LabelRequestConfig.from_settings(settings),
+    )
     export = ExportConfig.from_settings(settings)
     exporter = FeedbackExporter(store, objects, db_path, export) if export.enabled else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +24,23 @@ CREATE TABLE IF NOT EXISTS feedback (
     prediction_id    TEXT NOT NULL DEFAULT '',
     model_version    TEXT NOT NULL DEFAULT '',
     idempotency_key  TEXT UNIQUE,
-    created_at       TEXT NOT NULL
+    created_at       TEXT NOT NULL,
+    audit            INTEGER NOT NULL DEFAULT 0
+);
+-- The audit samples GET /feedback/requests handed out: feedback citing one is marked
+-- `audit` (a uniform sample of traffic, not a correction a user chose to make).
+CREATE TABLE IF NOT EXISTS audit_requests (
+    prediction_id TEXT PRIMARY KEY,
+    issued_at     TEXT NOT NULL
 );
 """
+# After the migration below: an index on a column a database made before it lacks would fail.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS feedback_prediction_id ON feedback (prediction_id);
+CREATE INDEX IF NOT EXISTS feedback_text ON feedback (text);
+"""
+# SQLite's limit on a statement's variables is 32766 today but was 999 before 3.32.
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,7 @@ class Feedback:
     prediction_id: str
     model_version: str
     created_at: datetime
+    audit: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class FeedbackStats:
     new_count: int = 0
     first_new_at: datetime | None = None
     latest_at: datetime | None = None
+    audit: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,10 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._db = sqlite.connect(path)
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(feedback)")}
+        if "audit" not in columns:  # a database from before audit samples
+            self._db.execute("ALTER TABLE feedback ADD COLUMN audit INTEGER NOT NULL DEFAULT 0")
+        self._db.executescript(INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -112,7 +133,9 @@ class FeedbackStore:
             created_at = datetime.now(UTC)
             cursor = self._db.execute(
                 "INSERT INTO feedback (text, model_prediction, user_label, prediction_id,"
-                " model_version, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " model_version, idempotency_key, created_at, audit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?,"
+                " EXISTS (SELECT 1 FROM audit_requests WHERE prediction_id = ? AND ? != ''))",
                 (
                     clean.text,
                     clean.model_prediction,
@@ -121,6 +144,8 @@ class FeedbackStore:
                     clean.model_version,
                     clean.idempotency_key or None,
                     created_at.isoformat(),
+                    clean.prediction_id,
+                    clean.prediction_id,
                 ),
             )
             row = self._db.execute(
@@ -168,6 +193,7 @@ class FeedbackStore:
                 " COALESCE(SUM(model_prediction != '' AND model_prediction != user_label), 0)"
                 "   AS disagreements,"
                 " COALESCE(SUM(model_prediction != ''), 0) AS with_prediction,"
+                " COALESCE(SUM(audit), 0) AS audit,"
                 " COALESCE(MAX(id), 0) AS latest_id FROM feedback"
             ).fetchone()
         return FeedbackStats(
@@ -179,7 +205,71 @@ class FeedbackStore:
             new_count=max(0, row["total"] - after_count),
             first_new_at=datetime.fromisoformat(first_new[0]) if first_new else None,
             latest_at=datetime.fromisoformat(latest[0]) if latest else None,
+            audit=row["audit"],
         )
+
+    def answered(
+        self, prediction_ids: Collection[str], texts: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        """Which of ``prediction_ids`` have feedback citing them, and which of ``texts``
+        have feedback (cited or not: the original API's feedback carries only a text)."""
+        ids: set[str] = set()
+        labelled_texts: set[str] = set()
+        with self._lock:
+            for chunk in _chunks([i for i in prediction_ids if i]):
+                ids.update(
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT DISTINCT prediction_id FROM feedback WHERE prediction_id IN"
+                        f" ({_marks(chunk)})",
+                        chunk,
+                    )
+                )
+            for chunk in _chunks(texts):
+                labelled_texts.update(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT DISTINCT text FROM feedback WHERE text IN ({_marks(chunk)})",
+                        chunk,
+                    )
+                )
+        return ids, labelled_texts
+
+    def issue_audit_requests(self, prediction_ids: Collection[str]) -> None:
+        """Records the audit samples handed out (durably; one already issued keeps its
+        first time), so that feedback citing them is marked ``audit``."""
+        if not prediction_ids:
+            return
+        issued_at = datetime.now(UTC).isoformat()
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO audit_requests (prediction_id, issued_at) VALUES (?, ?)",
+                [(prediction_id, issued_at) for prediction_id in prediction_ids],
+            )
+
+    def audit_requests(self, prediction_ids: Collection[str]) -> Sequence[str]:
+        """Which of ``prediction_ids`` were handed out as audit samples, first issued first."""
+        issued: set[tuple[str, str]] = set()
+        with self._lock:
+            for chunk in _chunks(prediction_ids):
+                issued.update(
+                    (row[0], row[1])
+                    for row in self._db.execute(
+                        "SELECT prediction_id, issued_at FROM audit_requests"
+                        f" WHERE prediction_id IN ({_marks(chunk)})",
+                        chunk,
+                    )
+                )
+        return [prediction_id for prediction_id, _ in sorted(issued, key=lambda i: (i[1], i[0]))]
+
+
+def _chunks(values: Collection[str]) -> list[list[str]]:
+    unique = sorted(set(values))
+    return [unique[i : i + _IN_CHUNK] for i in range(0, len(unique), _IN_CHUNK)]
+
+
+def _marks(values: Sequence[str]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _from_row(row: sqlite3.Row) -> Feedback:
@@ -191,4 +281,5 @@ def _from_row(row: sqlite3.Row) -> Feedback:
         prediction_id=row["prediction_id"],
         model_version=row["model_version"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        audit=bool(row["audit"]),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
-from sentiloop.core.config import MAX_TEXTS_PER_CALL
+from sentiloop.core.config import MAX_RECENT_PREDICTIONS, MAX_TEXTS_PER_CALL
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     scores        TEXT NOT NULL,
     created_at    TEXT NOT NULL
 );
+-- The recent predictions, newest first (ListRecentPredictions); logs created before it
+-- get it on the next start.
+CREATE INDEX IF NOT EXISTS predictions_created_at ON predictions (created_at);
 """
 
 
@@ -119,19 +123,38 @@ class PredictionLog:
             ).fetchone()
         if row is None:
             raise NotFound(f"prediction {quoted(prediction_id)} does not exist")
-        return Prediction(
-            id=row["id"],
-            text=row["text"],
-            label=row["label"],
-            confidence=row["confidence"],
-            scores=json.loads(row["scores"]),
-            model_version=row["model_version"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-        )
+        return _from_row(row)
+
+    def recent(self, limit: int, since: datetime | None = None) -> list[Prediction]:
+        """The newest ``limit`` predictions (made at or after ``since``), newest first;
+        predictions of one batch share their time, so the last logged comes first."""
+        if not 1 <= limit <= MAX_RECENT_PREDICTIONS:
+            raise InvalidArgument({"page_size": f"must be between 1 and {MAX_RECENT_PREDICTIONS}"})
+        # Times are stored as UTC ISO strings, whose order is their text's order.
+        lower = since.astimezone(UTC).isoformat() if since is not None else ""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM predictions WHERE created_at >= ?"
+                " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (lower, limit),
+            ).fetchall()
+        return [_from_row(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _from_row(row: sqlite3.Row) -> Prediction:
+    return Prediction(
+        id=row["id"],
+        text=row["text"],
+        label=row["label"],
+        confidence=row["confidence"],
+        scores=json.loads(row["scores"]),
+        model_version=row["model_version"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
 
 
 def engine_threads(replicas: int) -> int:

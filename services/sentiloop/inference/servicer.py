@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -17,20 +18,31 @@ from sentiloop.aws import config as aws
 from sentiloop.core import metrics
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
-from sentiloop.core.convert import timestamp
+from sentiloop.core.convert import datetime_of, timestamp
+from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.follow import EventFollower
 from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import open_object_store
+from sentiloop.core.scripts import load_script
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
+from sentiloop.data.shadow import ShadowReport
 from sentiloop.inference.batching import Batcher
+from sentiloop.inference.drift import NO_MODEL, Crossings, DriftMonitor, DriftReport, DriftRules
+from sentiloop.inference.drift import read_training_texts as drift_training_texts
+from sentiloop.inference.drift_watch import DriftWatcher
 from sentiloop.inference.engine import Prediction, PredictionLog, Predictor, engine_threads
+from sentiloop.inference.shadow import Score, ShadowController, ShadowRunner, ShadowStore
+from sentiloop.inference.shadow_mesh import GrpcShadowMesh, report_to_proto
 from sentiloop.v1 import inference_pb2 as pb
 from sentiloop.v1 import inference_pb2_grpc as pb_grpc
 from sentiloop.v1 import notification_pb2, registry_pb2
 
 log = logging.getLogger("sentiloop.inference")
+DEFAULT_RECENT_PREDICTIONS = 1000
+# Under gRPC's default 4 MiB message limit: 5000 texts of 5000 characters would not be.
+RECENT_PREDICTIONS_MAX_BYTES = 3 * 1024 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -63,9 +75,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         log: PredictionLog,
         settings: Settings,
         in_flight: int = 1,
+        drift: DriftWatcher | None = None,
+        shadow: ShadowController | None = None,
     ) -> None:
         self._predictor = predictor
         self._log = log
+        self.drift = drift
+        self.shadow = shadow
+        self._settings = settings
         # In-process, one thread runs the model (torch already uses every core for one
         # batch); a remote endpoint takes ``in_flight`` batches at once.
         self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="predict")
@@ -86,6 +103,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._predictor.check(texts)  # a bad request fails alone, before it joins a batch
         predictions = await self._batcher.predict(texts)
         metrics.count_predictions((p.label, p.model_version) for p in predictions)
+        if self.shadow is not None:
+            self.shadow.offer(predictions)  # answered already; the shadow never holds it up
         return predictions
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
@@ -121,6 +140,86 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             loaded_at=timestamp(state.loaded_at),
             engine=state.engine,
             precision=state.precision,
+        )
+
+    async def ListRecentPredictions(
+        self, request: pb.ListRecentPredictionsRequest, context: Context
+    ) -> pb.ListRecentPredictionsResponse:
+        predictions = await asyncio.to_thread(
+            self._log.recent,
+            request.page_size or DEFAULT_RECENT_PREDICTIONS,
+            datetime_of(request, "since"),
+        )
+        response = pb.ListRecentPredictionsResponse()
+        size = 0
+        for p in predictions:
+            logged = pb.LoggedPrediction(
+                id=p.id,
+                text=p.text,
+                label=p.label,
+                confidence=p.confidence,
+                scores=p.scores,
+                model_version=p.model_version,
+                created_at=timestamp(p.created_at),
+            )
+            size += logged.ByteSize() + 8  # + the field's tag and length
+            if size > RECENT_PREDICTIONS_MAX_BYTES:
+                break
+            response.predictions.append(logged)
+        return response
+
+    def _shadow_controller(self) -> ShadowController:
+        if self.shadow is None:
+            raise FailedPrecondition(
+                "shadow evaluation loads the candidate in-process: it needs"
+                " SENTILOOP_ENDPOINT_BACKEND=local"
+            )
+        return self.shadow
+
+    async def StartShadow(
+        self, request: pb.StartShadowRequest, context: Context
+    ) -> pb.StartShadowResponse:
+        report = await self._shadow_controller().start(request.version, request.duration_seconds)
+        return pb.StartShadowResponse(report=report_to_proto(report))
+
+    async def StopShadow(
+        self, request: pb.StopShadowRequest, context: Context
+    ) -> pb.StopShadowResponse:
+        report = await self._shadow_controller().stop()
+        return pb.StopShadowResponse(report=report_to_proto(report))
+
+    async def GetShadowReport(
+        self, request: pb.GetShadowReportRequest, context: Context
+    ) -> pb.GetShadowReportResponse:
+        report = await self.shadow.report() if self.shadow is not None else ShadowReport()
+        return pb.GetShadowReportResponse(report=report_to_proto(report))
+
+    async def GetDrift(self, request: pb.GetDriftRequest, context: Context) -> pb.GetDriftResponse:
+        if self.drift is None:
+            settings = self._settings
+            report = DriftReport(
+                NO_MODEL,
+                "drift is scored for a model served in-process; a SageMaker endpoint's model"
+                " is not loaded here",
+                settings.drift_threshold,
+                settings.drift_min_window,
+                settings.drift_window,
+            )
+        else:
+            report = self.drift.report
+        return pb.GetDriftResponse(
+            state=report.state,
+            score=report.score,
+            token_divergence=report.token_divergence,
+            confidence_shift=report.confidence_shift,
+            threshold=report.threshold,
+            window_size=report.window_size,
+            min_window=report.min_window,
+            max_window=report.max_window,
+            reference_version=report.reference_version,
+            reference_dataset=report.reference_dataset,
+            computed_at=timestamp(report.computed_at),
+            reason=report.reason,
         )
 
     async def close(self) -> None:
@@ -309,6 +408,15 @@ class RegistryFollower:
         self._loader.shutdown(wait=False, cancel_futures=True)
 
 
+async def trained_on(clients: Clients, version: str) -> str:
+    """The dataset ``version`` was trained on (its lineage in the registry); raises when
+    the registry does not answer, so that no reference is built from a guess."""
+    answer = await clients.registry.GetModel(
+        registry_pb2.GetModelRequest(version=version), timeout=5
+    )
+    return str(answer.model.dataset_hash)
+
+
 def create_app(settings: Settings) -> ServiceApp:
     service_dir = settings.service_dir("inference")
     prediction_log = PredictionLog(service_dir / "predictions.db")
@@ -354,11 +462,46 @@ def create_app(settings: Settings) -> ServiceApp:
             log.info(
                 "%d replicas: the engine runs %d threads here", settings.inference_replicas, threads
             )
+        store = open_object_store(settings)
         predictor = Predictor(
-            open_object_store(settings), service_dir / "models", prediction_log,
+            store, service_dir / "models", prediction_log,
             settings.max_text_length, threads, settings.inference_engine,
         )  # fmt: skip
-        servicer = InferenceServicer(predictor, prediction_log, settings)
+        drift = DriftWatcher(
+            DriftMonitor(
+                DriftRules(
+                    window=settings.drift_window,
+                    min_window=settings.drift_min_window,
+                    threshold=settings.drift_threshold,
+                    reference_texts=settings.drift_reference_texts,
+                ),
+                prediction_log.recent,
+                partial(drift_training_texts, store),
+                load_script("inference").predict_texts,
+            ),
+            lambda: predictor.current,
+            partial(trained_on, clients),
+            Notifier(clients).emit,
+            settings.drift_interval_seconds,
+            Crossings(service_dir / "drift.db"),
+        )
+        shadow_store = ShadowStore(service_dir / "predictions.db")
+        predict_texts = load_script("inference").predict_texts
+
+        def load_shadow(version: str, artifact: str) -> Score:
+            return partial(predict_texts, predictor.load(version, artifact).model)
+
+        shadow = ShadowController(
+            shadow_store,
+            ShadowRunner(shadow_store.record, settings.shadow_max_queue),
+            GrpcShadowMesh(clients),
+            load_shadow,
+            lambda: predictor.current.version if predictor.current else "",
+            settings.shadow_report_seconds,
+        )
+        servicer = InferenceServicer(
+            predictor, prediction_log, settings, drift=drift, shadow=shadow
+        )
         follower = RegistryFollower(predictor, clients, announcer, fallback_seconds)
 
         async def startup() -> None:
@@ -368,6 +511,8 @@ def create_app(settings: Settings) -> ServiceApp:
             tasks.append(asyncio.create_task(announcer.run()))
             await follower.first_sync(REGISTRY_WAIT_SECONDS)
             tasks.append(asyncio.create_task(follower.run()))
+            tasks.append(asyncio.create_task(drift.run()))
+            tasks.append(asyncio.create_task(shadow.run()))
 
     async def shutdown() -> None:
         for task in tasks:
@@ -376,6 +521,10 @@ def create_app(settings: Settings) -> ServiceApp:
                 await task
         if follower is not None:
             follower.close()
+        if servicer.drift is not None:
+            servicer.drift.close()
+        if servicer.shadow is not None:
+            await servicer.shadow.close()
         await servicer.close()
         await clients.close()
         prediction_log.close()

@@ -9,8 +9,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EndpointState, EventType
+from sentiloop.data.shadow import ShadowReport, ShadowRule, shadow_problem
 from sentiloop.registry.store import Activation, ModelRegistry, ModelVersion, NewModel
 
 log = logging.getLogger("sentiloop.registry")
@@ -38,8 +40,12 @@ class Registry:
         notify: Notify,
         check_artifact: Callable[[str], None],
         mirror: Mirror | None = None,
+        shadow_rule: ShadowRule | None = None,
     ) -> None:
         self._store = store
+        # The promotion gate's shadow rule, applied when a version that shadowed live
+        # traffic is activated (None: not applied).
+        self._shadow_rule = shadow_rule
         self._notify = notify
         # Raises InvalidArgument unless the path is a safe, complete artifact in the object
         # store (core.artifacts.check_artifact): only those get a version.
@@ -117,11 +123,36 @@ class Registry:
                 log.exception("mirroring %s to the SageMaker model registry failed", model.version)
         return model
 
-    async def activate(self, version: str, reason: str) -> tuple[ModelVersion, str]:
-        model, previous = await asyncio.to_thread(self._store.activate, version, reason)
+    async def activate(
+        self, version: str, reason: str, force: bool = False
+    ) -> tuple[ModelVersion, str]:
+        """Refused (unless ``force``) when the version's shadow report shows it less
+        accurate than the served model on enough labelled live traffic: the gate's shadow
+        rule, which a version promoted after the gate (a rejected candidate that shadowed,
+        one registered without activation) would otherwise never meet."""
+        kind = "activate"
+        problem = self._shadow_problem(await self.get(version))
+        if problem is not None:
+            if not force:
+                raise FailedPrecondition(f"{problem}; activate with force to promote it anyway")
+            kind = "forced"
+            reason = f"{reason}; " if reason else ""
+            reason += f"forced despite: {problem}"
+        model, previous = await asyncio.to_thread(self._store.activate, version, reason, kind)
         await self._approve(model.version, reason or "activated")
-        await self._activated(model, previous, "activate", reason)
+        await self._activated(model, previous, kind, reason)
         return model, previous
+
+    def _shadow_problem(self, model: ModelVersion) -> str | None:
+        if self._shadow_rule is None or not model.shadow or model.is_active:
+            return None
+        rule = self._shadow_rule
+        return shadow_problem(
+            ShadowReport.from_dict(model.shadow), rule.tolerance, rule.min_labelled
+        )
+
+    async def record_shadow(self, version: str, report: ShadowReport) -> ModelVersion:
+        return await asyncio.to_thread(self._store.record_shadow, version, report.as_dict())
 
     async def rollback(self, reason: str) -> tuple[ModelVersion, str]:
         model, rolled_back = await asyncio.to_thread(self._store.rollback, reason)

@@ -23,6 +23,7 @@ from sentiloop.core.objectstore import open_object_store
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.serving import ServingState
 from sentiloop.core.vocabulary import EventType
+from sentiloop.data.shadow import ShadowReport, ShadowRule
 from sentiloop.registry.service import Registry
 from sentiloop.registry.store import ModelRegistry, ModelVersion, NewModel
 from sentiloop.v1 import common_pb2, notification_pb2
@@ -56,6 +57,9 @@ def to_proto(model: ModelVersion, endpoint_status: str = "") -> pb.ModelVersion:
         gate=json_format.ParseDict(model.gate, common_pb2.GateDecision()) if model.gate else None,
         engine=model.engine,
         precision=model.precision,
+        shadow=json_format.ParseDict(model.shadow, common_pb2.ShadowReport())
+        if model.shadow
+        else None,
     )
 
 
@@ -96,8 +100,19 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
     async def ActivateModel(
         self, request: pb.ActivateModelRequest, context: Context
     ) -> pb.ActivateModelResponse:
-        model, previous = await self._registry.activate(request.version, request.reason)
+        model, previous = await self._registry.activate(
+            request.version, request.reason, request.force
+        )
         return pb.ActivateModelResponse(model=to_proto(model), previous_version=previous)
+
+    async def RecordShadowReport(
+        self, request: pb.RecordShadowReportRequest, context: Context
+    ) -> pb.RecordShadowReportResponse:
+        report = ShadowReport.from_dict(
+            json_format.MessageToDict(request.report, preserving_proto_field_name=True)
+        )
+        model = await self._registry.record_shadow(request.version, report)
+        return pb.RecordShadowReportResponse(model=to_proto(model))
 
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
         model, rolled_back = await self._registry.rollback(request.reason)
@@ -132,7 +147,11 @@ def create_app(settings: Settings) -> ServiceApp:
         mirror.ensure_group()
     store = open_object_store(settings)
     domain = Registry(
-        registry, Notifier(clients).emit, partial(check_artifact, store), mirror=mirror
+        registry,
+        Notifier(clients).emit,
+        partial(check_artifact, store),
+        mirror=mirror,
+        shadow_rule=ShadowRule(settings.gate_tolerance, settings.gate_shadow_min_labelled),
     )
     servicer = ModelRegistryServicer(domain)
     tasks: list[asyncio.Task[None]] = []

@@ -15,6 +15,7 @@ from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
 from sentiloop.core.vocabulary import EndpointState
+from sentiloop.data.shadow import ShadowReport, supersedes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS versions (
     test_metrics       TEXT NOT NULL DEFAULT '{}',
     validation_metrics TEXT NOT NULL DEFAULT '{}',
     gate               TEXT NOT NULL DEFAULT '{}',
-    created_at         TEXT NOT NULL
+    created_at         TEXT NOT NULL,
+    shadow             TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS activations (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,6 +75,8 @@ class ModelVersion:
     gate: dict[str, Any] = field(default_factory=dict)
     engine: str = ""  # how it last served ("" if it has not, as far as the registry heard)
     precision: str = ""
+    # The latest report of its shadow evaluation (data.shadow.ShadowReport's dict form).
+    shadow: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -111,6 +115,8 @@ class ModelRegistry:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(versions)")}
         if "gate" not in columns:  # a registry created before gate decisions existed
             self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT '{}'")
+        if "shadow" not in columns:  # ... or before shadow evaluation
+            self._db.execute("ALTER TABLE versions ADD COLUMN shadow TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -167,6 +173,21 @@ class ModelRegistry:
             previous = self._active_locked()
             self._record_locked(target.version, previous, kind, reason)
             return self._get_locked(target.version), previous
+
+    def record_shadow(self, version: str, report: dict[str, Any]) -> ModelVersion:
+        """Keeps ``report`` as the version's latest shadow report, unless the one kept is
+        more recent (replicas send theirs independently)."""
+        with self._lock:
+            target = self._get_locked(version)
+            if target.shadow and not supersedes(
+                ShadowReport.from_dict(report), ShadowReport.from_dict(target.shadow)
+            ):
+                return target
+            self._db.execute(
+                "UPDATE versions SET shadow = ? WHERE number = ?",
+                (json.dumps(report), decimal(target.version[1:])),
+            )
+            return self._get_locked(target.version)
 
     def rollback(self, reason: str = "") -> tuple[ModelVersion, str]:
         """Returns to the version that was active before the current one became active
@@ -318,4 +339,5 @@ class ModelRegistry:
             gate=gate,
             engine=served["engine"] if served else "",
             precision=served["precision"] if served else "",
+            shadow=json.loads(row["shadow"]),
         )

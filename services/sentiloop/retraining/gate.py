@@ -10,6 +10,14 @@
    model knew stays known.
 3. **No class collapses**: on both sets, no class's F1 falls by more than a floor, so a gain
    in two classes cannot pay for losing the third.
+4. **Not worse calibrated on the test set**: its expected calibration error (of the served,
+   temperature-scaled probabilities) rises by at most ``ece_tolerance``, so the confidences
+   users and the labelling queue rely on stay honest.
+5. **Not worse on live traffic**, when the candidate shadowed the served model
+   (``POST /predict/shadow``): on at least ``shadow_min_labelled`` shadowed predictions
+   that users labelled, its accuracy is not below the served model's by more than
+   ``tolerance``. The registry applies the same rule (``data.shadow.shadow_problem``)
+   when a version that shadowed is activated after the gate.
 
 Decisions are pure functions of the comparisons, so the benchmark can re-run the gate on
 stored predictions to measure its power and its false-promotion rate.
@@ -22,6 +30,7 @@ from typing import Any
 
 from sentiloop.core.vocabulary import LABELS
 from sentiloop.data.scoring import Comparison
+from sentiloop.data.shadow import ShadowReport, shadow_problem
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,9 @@ class GateRules:
     tolerance: float  # the largest test-set macro-F1 loss accepted
     class_floor: float  # the largest fall of one class's F1, on either set
     min_gain: float  # the feedback gain the candidate must show with 95% confidence
+    ece_tolerance: float  # the largest rise of the test-set expected calibration error
+    # The fewest labelled shadowed predictions on which the shadow rule may refuse.
+    shadow_min_labelled: int = 30
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,9 @@ class Decision:
     baseline_version: str
     class_floor: float
     min_gain: float
+    ece_tolerance: float
+    shadow: ShadowReport | None = None
+    shadow_min_labelled: int = 0
 
     @property
     def promoted(self) -> bool:
@@ -50,6 +65,9 @@ class Decision:
         result = asdict(self)
         if self.feedback is None:
             result.pop("feedback")
+        result.pop("shadow")
+        if self.shadow is not None:
+            result["shadow"] = self.shadow.as_dict()
         return result
 
 
@@ -65,6 +83,14 @@ def _collapsed(comparison: Comparison, floor: float) -> list[str]:
         )
         if cand < base - floor
     ]
+
+
+def _ece_rise(test: Comparison) -> float | None:
+    """How much worse the candidate is calibrated than the baseline on the test set; None
+    when the comparison carries no probabilities to tell."""
+    if test.candidate_ece is None or test.baseline_ece is None:
+        return None
+    return test.candidate_ece - test.baseline_ece
 
 
 def _describe(feedback: Comparison) -> str:
@@ -86,13 +112,20 @@ def decide(
     baseline_version: str,
     rules: GateRules,
     force: bool = False,
+    shadow: ShadowReport | None = None,
 ) -> Decision:
+    """``shadow``: the candidate's shadow evaluation on live traffic, when it shadowed."""
     tolerance, class_floor = rules.tolerance, rules.class_floor
     problems = []
     if test.delta_macro_f1 < -tolerance:
         problems.append(
             f"test macro-F1 fell {-test.delta_macro_f1 * 100:.1f} points"
             f" (tolerance {tolerance * 100:.1f})"
+        )
+    ece_rise = _ece_rise(test)
+    if ece_rise is not None and ece_rise > rules.ece_tolerance:
+        problems.append(
+            f"test ECE rose {ece_rise * 100:.1f} points (tolerance {rules.ece_tolerance * 100:.1f})"
         )
     if feedback is None or feedback.samples == 0:
         problems.append("no feedback predictions to show an improvement on")
@@ -107,18 +140,25 @@ def decide(
             )
         problems += _collapsed(feedback, class_floor)
     problems += _collapsed(test, class_floor)
+    if shadow is not None and (
+        problem := shadow_problem(shadow, tolerance, rules.shadow_min_labelled)
+    ):
+        problems.append(problem)
 
     def decision(verdict: str, reason: str) -> Decision:
         return Decision(
             verdict, reason, test, feedback, tolerance, baseline_version, class_floor,
-            rules.min_gain,
+            rules.min_gain, ece_tolerance=rules.ece_tolerance, shadow=shadow,
+            shadow_min_labelled=rules.shadow_min_labelled,
         )  # fmt: skip
 
     if not problems:
         assert feedback is not None
+        calibration = "" if ece_rise is None else f", ECE {_points(ece_rise)} points"
         return decision(
             "promoted",
-            f"{_describe(feedback)}; test macro-F1 {_points(test.delta_macro_f1)} points",
+            f"{_describe(feedback)}; test macro-F1 {_points(test.delta_macro_f1)}"
+            f" points{calibration}",
         )
     reason = "; ".join(dict.fromkeys(problems))  # in order, each once
     if force:

@@ -102,7 +102,7 @@ class RunStore:
     def last_automatic(self) -> Run | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM runs WHERE trigger = 'policy' ORDER BY id DESC LIMIT 1"
+                "SELECT * FROM runs WHERE trigger IN ('policy', 'drift') ORDER BY id DESC LIMIT 1"
             ).fetchone()
             return _from_row(row) if row else None
 

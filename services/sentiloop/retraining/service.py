@@ -21,6 +21,7 @@ from sentiloop.retraining.runs import Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot
 from sentiloop.retraining.trigger import (
     READY,
+    Drift,
     LastRuns,
     Pending,
     TriggerRules,
@@ -96,6 +97,9 @@ class MeshPort(Protocol):
     ) -> tuple[Comparison, Comparison | None]: ...
     async def register(self, job_name: str, gate: dict[str, Any], activate: bool) -> str: ...
     async def notify(self, type: str, subject: str, message: str, **attributes: Any) -> object: ...
+    async def drift(self) -> Drift | None:
+        """InferenceService's drift state; None when it cannot be read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -286,12 +290,16 @@ class Retrainer:
 
     # ---- the automatic policy
 
-    async def trigger(self) -> tuple[TriggerState, Pending]:
-        """What the policy would do now, and the labels it counts (from the stores)."""
+    async def trigger(self) -> tuple[TriggerState, Pending, Drift | None]:
+        """What the policy would do now, the labels it counts (from the stores) and the
+        drift it read. Drift is read from InferenceService on every check rather than
+        followed as events: it is a level, not an edge, so each check sees the current
+        one, including after a restart or a lost event (events are best effort)."""
         last = await asyncio.to_thread(self._runs.last)
         counts = await self._mesh.feedback_counts(last.feedback_total if last else 0)
         running = await asyncio.to_thread(self._runs.running)
         last_auto = await asyncio.to_thread(self._runs.last_automatic)
+        drift = await self._mesh.drift()
         state = trigger_state(
             datetime.now(UTC),
             self.policy.trigger,
@@ -302,18 +310,20 @@ class Retrainer:
                 automatic_started_at=last_auto.started_at if last_auto else None,
                 any_ended_at=last.ended_at if last else None,
             ),
+            drift=drift,
+            total_feedback=counts.total,
         )
-        return state, counts.pending
+        return state, counts.pending, drift
 
     async def check_policy(self) -> bool:
         """Starts a run when the policy says so; True when it did."""
         if not self.policy.enabled:
             return False
-        state, _ = await self.trigger()
+        state, _, _ = await self.trigger()
         if state.state != READY:
             return False
         try:
-            await self.retrain(trigger="policy", wait=False)
+            await self.retrain(trigger=state.trigger or "policy", wait=False)
         except Exception as error:
             log.warning("automatic retraining did not start: %s", error)
             return False

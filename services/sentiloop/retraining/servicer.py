@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import GateRules
 from sentiloop.retraining.runs import RunStore
 from sentiloop.retraining.service import (
+    MIN_FEEDBACK,
     ActiveModel,
     FeedbackCounts,
     JobResult,
@@ -29,17 +31,19 @@ from sentiloop.retraining.service import (
     Retrainer,
 )
 from sentiloop.retraining.snapshot import Snapshot, build_snapshot
-from sentiloop.retraining.trigger import Pending, TriggerRules
+from sentiloop.retraining.trigger import Drift, Pending, TriggerRules
 from sentiloop.v1 import (
     common_pb2,
     evaluation_pb2,
     feedback_pb2,
+    inference_pb2,
     model_init_pb2,
     registry_pb2,
 )
 from sentiloop.v1 import retraining_pb2 as pb
 from sentiloop.v1 import retraining_pb2_grpc as pb_grpc
 
+log = logging.getLogger("sentiloop.retraining")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -95,6 +99,17 @@ class GrpcMesh:
                 return None
             raise mesh_error("registry", error) from error
         return ActiveModel(answer.model.version, answer.model.path, answer.model.dataset_hash)
+
+    async def drift(self) -> Drift | None:
+        try:
+            answer = await self._clients.inference.GetDrift(
+                inference_pb2.GetDriftRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as error:
+            # Every policy check asks; the policy's reason says it is unknown.
+            log.debug("could not read the drift state: %s", error.code().name)
+            return None
+        return Drift(answer.state, answer.score, answer.threshold)
 
     async def base_dataset(self, dataset_hash: str) -> StoredDataset:
         return await asyncio.to_thread(lineage_dataset, self._store, dataset_hash)
@@ -229,7 +244,7 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
         self, request: pb.GetPolicyRequest, context: Context
     ) -> pb.GetPolicyResponse:
         policy = self._retrainer.policy
-        state, pending = await self._retrainer.trigger()
+        state, pending, drift = await self._retrainer.trigger()
         return pb.GetPolicyResponse(
             enabled=policy.enabled,
             min_new_feedback=policy.trigger.min_new_feedback,
@@ -243,6 +258,9 @@ class RetrainingServicer(pb_grpc.RetrainingServiceServicer):
             max_wait_seconds=round(policy.trigger.max_wait_seconds),
             first_pending_time=timestamp(pending.first_at),
             latest_label_time=timestamp(pending.latest_at),
+            retrain_on_drift=policy.trigger.on_drift,
+            drift_state=drift.state if drift else "",
+            next_run_trigger=state.trigger,
         )
 
 
@@ -254,12 +272,16 @@ def load_policy(settings: Settings) -> Policy:
             quiet_seconds=settings.retrain_quiet_seconds,
             max_wait_seconds=settings.retrain_max_wait_seconds,
             cooldown_seconds=settings.retrain_cooldown_seconds,
+            on_drift=settings.retrain_on_drift,
+            min_total_feedback=MIN_FEEDBACK,
         ),
         folds=settings.retrain_folds,
         gate=GateRules(
             tolerance=settings.gate_tolerance,
             class_floor=settings.gate_class_floor,
             min_gain=settings.gate_min_gain,
+            ece_tolerance=settings.gate_ece_tolerance,
+            shadow_min_labelled=settings.gate_shadow_min_labelled,
         ),
         preset=settings.default_preset,
         seed=settings.retrain_seed,

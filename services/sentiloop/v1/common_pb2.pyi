@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -82,6 +83,10 @@ class ModelComparison(_message.Message):
     CANDIDATE_CLASS_F1_FIELD_NUMBER: _builtins.int
     BASELINE_CLASS_F1_FIELD_NUMBER: _builtins.int
     FOLDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_ECE_FIELD_NUMBER: _builtins.int
+    BASELINE_ECE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_BRIER_FIELD_NUMBER: _builtins.int
+    BASELINE_BRIER_FIELD_NUMBER: _builtins.int
     data_set: _builtins.str
     """Which data: "test" (the fixed held-out test set) or "feedback" (the
     feedback labels; out-of-fold predictions when `folds` is set).
@@ -115,6 +120,19 @@ class ModelComparison(_message.Message):
     """k when the candidate's predictions are out-of-fold (cross-fitted over k
     folds of the feedback it trained on); 0 for plain held-out data.
     """
+    candidate_ece: _builtins.float
+    """Expected calibration error of the candidate's served (calibrated)
+    probabilities (see ClassificationMetrics.ece); unset where only labels are
+    known (out-of-fold predictions).
+    """
+    baseline_ece: _builtins.float
+    """Expected calibration error of the baseline's probabilities."""
+    candidate_brier: _builtins.float
+    """Brier score of the candidate's probabilities (see
+    ClassificationMetrics.brier).
+    """
+    baseline_brier: _builtins.float
+    """Brier score of the baseline's probabilities."""
     @_builtins.property
     def candidate_class_f1(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Per-class F1 of the candidate, in label order (negative, neutral, positive)."""
@@ -140,12 +158,31 @@ class ModelComparison(_message.Message):
         candidate_class_f1: _abc.Iterable[_builtins.float] | None = ...,
         baseline_class_f1: _abc.Iterable[_builtins.float] | None = ...,
         folds: _builtins.int = ...,
+        candidate_ece: _builtins.float | None = ...,
+        baseline_ece: _builtins.float | None = ...,
+        candidate_brier: _builtins.float | None = ...,
+        baseline_brier: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_brier", b"_baseline_brier", "_baseline_ece", b"_baseline_ece", "_candidate_brier", b"_candidate_brier", "_candidate_ece", b"_candidate_ece", "baseline_brier", b"baseline_brier", "baseline_ece", b"baseline_ece", "candidate_brier", b"candidate_brier", "candidate_ece", b"candidate_ece"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_accuracy", b"baseline_accuracy", "baseline_class_f1", b"baseline_class_f1", "baseline_macro_f1", b"baseline_macro_f1", "candidate_accuracy", b"candidate_accuracy", "candidate_class_f1", b"candidate_class_f1", "candidate_macro_f1", b"candidate_macro_f1", "data_set", b"data_set", "delta_accuracy_lower_bound", b"delta_accuracy_lower_bound", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_macro_f1", b"delta_macro_f1", "delta_macro_f1_lower_bound", b"delta_macro_f1_lower_bound", "folds", b"folds", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_brier", b"_baseline_brier", "_baseline_ece", b"_baseline_ece", "_candidate_brier", b"_candidate_brier", "_candidate_ece", b"_candidate_ece", "baseline_accuracy", b"baseline_accuracy", "baseline_brier", b"baseline_brier", "baseline_class_f1", b"baseline_class_f1", "baseline_ece", b"baseline_ece", "baseline_macro_f1", b"baseline_macro_f1", "candidate_accuracy", b"candidate_accuracy", "candidate_brier", b"candidate_brier", "candidate_class_f1", b"candidate_class_f1", "candidate_ece", b"candidate_ece", "candidate_macro_f1", b"candidate_macro_f1", "data_set", b"data_set", "delta_accuracy_lower_bound", b"delta_accuracy_lower_bound", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_macro_f1", b"delta_macro_f1", "delta_macro_f1_lower_bound", b"delta_macro_f1_lower_bound", "folds", b"folds", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__baseline_brier: _TypeAlias = _typing.Literal["baseline_brier"]  # noqa: Y015
+    _WhichOneofArgType__baseline_brier: _TypeAlias = _typing.Literal["_baseline_brier", b"_baseline_brier"]  # noqa: Y015
+    _WhichOneofReturnType__baseline_ece: _TypeAlias = _typing.Literal["baseline_ece"]  # noqa: Y015
+    _WhichOneofArgType__baseline_ece: _TypeAlias = _typing.Literal["_baseline_ece", b"_baseline_ece"]  # noqa: Y015
+    _WhichOneofReturnType__candidate_brier: _TypeAlias = _typing.Literal["candidate_brier"]  # noqa: Y015
+    _WhichOneofArgType__candidate_brier: _TypeAlias = _typing.Literal["_candidate_brier", b"_candidate_brier"]  # noqa: Y015
+    _WhichOneofReturnType__candidate_ece: _TypeAlias = _typing.Literal["candidate_ece"]  # noqa: Y015
+    _WhichOneofArgType__candidate_ece: _TypeAlias = _typing.Literal["_candidate_ece", b"_candidate_ece"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_brier) -> _WhichOneofReturnType__baseline_brier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_ece) -> _WhichOneofReturnType__baseline_ece | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_brier) -> _WhichOneofReturnType__candidate_brier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_ece) -> _WhichOneofReturnType__candidate_ece | None: ...
 
 Global___ModelComparison: _TypeAlias = ModelComparison  # noqa: Y015
 
@@ -163,6 +200,9 @@ class GateDecision(_message.Message):
     BASELINE_VERSION_FIELD_NUMBER: _builtins.int
     CLASS_FLOOR_FIELD_NUMBER: _builtins.int
     MIN_GAIN_FIELD_NUMBER: _builtins.int
+    ECE_TOLERANCE_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    SHADOW_MIN_LABELLED_FIELD_NUMBER: _builtins.int
     decision: _builtins.str
     """"promoted", "rejected" or "forced"."""
     reason: _builtins.str
@@ -179,6 +219,12 @@ class GateDecision(_message.Message):
     """The feedback macro-F1 gain the candidate had to show with 95% confidence
     (0.02 = 2 points).
     """
+    ece_tolerance: _builtins.float
+    """The largest rise of the expected calibration error on the test set the gate
+    tolerates (0.02 = 2 points).
+    """
+    shadow_min_labelled: _builtins.int
+    """The fewest labelled shadowed predictions the shadow rule needs to refuse."""
     @_builtins.property
     def test(self) -> Global___ModelComparison:
         """Both models on the fixed test set."""
@@ -186,6 +232,13 @@ class GateDecision(_message.Message):
     @_builtins.property
     def feedback(self) -> Global___ModelComparison:
         """Both models on the feedback: the candidate's out-of-fold predictions."""
+
+    @_builtins.property
+    def shadow(self) -> Global___ShadowReport:
+        """The candidate's shadow evaluation on live traffic, when it shadowed the served
+        model: refused when, on at least `shadow_min_labelled` labelled shadowed
+        predictions, its accuracy is below the served model's by more than `tolerance`.
+        """
 
     def __init__(
         self,
@@ -198,10 +251,13 @@ class GateDecision(_message.Message):
         baseline_version: _builtins.str = ...,
         class_floor: _builtins.float = ...,
         min_gain: _builtins.float = ...,
+        ece_tolerance: _builtins.float = ...,
+        shadow: Global___ShadowReport | None = ...,
+        shadow_min_labelled: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "test", b"test"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "shadow", b"shadow", "test", b"test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "class_floor", b"class_floor", "decision", b"decision", "feedback", b"feedback", "min_gain", b"min_gain", "reason", b"reason", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "class_floor", b"class_floor", "decision", b"decision", "ece_tolerance", b"ece_tolerance", "feedback", b"feedback", "min_gain", b"min_gain", "reason", b"reason", "shadow", b"shadow", "shadow_min_labelled", b"shadow_min_labelled", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,6 +276,8 @@ class ClassificationMetrics(_message.Message):
     CONFUSION_MATRIX_LABELS_FIELD_NUMBER: _builtins.int
     TOTAL_SAMPLES_FIELD_NUMBER: _builtins.int
     CORRECT_PREDICTIONS_FIELD_NUMBER: _builtins.int
+    ECE_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
     accuracy: _builtins.float
     """Share of samples predicted correctly, 0..1."""
     macro_f1: _builtins.float
@@ -228,6 +286,18 @@ class ClassificationMetrics(_message.Message):
     """Number of samples scored."""
     correct_predictions: _builtins.int
     """Number of samples predicted correctly."""
+    ece: _builtins.float
+    """Expected calibration error of the model's served (calibrated) probabilities,
+    0..1: samples are binned into 15 equal-width bins by their top-class
+    confidence, and this is the mean over samples of |accuracy - confidence| of
+    their bin (0: a model that says 80% is right 80% of the time). Unset where
+    only labels are known (feedback, whose served answers are logged as labels;
+    models trained before calibration was measured).
+    """
+    brier: _builtins.float
+    """Brier score, 0..2: the mean over samples of the sum over classes of
+    (probability - 1 for the true class, else 0)^2. Unset where `ece` is.
+    """
     @_builtins.property
     def per_class(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassMetrics]:
         """Per-class precision, recall and F1, in `confusion_matrix_labels` order."""
@@ -253,11 +323,118 @@ class ClassificationMetrics(_message.Message):
         confusion_matrix_labels: _abc.Iterable[_builtins.str] | None = ...,
         total_samples: _builtins.int = ...,
         correct_predictions: _builtins.int = ...,
+        ece: _builtins.float | None = ...,
+        brier: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["confusion_matrix", b"confusion_matrix"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_brier", b"_brier", "_ece", b"_ece", "brier", b"brier", "confusion_matrix", b"confusion_matrix", "ece", b"ece"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "confusion_matrix", b"confusion_matrix", "confusion_matrix_labels", b"confusion_matrix_labels", "correct_predictions", b"correct_predictions", "macro_f1", b"macro_f1", "per_class", b"per_class", "total_samples", b"total_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_brier", b"_brier", "_ece", b"_ece", "accuracy", b"accuracy", "brier", b"brier", "confusion_matrix", b"confusion_matrix", "confusion_matrix_labels", b"confusion_matrix_labels", "correct_predictions", b"correct_predictions", "ece", b"ece", "macro_f1", b"macro_f1", "per_class", b"per_class", "total_samples", b"total_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__brier: _TypeAlias = _typing.Literal["brier"]  # noqa: Y015
+    _WhichOneofArgType__brier: _TypeAlias = _typing.Literal["_brier", b"_brier"]  # noqa: Y015
+    _WhichOneofReturnType__ece: _TypeAlias = _typing.Literal["ece"]  # noqa: Y015
+    _WhichOneofArgType__ece: _TypeAlias = _typing.Literal["_ece", b"_ece"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__brier) -> _WhichOneofReturnType__brier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ece) -> _WhichOneofReturnType__ece | None: ...
+
+Global___ClassificationMetrics: _TypeAlias = ClassificationMetrics  # noqa: Y015
+
+@_typing.final
+class ShadowReport(_message.Message):
+    """A candidate version scoring live traffic beside the served model, off the answer
+    path (InferenceService's shadow evaluation), and how the two compare.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    SERVED_VERSIONS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
+    SHADOWED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    LABELLED_FIELD_NUMBER: _builtins.int
+    SHADOW_ACCURACY_FIELD_NUMBER: _builtins.int
+    SERVED_ACCURACY_FIELD_NUMBER: _builtins.int
+    SHADOW_MACRO_F1_FIELD_NUMBER: _builtins.int
+    SERVED_MACRO_F1_FIELD_NUMBER: _builtins.int
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"none" (no shadow yet), "loading" (started; the candidate is being loaded),
+    "running" or "ended".
+    """
+    shadow_version: _builtins.str
+    """The candidate version that shadows."""
+    end_reason: _builtins.str
+    """Why it ended: "stopped", "duration elapsed", "became the served version" or a load
+    failure.
+    """
+    shadowed: _builtins.int
+    """Requests the candidate scored (one per text)."""
+    skipped: _builtins.int
+    """Requests the candidate skipped because its queue was full (the answers never wait)."""
+    agreement: _builtins.float
+    """Share of shadowed requests on which both models chose the same label, 0..1."""
+    labelled: _builtins.int
+    """Shadowed requests whose prediction got feedback (the latest label counts)."""
+    shadow_accuracy: _builtins.float
+    """Accuracy of the candidate on the labelled shadowed requests, 0..1."""
+    served_accuracy: _builtins.float
+    """Accuracy of the served answers on the same requests, 0..1."""
+    shadow_macro_f1: _builtins.float
+    """Macro-F1 of the candidate on the labelled shadowed requests, 0..1."""
+    served_macro_f1: _builtins.float
+    """Macro-F1 of the served answers on the same requests, 0..1."""
+    @_builtins.property
+    def served_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The versions that answered the shadowed requests."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the shadow started."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ends (or ended) by its duration."""
+
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ended, if it has."""
+
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp:
+        """When these numbers were computed."""
+
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+        served_versions: _abc.Iterable[_builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+        end_reason: _builtins.str = ...,
+        shadowed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        labelled: _builtins.int = ...,
+        shadow_accuracy: _builtins.float = ...,
+        served_accuracy: _builtins.float = ...,
+        shadow_macro_f1: _builtins.float = ...,
+        served_macro_f1: _builtins.float = ...,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "ended_at", b"ended_at", "ends_at", b"ends_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "computed_at", b"computed_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "ends_at", b"ends_at", "labelled", b"labelled", "served_accuracy", b"served_accuracy", "served_macro_f1", b"served_macro_f1", "served_versions", b"served_versions", "shadow_accuracy", b"shadow_accuracy", "shadow_macro_f1", b"shadow_macro_f1", "shadow_version", b"shadow_version", "shadowed", b"shadowed", "skipped", b"skipped", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ClassificationMetrics: _TypeAlias = ClassificationMetrics  # noqa: Y015
+Global___ShadowReport: _TypeAlias = ShadowReport  # noqa: Y015

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/feedback.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x10model_prediction\x18\x03 \x01(\t\x12\x12\n\nuser_label\x18\x04 \x01(\t\x12\x15\n\rprediction_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x15SubmitFeedbackRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10model_prediction\x18\x02 \x01(\t\x12\x12\n\nuser_label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"x\n\x16SubmitFeedbackResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\n\n\x02id\x18\x04 \x01(\x03\"<\n\x13ListFeedbackRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x14ListFeedbackResponse\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"\x17\n\x15\x45xportFeedbackRequest\"v\n\x16\x45xportFeedbackResponse\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0crecord_count\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\".\n\x17GetFeedbackStatsRequest\x12\x13\n\x0b\x61\x66ter_count\x18\x01 \x01(\x05\"\xe1\x02\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x45\n\x08\x62y_label\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.GetFeedbackStatsResponse.ByLabelEntry\x12\x15\n\rdisagreements\x18\x03 \x01(\x05\x12\x1d\n\x15with_model_prediction\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\x12\x11\n\tnew_count\x18\x06 \x01(\x05\x12\x32\n\x0e\x66irst_new_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blatest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x42yLabelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x32\xe4\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12q\n\x0eSubmitFeedback\x12#.sentiloop.v1.SubmitFeedbackRequest\x1a$.sentiloop.v1.SubmitFeedbackResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/feedback:\x01*\x12h\n\x0cListFeedback\x12!.sentiloop.v1.ListFeedbackRequest\x1a\".sentiloop.v1.ListFeedbackResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/feedback\x12x\n\x0e\x45xportFeedback\x12#.sentiloop.v1.ExportFeedbackRequest\x1a$.sentiloop.v1.ExportFeedbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/feedback/export:\x01*\x12z\n\x10GetFeedbackStats\x12%.sentiloop.v1.GetFeedbackStatsRequest\x1a&.sentiloop.v1.GetFeedbackStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/feedback/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/feedback.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x18\n\x10model_prediction\x18\x03 \x01(\t\x12\x12\n\nuser_label\x18\x04 \x01(\t\x12\x15\n\rprediction_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61udit\x18\x08 \x01(\x08\"\x9a\x01\n\x15SubmitFeedbackRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10model_prediction\x18\x02 \x01(\t\x12\x12\n\nuser_label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"x\n\x16SubmitFeedbackResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\n\n\x02id\x18\x04 \x01(\x03\"<\n\x13ListFeedbackRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x14ListFeedbackResponse\x12.\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\x1c.sentiloop.v1.FeedbackRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\"\x17\n\x15\x45xportFeedbackRequest\"v\n\x16\x45xportFeedbackResponse\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x14\n\x0crecord_count\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\".\n\x17GetFeedbackStatsRequest\x12\x13\n\x0b\x61\x66ter_count\x18\x01 \x01(\x05\"\xf0\x02\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x45\n\x08\x62y_label\x18\x02 \x03(\x0b\x32\x33.sentiloop.v1.GetFeedbackStatsResponse.ByLabelEntry\x12\x15\n\rdisagreements\x18\x03 \x01(\x05\x12\x1d\n\x15with_model_prediction\x18\x04 \x01(\x05\x12\x11\n\tlatest_id\x18\x05 \x01(\x03\x12\x11\n\tnew_count\x18\x06 \x01(\x05\x12\x32\n\x0e\x66irst_new_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blatest_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61udit\x18\t \x01(\x05\x1a.\n\x0c\x42yLabelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"?\n\x18ListLabelRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x10\n\x08strategy\x18\x02 \x01(\t\"\xbc\x02\n\x0cLabelRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x36\n\x06scores\x18\x05 \x03(\x0b\x32&.sentiloop.v1.LabelRequest.ScoresEntry\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buncertainty\x18\x08 \x01(\x01\x12\r\n\x05\x61udit\x18\t \x01(\x08\x12\x12\n\nduplicates\x18\n \x01(\x05\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x94\x01\n\x19ListLabelRequestsResponse\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.sentiloop.v1.LabelRequest\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0e\n\x06window\x18\x03 \x01(\x05\x12\x12\n\nunlabelled\x18\x04 \x01(\x05\x12\x13\n\x0b\x61udit_share\x18\x05 \x01(\x01\x32\xe7\x04\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12q\n\x0eSubmitFeedback\x12#.sentiloop.v1.SubmitFeedbackRequest\x1a$.sentiloop.v1.SubmitFeedbackResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/feedback:\x01*\x12h\n\x0cListFeedback\x12!.sentiloop.v1.ListFeedbackRequest\x1a\".sentiloop.v1.ListFeedbackResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/feedback\x12x\n\x0e\x45xportFeedback\x12#.sentiloop.v1.ExportFeedbackRequest\x1a$.sentiloop.v1.ExportFeedbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/feedback/export:\x01*\x12z\n\x10GetFeedbackStats\x12%.sentiloop.v1.GetFeedbackStatsRequest\x1a&.sentiloop.v1.GetFeedbackStatsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/feedback/stats\x12\x80\x01\n\x11ListLabelRequests\x12&.sentiloop.v1.ListLabelRequestsRequest\x1a\'.sentiloop.v1.ListLabelRequestsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/feedback/requestsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._loaded_options = None
   _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_options = b'8\001'
+  _globals['_LABELREQUEST_SCORESENTRY']._loaded_options = None
+  _globals['_LABELREQUEST_SCORESENTRY']._serialized_options = b'8\001'
   _globals['_FEEDBACKSERVICE'].methods_by_name['SubmitFeedback']._loaded_options = None
   _globals['_FEEDBACKSERVICE'].methods_by_name['SubmitFeedback']._serialized_options = b'\202\323\344\223\002\016\"\t/feedback:\001*'
   _globals['_FEEDBACKSERVICE'].methods_by_name['ListFeedback']._loaded_options = None
@@ -43,26 +45,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEEDBACKSERVICE'].methods_by_name['ExportFeedback']._serialized_options = b'\202\323\344\223\002\025\"\020/feedback/export:\001*'
   _globals['_FEEDBACKSERVICE'].methods_by_name['GetFeedbackStats']._loaded_options = None
   _globals['_FEEDBACKSERVICE'].methods_by_name['GetFeedbackStats']._serialized_options = b'\202\323\344\223\002\021\022\017/feedback/stats'
+  _globals['_FEEDBACKSERVICE'].methods_by_name['ListLabelRequests']._loaded_options = None
+  _globals['_FEEDBACKSERVICE'].methods_by_name['ListLabelRequests']._serialized_options = b'\202\323\344\223\002\024\022\022/feedback/requests'
   _globals['_FEEDBACKRECORD']._serialized_start=109
-  _globals['_FEEDBACKRECORD']._serialized_end=291
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=294
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=448
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=450
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=570
-  _globals['_LISTFEEDBACKREQUEST']._serialized_start=572
-  _globals['_LISTFEEDBACKREQUEST']._serialized_end=632
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=634
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=750
-  _globals['_EXPORTFEEDBACKREQUEST']._serialized_start=752
-  _globals['_EXPORTFEEDBACKREQUEST']._serialized_end=775
-  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_start=777
-  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_end=895
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=897
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=943
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=946
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1299
-  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_start=1253
-  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_end=1299
-  _globals['_FEEDBACKSERVICE']._serialized_start=1302
-  _globals['_FEEDBACKSERVICE']._serialized_end=1786
+  _globals['_FEEDBACKRECORD']._serialized_end=306
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=309
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=463
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=465
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=585
+  _globals['_LISTFEEDBACKREQUEST']._serialized_start=587
+  _globals['_LISTFEEDBACKREQUEST']._serialized_end=647
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=649
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=765
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_start=767
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_end=790
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_start=792
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_end=910
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=912
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=958
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=961
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1329
+  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_start=1283
+  _globals['_GETFEEDBACKSTATSRESPONSE_BYLABELENTRY']._serialized_end=1329
+  _globals['_LISTLABELREQUESTSREQUEST']._serialized_start=1331
+  _globals['_LISTLABELREQUESTSREQUEST']._serialized_end=1394
+  _globals['_LABELREQUEST']._serialized_start=1397
+  _globals['_LABELREQUEST']._serialized_end=1713
+  _globals['_LABELREQUEST_SCORESENTRY']._serialized_start=1668
+  _globals['_LABELREQUEST_SCORESENTRY']._serialized_end=1713
+  _globals['_LISTLABELREQUESTSRESPONSE']._serialized_start=1716
+  _globals['_LISTLABELREQUESTSRESPONSE']._serialized_end=1864
+  _globals['_FEEDBACKSERVICE']._serialized_start=1867
+  _globals['_FEEDBACKSERVICE']._serialized_end=2482
 # @@protoc_insertion_point(module_scope)

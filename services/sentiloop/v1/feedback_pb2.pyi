@@ -32,6 +32,7 @@ class FeedbackRecord(_message.Message):
     PREDICTION_ID_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Monotonically increasing identifier, assigned by the service."""
     text: _builtins.str
@@ -44,6 +45,10 @@ class FeedbackRecord(_message.Message):
     """The prediction this feedback cites, if any."""
     model_version: _builtins.str
     """The model version that made the prediction, if known."""
+    audit: _builtins.bool
+    """True when the record answers an audit request of ListLabelRequests: a prediction
+    drawn uniformly at random from recent traffic, not one the user chose to correct.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the service stored the record."""
@@ -58,10 +63,11 @@ class FeedbackRecord(_message.Message):
         prediction_id: _builtins.str = ...,
         model_version: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        audit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "model_prediction", b"model_prediction", "model_version", b"model_version", "prediction_id", b"prediction_id", "text", b"text", "user_label", b"user_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "created_at", b"created_at", "id", b"id", "model_prediction", b"model_prediction", "model_version", b"model_version", "prediction_id", b"prediction_id", "text", b"text", "user_label", b"user_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +329,7 @@ class GetFeedbackStatsResponse(_message.Message):
     NEW_COUNT_FIELD_NUMBER: _builtins.int
     FIRST_NEW_TIME_FIELD_NUMBER: _builtins.int
     LATEST_TIME_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Number of stored records."""
     disagreements: _builtins.int
@@ -333,6 +340,8 @@ class GetFeedbackStatsResponse(_message.Message):
     """The id of the newest record (0 when there is none)."""
     new_count: _builtins.int
     """Records stored after the first `after_count`."""
+    audit: _builtins.int
+    """Records that answer an audit request (`FeedbackRecord.audit`)."""
     @_builtins.property
     def by_label(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Number of records per user label."""
@@ -356,11 +365,176 @@ class GetFeedbackStatsResponse(_message.Message):
         new_count: _builtins.int = ...,
         first_new_time: _timestamp_pb2.Timestamp | None = ...,
         latest_time: _timestamp_pb2.Timestamp | None = ...,
+        audit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_new_time", b"first_new_time", "latest_time", b"latest_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_label", b"by_label", "disagreements", b"disagreements", "first_new_time", b"first_new_time", "latest_id", b"latest_id", "latest_time", b"latest_time", "new_count", b"new_count", "total", b"total", "with_model_prediction", b"with_model_prediction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "by_label", b"by_label", "disagreements", b"disagreements", "first_new_time", b"first_new_time", "latest_id", b"latest_id", "latest_time", b"latest_time", "new_count", b"new_count", "total", b"total", "with_model_prediction", b"with_model_prediction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFeedbackStatsResponse: _TypeAlias = GetFeedbackStatsResponse  # noqa: Y015
+
+@_typing.final
+class ListLabelRequestsRequest(_message.Message):
+    """Asks for the predictions most worth a label."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of requests to return, 1..100 (default 20)."""
+    strategy: _builtins.str
+    """How uncertainty is measured: "margin" (the default: one minus the gap between the
+    two most likely labels' probabilities) or "entropy" (the entropy of the scores,
+    divided by its maximum).
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        strategy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabelRequestsRequest: _TypeAlias = ListLabelRequestsRequest  # noqa: Y015
+
+@_typing.final
+class LabelRequest(_message.Message):
+    """One prediction worth a label."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScoresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PREDICTION_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UNCERTAINTY_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    prediction_id: _builtins.str
+    """The prediction to label: send it back as SubmitFeedback's `prediction_id`, with
+    `user_label`.
+    """
+    text: _builtins.str
+    """The text that was classified."""
+    label: _builtins.str
+    """The label the model predicted: "positive", "negative" or "neutral"."""
+    confidence: _builtins.float
+    """The probability of `label`, 0..1."""
+    model_version: _builtins.str
+    """The model version that made the prediction."""
+    uncertainty: _builtins.float
+    """How unsure the model was, 0..1 by the response's `strategy` (higher: more unsure);
+    requests that are not audit samples come in decreasing order of it.
+    """
+    audit: _builtins.bool
+    """True for a prediction drawn uniformly at random from the window's unlabelled ones
+    (not for its uncertainty); its feedback is stored with `audit` set.
+    """
+    duplicates: _builtins.int
+    """Other unlabelled predictions of the window with the same or nearly the same text
+    (normalised token sets with Jaccard similarity of at least 0.8) that this one
+    stands for; they leave the queue once it is answered.
+    """
+    @_builtins.property
+    def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The probability of every label."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the prediction was made."""
+
+    def __init__(
+        self,
+        *,
+        prediction_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        label: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        model_version: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        uncertainty: _builtins.float = ...,
+        audit: _builtins.bool = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "confidence", b"confidence", "created_at", b"created_at", "duplicates", b"duplicates", "label", b"label", "model_version", b"model_version", "prediction_id", b"prediction_id", "scores", b"scores", "text", b"text", "uncertainty", b"uncertainty"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelRequest: _TypeAlias = LabelRequest  # noqa: Y015
+
+@_typing.final
+class ListLabelRequestsResponse(_message.Message):
+    """The labelling queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    UNLABELLED_FIELD_NUMBER: _builtins.int
+    AUDIT_SHARE_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    """The uncertainty measure used: "margin" or "entropy"."""
+    window: _builtins.int
+    """Recent predictions the requests were chosen from (at most
+    SENTILOOP_LABEL_REQUESTS_WINDOW, newest first).
+    """
+    unlabelled: _builtins.int
+    """Predictions of the window still without feedback (neither on them nor on a near-
+    duplicate).
+    """
+    audit_share: _builtins.float
+    """The share of requests drawn as audit samples (SENTILOOP_LABEL_REQUESTS_AUDIT_SHARE)."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelRequest]:
+        """The requests, most uncertain first, with the audit samples spread among them."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___LabelRequest] | None = ...,
+        strategy: _builtins.str = ...,
+        window: _builtins.int = ...,
+        unlabelled: _builtins.int = ...,
+        audit_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_share", b"audit_share", "requests", b"requests", "strategy", b"strategy", "unlabelled", b"unlabelled", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLabelRequestsResponse: _TypeAlias = ListLabelRequestsResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class FeedbackServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
                 _registered_method=True)
+        self.ListLabelRequests = channel.unary_unary(
+                '/sentiloop.v1.FeedbackService/ListLabelRequests',
+                request_serializer=sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServiceServicer:
@@ -95,6 +100,17 @@ class FeedbackServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLabelRequests(self, request, context):
+        """The recent predictions most worth a label now, for a labeller to answer with
+        SubmitFeedback citing each one's `prediction_id`: the most uncertain first, near-
+        duplicates collapsed, predictions that already have feedback left out; a share of
+        them (SENTILOOP_LABEL_REQUESTS_AUDIT_SHARE) drawn uniformly at random instead and
+        marked `audit`. Feedback that cites an audit request is stored with `audit` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +133,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.GetFeedbackStats,
                     request_deserializer=sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.SerializeToString,
+            ),
+            'ListLabelRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLabelRequests,
+                    request_deserializer=sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +250,33 @@ class FeedbackService:
             '/sentiloop.v1.FeedbackService/GetFeedbackStats',
             sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
             sentiloop_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLabelRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.FeedbackService/ListLabelRequests',
+            sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsRequest.SerializeToString,
+            sentiloop_dot_v1_dot_feedback__pb2.ListLabelRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

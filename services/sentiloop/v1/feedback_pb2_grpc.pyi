@@ -50,6 +50,13 @@ class FeedbackServiceStub:
     """Counts stored feedback per label and how much of it disagrees with the
     model's prediction.
     """
+    ListLabelRequests: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.ListLabelRequestsRequest, _feedback_pb2.ListLabelRequestsResponse]
+    """The recent predictions most worth a label now, for a labeller to answer with
+    SubmitFeedback citing each one's `prediction_id`: the most uncertain first, near-
+    duplicates collapsed, predictions that already have feedback left out; a share of
+    them (SENTILOOP_LABEL_REQUESTS_AUDIT_SHARE) drawn uniformly at random instead and
+    marked `audit`. Feedback that cites an audit request is stored with `audit` set.
+    """
 
 @_typing.type_check_only
 class FeedbackServiceAsyncStub(FeedbackServiceStub):
@@ -72,6 +79,13 @@ class FeedbackServiceAsyncStub(FeedbackServiceStub):
     GetFeedbackStats: _aio.UnaryUnaryMultiCallable[_feedback_pb2.GetFeedbackStatsRequest, _feedback_pb2.GetFeedbackStatsResponse]  # type: ignore[assignment]
     """Counts stored feedback per label and how much of it disagrees with the
     model's prediction.
+    """
+    ListLabelRequests: _aio.UnaryUnaryMultiCallable[_feedback_pb2.ListLabelRequestsRequest, _feedback_pb2.ListLabelRequestsResponse]  # type: ignore[assignment]
+    """The recent predictions most worth a label now, for a labeller to answer with
+    SubmitFeedback citing each one's `prediction_id`: the most uncertain first, near-
+    duplicates collapsed, predictions that already have feedback left out; a share of
+    them (SENTILOOP_LABEL_REQUESTS_AUDIT_SHARE) drawn uniformly at random instead and
+    marked `audit`. Feedback that cites an audit request is stored with `audit` set.
     """
 
 class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,6 +130,19 @@ class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_feedback_pb2.GetFeedbackStatsResponse, _abc.Awaitable[_feedback_pb2.GetFeedbackStatsResponse]]:
         """Counts stored feedback per label and how much of it disagrees with the
         model's prediction.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLabelRequests(
+        self,
+        request: _feedback_pb2.ListLabelRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feedback_pb2.ListLabelRequestsResponse, _abc.Awaitable[_feedback_pb2.ListLabelRequestsResponse]]:
+        """The recent predictions most worth a label now, for a labeller to answer with
+        SubmitFeedback citing each one's `prediction_id`: the most uncertain first, near-
+        duplicates collapsed, predictions that already have feedback left out; a share of
+        them (SENTILOOP_LABEL_REQUESTS_AUDIT_SHARE) drawn uniformly at random instead and
+        marked `audit`. Feedback that cites an audit request is stored with `audit` set.
         """
 
 def add_FeedbackServiceServicer_to_server(servicer: FeedbackServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from sentiloop.v1 import common_pb2 as sentiloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"-\n\x14GetPredictionRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\"z\n\x15GetPredictionResponse\x12\x31\n\nprediction\x18\x01 \x01(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17GetServingStatusRequest\"\xc3\x01\n\x18GetServingStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0etarget_version\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x11\n\tprecision\x18\x07 \x01(\t2\xdd\x03\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*\x12~\n\rGetPrediction\x12\".sentiloop.v1.GetPredictionRequest\x1a#.sentiloop.v1.GetPredictionResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/predictions/{prediction_id}\x12z\n\x10GetServingStatus\x12%.sentiloop.v1.GetServingStatusRequest\x1a&.sentiloop.v1.GetServingStatusResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiloop/v1/inference.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"\x1e\n\x0ePredictRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xda\x01\n\x0fPredictResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x39\n\x06scores\x18\x04 \x03(\x0b\x32).sentiloop.v1.PredictResponse.ScoresEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13PredictBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"a\n\x14PredictBatchResponse\x12\x32\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"-\n\x14GetPredictionRequest\x12\x15\n\rprediction_id\x18\x01 \x01(\t\"z\n\x15GetPredictionResponse\x12\x31\n\nprediction\x18\x01 \x01(\x0b\x32\x1d.sentiloop.v1.PredictResponse\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x1cListRecentPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x02\n\x10LoggedPrediction\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12:\n\x06scores\x18\x05 \x03(\x0b\x32*.sentiloop.v1.LoggedPrediction.ScoresEntry\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"T\n\x1dListRecentPredictionsResponse\x12\x33\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1e.sentiloop.v1.LoggedPrediction\"\x19\n\x17GetServingStatusRequest\"\xc3\x01\n\x18GetServingStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0etarget_version\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x11\n\tprecision\x18\x07 \x01(\t\"\x11\n\x0fGetDriftRequest\"\xab\x02\n\x10GetDriftResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x18\n\x10token_divergence\x18\x03 \x01(\x01\x12\x18\n\x10\x63onfidence_shift\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x13\n\x0bwindow_size\x18\x06 \x01(\x05\x12\x12\n\nmin_window\x18\x07 \x01(\x05\x12\x12\n\nmax_window\x18\x08 \x01(\x05\x12\x19\n\x11reference_version\x18\t \x01(\t\x12\x19\n\x11reference_dataset\x18\n \x01(\t\x12/\n\x0b\x63omputed_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0c \x01(\t\"?\n\x12StartShadowRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x02 \x01(\x05\"A\n\x13StartShadowResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ShadowReport\"\x13\n\x11StopShadowRequest\"@\n\x12StopShadowResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ShadowReport\"\x18\n\x16GetShadowReportRequest\"E\n\x17GetShadowReportResponse\x12*\n\x06report\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ShadowReport2\x8d\x08\n\x10InferenceService\x12[\n\x07Predict\x12\x1c.sentiloop.v1.PredictRequest\x1a\x1d.sentiloop.v1.PredictResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/predict:\x01*\x12p\n\x0cPredictBatch\x12!.sentiloop.v1.PredictBatchRequest\x1a\".sentiloop.v1.PredictBatchResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/predict/batch:\x01*\x12~\n\rGetPrediction\x12\".sentiloop.v1.GetPredictionRequest\x1a#.sentiloop.v1.GetPredictionResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/predictions/{prediction_id}\x12z\n\x10GetServingStatus\x12%.sentiloop.v1.GetServingStatusRequest\x1a&.sentiloop.v1.GetServingStatusResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/status\x12\x61\n\x08GetDrift\x12\x1d.sentiloop.v1.GetDriftRequest\x1a\x1e.sentiloop.v1.GetDriftResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/predict/drift\x12p\n\x15ListRecentPredictions\x12*.sentiloop.v1.ListRecentPredictionsRequest\x1a+.sentiloop.v1.ListRecentPredictionsResponse\x12n\n\x0bStartShadow\x12 .sentiloop.v1.StartShadowRequest\x1a!.sentiloop.v1.StartShadowResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/predict/shadow:\x01*\x12p\n\nStopShadow\x12\x1f.sentiloop.v1.StopShadowRequest\x1a .sentiloop.v1.StopShadowResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/predict/shadow/stop:\x01*\x12w\n\x0fGetShadowReport\x12$.sentiloop.v1.GetShadowReportRequest\x1a%.sentiloop.v1.GetShadowReportResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/predict/shadowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTRESPONSE_SCORESENTRY']._loaded_options = None
   _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_options = b'8\001'
+  _globals['_LOGGEDPREDICTION_SCORESENTRY']._loaded_options = None
+  _globals['_LOGGEDPREDICTION_SCORESENTRY']._serialized_options = b'8\001'
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\202\323\344\223\002\r\"\010/predict:\001*'
   _globals['_INFERENCESERVICE'].methods_by_name['PredictBatch']._loaded_options = None
@@ -43,24 +46,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['GetPrediction']._serialized_options = b'\202\323\344\223\002\036\022\034/predictions/{prediction_id}'
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['GetServingStatus']._serialized_options = b'\202\323\344\223\002\021\022\017/predict/status'
-  _globals['_PREDICTREQUEST']._serialized_start=109
-  _globals['_PREDICTREQUEST']._serialized_end=139
-  _globals['_PREDICTRESPONSE']._serialized_start=142
-  _globals['_PREDICTRESPONSE']._serialized_end=360
-  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_start=315
-  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_end=360
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=362
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=398
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=400
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=497
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=499
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=544
-  _globals['_GETPREDICTIONRESPONSE']._serialized_start=546
-  _globals['_GETPREDICTIONRESPONSE']._serialized_end=668
-  _globals['_GETSERVINGSTATUSREQUEST']._serialized_start=670
-  _globals['_GETSERVINGSTATUSREQUEST']._serialized_end=695
-  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_start=698
-  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_end=893
-  _globals['_INFERENCESERVICE']._serialized_start=896
-  _globals['_INFERENCESERVICE']._serialized_end=1373
+  _globals['_INFERENCESERVICE'].methods_by_name['GetDrift']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['GetDrift']._serialized_options = b'\202\323\344\223\002\020\022\016/predict/drift'
+  _globals['_INFERENCESERVICE'].methods_by_name['StartShadow']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['StartShadow']._serialized_options = b'\202\323\344\223\002\024\"\017/predict/shadow:\001*'
+  _globals['_INFERENCESERVICE'].methods_by_name['StopShadow']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['StopShadow']._serialized_options = b'\202\323\344\223\002\031\"\024/predict/shadow/stop:\001*'
+  _globals['_INFERENCESERVICE'].methods_by_name['GetShadowReport']._loaded_options = None
+  _globals['_INFERENCESERVICE'].methods_by_name['GetShadowReport']._serialized_options = b'\202\323\344\223\002\021\022\017/predict/shadow'
+  _globals['_PREDICTREQUEST']._serialized_start=136
+  _globals['_PREDICTREQUEST']._serialized_end=166
+  _globals['_PREDICTRESPONSE']._serialized_start=169
+  _globals['_PREDICTRESPONSE']._serialized_end=387
+  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_start=342
+  _globals['_PREDICTRESPONSE_SCORESENTRY']._serialized_end=387
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=389
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=425
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=427
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=524
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=526
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=571
+  _globals['_GETPREDICTIONRESPONSE']._serialized_start=573
+  _globals['_GETPREDICTIONRESPONSE']._serialized_end=695
+  _globals['_LISTRECENTPREDICTIONSREQUEST']._serialized_start=697
+  _globals['_LISTRECENTPREDICTIONSREQUEST']._serialized_end=789
+  _globals['_LOGGEDPREDICTION']._serialized_start=792
+  _globals['_LOGGEDPREDICTION']._serialized_end=1049
+  _globals['_LOGGEDPREDICTION_SCORESENTRY']._serialized_start=342
+  _globals['_LOGGEDPREDICTION_SCORESENTRY']._serialized_end=387
+  _globals['_LISTRECENTPREDICTIONSRESPONSE']._serialized_start=1051
+  _globals['_LISTRECENTPREDICTIONSRESPONSE']._serialized_end=1135
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_start=1137
+  _globals['_GETSERVINGSTATUSREQUEST']._serialized_end=1162
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_start=1165
+  _globals['_GETSERVINGSTATUSRESPONSE']._serialized_end=1360
+  _globals['_GETDRIFTREQUEST']._serialized_start=1362
+  _globals['_GETDRIFTREQUEST']._serialized_end=1379
+  _globals['_GETDRIFTRESPONSE']._serialized_start=1382
+  _globals['_GETDRIFTRESPONSE']._serialized_end=1681
+  _globals['_STARTSHADOWREQUEST']._serialized_start=1683
+  _globals['_STARTSHADOWREQUEST']._serialized_end=1746
+  _globals['_STARTSHADOWRESPONSE']._serialized_start=1748
+  _globals['_STARTSHADOWRESPONSE']._serialized_end=1813
+  _globals['_STOPSHADOWREQUEST']._serialized_start=1815
+  _globals['_STOPSHADOWREQUEST']._serialized_end=1834
+  _globals['_STOPSHADOWRESPONSE']._serialized_start=1836
+  _globals['_STOPSHADOWRESPONSE']._serialized_end=1900
+  _globals['_GETSHADOWREPORTREQUEST']._serialized_start=1902
+  _globals['_GETSHADOWREPORTREQUEST']._serialized_end=1926
+  _globals['_GETSHADOWREPORTRESPONSE']._serialized_start=1928
+  _globals['_GETSHADOWREPORTRESPONSE']._serialized_end=1997
+  _globals['_INFERENCESERVICE']._serialized_start=2000
+  _globals['_INFERENCESERVICE']._serialized_end=3037
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from sentiloop.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -210,6 +211,130 @@ class GetPredictionResponse(_message.Message):
 Global___GetPredictionResponse: _TypeAlias = GetPredictionResponse  # noqa: Y015
 
 @_typing.final
+class ListRecentPredictionsRequest(_message.Message):
+    """Asks for the most recent logged predictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of predictions to return, 1..5000 (default 1000)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only predictions made at or after this time (unset: no lower bound)."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecentPredictionsRequest: _TypeAlias = ListRecentPredictionsRequest  # noqa: Y015
+
+@_typing.final
+class LoggedPrediction(_message.Message):
+    """One prediction as the prediction log keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScoresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The prediction's id, as Predict returned it (`prediction_id` there)."""
+    text: _builtins.str
+    """The text that was classified."""
+    label: _builtins.str
+    """The most likely label: "positive", "negative" or "neutral"."""
+    confidence: _builtins.float
+    """The probability of `label`, 0..1."""
+    model_version: _builtins.str
+    """The model version that made the prediction."""
+    @_builtins.property
+    def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The probability of every label."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        label: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        model_version: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "created_at", b"created_at", "id", b"id", "label", b"label", "model_version", b"model_version", "scores", b"scores", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedPrediction: _TypeAlias = LoggedPrediction  # noqa: Y015
+
+@_typing.final
+class ListRecentPredictionsResponse(_message.Message):
+    """The most recent logged predictions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedPrediction]:
+        """Newest first (predictions made at the same instant: the last logged first); fewer
+        than `page_size` when their texts are long: the response stays under 3 MiB.
+        """
+
+    def __init__(
+        self,
+        *,
+        predictions: _abc.Iterable[Global___LoggedPrediction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictions", b"predictions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecentPredictionsResponse: _TypeAlias = ListRecentPredictionsResponse  # noqa: Y015
+
+@_typing.final
 class GetServingStatusRequest(_message.Message):
     """Asks for the serving status."""
 
@@ -275,3 +400,232 @@ class GetServingStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServingStatusResponse: _TypeAlias = GetServingStatusResponse  # noqa: Y015
+
+@_typing.final
+class GetDriftRequest(_message.Message):
+    """Asks for the latest drift score."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDriftRequest: _TypeAlias = GetDriftRequest  # noqa: Y015
+
+@_typing.final
+class GetDriftResponse(_message.Message):
+    """The latest drift score of the recent prediction inputs against the served version's
+    training data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    TOKEN_DIVERGENCE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_SHIFT_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    MIN_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_WINDOW_FIELD_NUMBER: _builtins.int
+    REFERENCE_VERSION_FIELD_NUMBER: _builtins.int
+    REFERENCE_DATASET_FIELD_NUMBER: _builtins.int
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"ok" (under the threshold), "drifted" (at or over it), "not_enough_traffic" (fewer
+    predictions by the served version than the minimum window) or "no_model" (nothing
+    served in-process yet, or a SageMaker endpoint, whose model this process cannot read).
+    """
+    score: _builtins.float
+    """The drift score, 0..1: the token divergence (see `token_divergence`). 0 unless
+    `state` is "ok" or "drifted".
+    """
+    token_divergence: _builtins.float
+    """Jensen-Shannon divergence (base 2, 0..1) between the token distributions of the
+    window's texts and of the training texts, over the training texts' 500 most
+    frequent tokens plus one bucket for every other token.
+    """
+    confidence_shift: _builtins.float
+    """Jensen-Shannon divergence (base 2, 0..1) between the 10-bin histograms of the top
+    class's confidence in the window and on held-out texts of the training data.
+    """
+    threshold: _builtins.float
+    """The score at or over which the state is "drifted" (SENTILOOP_DRIFT_THRESHOLD)."""
+    window_size: _builtins.int
+    """Predictions of the served version the score was computed over."""
+    min_window: _builtins.int
+    """Fewest predictions a score needs (SENTILOOP_DRIFT_MIN_WINDOW)."""
+    max_window: _builtins.int
+    """Most recent predictions the window takes (SENTILOOP_DRIFT_WINDOW)."""
+    reference_version: _builtins.str
+    """The model version whose training data is the reference ("" when none)."""
+    reference_dataset: _builtins.str
+    """The dataset the reference's training texts come from (its content hash)."""
+    reason: _builtins.str
+    """Why the state is what it is, in words."""
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the score was computed (unset before the first computation)."""
+
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        score: _builtins.float = ...,
+        token_divergence: _builtins.float = ...,
+        confidence_shift: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        window_size: _builtins.int = ...,
+        min_window: _builtins.int = ...,
+        max_window: _builtins.int = ...,
+        reference_version: _builtins.str = ...,
+        reference_dataset: _builtins.str = ...,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "confidence_shift", b"confidence_shift", "max_window", b"max_window", "min_window", b"min_window", "reason", b"reason", "reference_dataset", b"reference_dataset", "reference_version", b"reference_version", "score", b"score", "state", b"state", "threshold", b"threshold", "token_divergence", b"token_divergence", "window_size", b"window_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDriftResponse: _TypeAlias = GetDriftResponse  # noqa: Y015
+
+@_typing.final
+class StartShadowRequest(_message.Message):
+    """Asks a candidate version to shadow live traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version to shadow with, e.g. "v3": registered, not the active one."""
+    duration_seconds: _builtins.int
+    """How long it shadows, 1 second to 30 days."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartShadowRequest: _TypeAlias = StartShadowRequest  # noqa: Y015
+
+@_typing.final
+class StartShadowResponse(_message.Message):
+    """The started shadow evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> _common_pb2.ShadowReport:
+        """Its report ("loading" until the candidate is loaded beside the served model)."""
+
+    def __init__(
+        self,
+        *,
+        report: _common_pb2.ShadowReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartShadowResponse: _TypeAlias = StartShadowResponse  # noqa: Y015
+
+@_typing.final
+class StopShadowRequest(_message.Message):
+    """Asks to stop the running shadow evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopShadowRequest: _TypeAlias = StopShadowRequest  # noqa: Y015
+
+@_typing.final
+class StopShadowResponse(_message.Message):
+    """The stopped shadow evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> _common_pb2.ShadowReport:
+        """Its final report (labels that arrive later still count in GetShadowReport)."""
+
+    def __init__(
+        self,
+        *,
+        report: _common_pb2.ShadowReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopShadowResponse: _TypeAlias = StopShadowResponse  # noqa: Y015
+
+@_typing.final
+class GetShadowReportRequest(_message.Message):
+    """Asks for the latest shadow evaluation's report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShadowReportRequest: _TypeAlias = GetShadowReportRequest  # noqa: Y015
+
+@_typing.final
+class GetShadowReportResponse(_message.Message):
+    """The latest shadow evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> _common_pb2.ShadowReport:
+        """Its report (state "none" before the first one)."""
+
+    def __init__(
+        self,
+        *,
+        report: _common_pb2.ShadowReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShadowReportResponse: _TypeAlias = GetShadowReportResponse  # noqa: Y015

@@ -56,6 +56,31 @@ class InferenceServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
                 _registered_method=True)
+        self.GetDrift = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/GetDrift',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetDriftRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetDriftResponse.FromString,
+                _registered_method=True)
+        self.ListRecentPredictions = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/ListRecentPredictions',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsResponse.FromString,
+                _registered_method=True)
+        self.StartShadow = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/StartShadow',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.StartShadowRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.StartShadowResponse.FromString,
+                _registered_method=True)
+        self.StopShadow = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/StopShadow',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.StopShadowRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.StopShadowResponse.FromString,
+                _registered_method=True)
+        self.GetShadowReport = channel.unary_unary(
+                '/sentiloop.v1.InferenceService/GetShadowReport',
+                request_serializer=sentiloop_dot_v1_dot_inference__pb2.GetShadowReportRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -93,6 +118,53 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDrift(self, request, context):
+        """Reports how far the recent prediction inputs have drifted from the training data
+        of the served version: the drift score, its components and whether it is over the
+        threshold. Computed on a schedule over a window of this process's prediction log,
+        never per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecentPredictions(self, request, context):
+        """Lists the most recent predictions of the prediction log, newest first: what the
+        feedback service picks labelling requests from. Internal (the services' credential);
+        no JSON route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartShadow(self, request, context):
+        """Starts a shadow evaluation: a registered version that is not the active one (a
+        rejected candidate, or one awaiting promotion) scores the same requests as the
+        served model for `duration_seconds`, off the answer path, and both answers are
+        recorded. FAILED_PRECONDITION while another shadow runs, for the active version, or
+        with a SageMaker endpoint; NOT_FOUND for an unknown version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopShadow(self, request, context):
+        """Stops the running shadow evaluation (its report stays). FAILED_PRECONDITION when
+        none runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShadowReport(self, request, context):
+        """Reports the latest shadow evaluation: how often the candidate agreed with the
+        served model and, on the shadowed predictions that got feedback, both models'
+        accuracy and macro-F1.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +187,31 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetServingStatus,
                     request_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.SerializeToString,
+            ),
+            'GetDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrift,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetDriftRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.GetDriftResponse.SerializeToString,
+            ),
+            'ListRecentPredictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecentPredictions,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsResponse.SerializeToString,
+            ),
+            'StartShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartShadow,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.StartShadowRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.StartShadowResponse.SerializeToString,
+            ),
+            'StopShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopShadow,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.StopShadowRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.StopShadowResponse.SerializeToString,
+            ),
+            'GetShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShadowReport,
+                    request_deserializer=sentiloop_dot_v1_dot_inference__pb2.GetShadowReportRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_inference__pb2.GetShadowReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +324,141 @@ class InferenceService:
             '/sentiloop.v1.InferenceService/GetServingStatus',
             sentiloop_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
             sentiloop_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/GetDrift',
+            sentiloop_dot_v1_dot_inference__pb2.GetDriftRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.GetDriftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecentPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/ListRecentPredictions',
+            sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.ListRecentPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/StartShadow',
+            sentiloop_dot_v1_dot_inference__pb2.StartShadowRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.StartShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/StopShadow',
+            sentiloop_dot_v1_dot_inference__pb2.StopShadowRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.StopShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.InferenceService/GetShadowReport',
+            sentiloop_dot_v1_dot_inference__pb2.GetShadowReportRequest.SerializeToString,
+            sentiloop_dot_v1_dot_inference__pb2.GetShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

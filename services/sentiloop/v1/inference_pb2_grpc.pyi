@@ -47,6 +47,33 @@ class InferenceServiceStub:
     """Reports which model version is served and whether it is ready: the local
     endpoint's status.
     """
+    GetDrift: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetDriftRequest, _inference_pb2.GetDriftResponse]
+    """Reports how far the recent prediction inputs have drifted from the training data
+    of the served version: the drift score, its components and whether it is over the
+    threshold. Computed on a schedule over a window of this process's prediction log,
+    never per request.
+    """
+    ListRecentPredictions: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListRecentPredictionsRequest, _inference_pb2.ListRecentPredictionsResponse]
+    """Lists the most recent predictions of the prediction log, newest first: what the
+    feedback service picks labelling requests from. Internal (the services' credential);
+    no JSON route.
+    """
+    StartShadow: _grpc.UnaryUnaryMultiCallable[_inference_pb2.StartShadowRequest, _inference_pb2.StartShadowResponse]
+    """Starts a shadow evaluation: a registered version that is not the active one (a
+    rejected candidate, or one awaiting promotion) scores the same requests as the
+    served model for `duration_seconds`, off the answer path, and both answers are
+    recorded. FAILED_PRECONDITION while another shadow runs, for the active version, or
+    with a SageMaker endpoint; NOT_FOUND for an unknown version.
+    """
+    StopShadow: _grpc.UnaryUnaryMultiCallable[_inference_pb2.StopShadowRequest, _inference_pb2.StopShadowResponse]
+    """Stops the running shadow evaluation (its report stays). FAILED_PRECONDITION when
+    none runs.
+    """
+    GetShadowReport: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetShadowReportRequest, _inference_pb2.GetShadowReportResponse]
+    """Reports the latest shadow evaluation: how often the candidate agreed with the
+    served model and, on the shadowed predictions that got feedback, both models'
+    accuracy and macro-F1.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -66,6 +93,33 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     GetServingStatus: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetServingStatusRequest, _inference_pb2.GetServingStatusResponse]  # type: ignore[assignment]
     """Reports which model version is served and whether it is ready: the local
     endpoint's status.
+    """
+    GetDrift: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetDriftRequest, _inference_pb2.GetDriftResponse]  # type: ignore[assignment]
+    """Reports how far the recent prediction inputs have drifted from the training data
+    of the served version: the drift score, its components and whether it is over the
+    threshold. Computed on a schedule over a window of this process's prediction log,
+    never per request.
+    """
+    ListRecentPredictions: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListRecentPredictionsRequest, _inference_pb2.ListRecentPredictionsResponse]  # type: ignore[assignment]
+    """Lists the most recent predictions of the prediction log, newest first: what the
+    feedback service picks labelling requests from. Internal (the services' credential);
+    no JSON route.
+    """
+    StartShadow: _aio.UnaryUnaryMultiCallable[_inference_pb2.StartShadowRequest, _inference_pb2.StartShadowResponse]  # type: ignore[assignment]
+    """Starts a shadow evaluation: a registered version that is not the active one (a
+    rejected candidate, or one awaiting promotion) scores the same requests as the
+    served model for `duration_seconds`, off the answer path, and both answers are
+    recorded. FAILED_PRECONDITION while another shadow runs, for the active version, or
+    with a SageMaker endpoint; NOT_FOUND for an unknown version.
+    """
+    StopShadow: _aio.UnaryUnaryMultiCallable[_inference_pb2.StopShadowRequest, _inference_pb2.StopShadowResponse]  # type: ignore[assignment]
+    """Stops the running shadow evaluation (its report stays). FAILED_PRECONDITION when
+    none runs.
+    """
+    GetShadowReport: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetShadowReportRequest, _inference_pb2.GetShadowReportResponse]  # type: ignore[assignment]
+    """Reports the latest shadow evaluation: how often the candidate agreed with the
+    served model and, on the shadowed predictions that got feedback, both models'
+    accuracy and macro-F1.
     """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +161,63 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inference_pb2.GetServingStatusResponse, _abc.Awaitable[_inference_pb2.GetServingStatusResponse]]:
         """Reports which model version is served and whether it is ready: the local
         endpoint's status.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDrift(
+        self,
+        request: _inference_pb2.GetDriftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetDriftResponse, _abc.Awaitable[_inference_pb2.GetDriftResponse]]:
+        """Reports how far the recent prediction inputs have drifted from the training data
+        of the served version: the drift score, its components and whether it is over the
+        threshold. Computed on a schedule over a window of this process's prediction log,
+        never per request.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRecentPredictions(
+        self,
+        request: _inference_pb2.ListRecentPredictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ListRecentPredictionsResponse, _abc.Awaitable[_inference_pb2.ListRecentPredictionsResponse]]:
+        """Lists the most recent predictions of the prediction log, newest first: what the
+        feedback service picks labelling requests from. Internal (the services' credential);
+        no JSON route.
+        """
+
+    @_abc_1.abstractmethod
+    def StartShadow(
+        self,
+        request: _inference_pb2.StartShadowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.StartShadowResponse, _abc.Awaitable[_inference_pb2.StartShadowResponse]]:
+        """Starts a shadow evaluation: a registered version that is not the active one (a
+        rejected candidate, or one awaiting promotion) scores the same requests as the
+        served model for `duration_seconds`, off the answer path, and both answers are
+        recorded. FAILED_PRECONDITION while another shadow runs, for the active version, or
+        with a SageMaker endpoint; NOT_FOUND for an unknown version.
+        """
+
+    @_abc_1.abstractmethod
+    def StopShadow(
+        self,
+        request: _inference_pb2.StopShadowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.StopShadowResponse, _abc.Awaitable[_inference_pb2.StopShadowResponse]]:
+        """Stops the running shadow evaluation (its report stays). FAILED_PRECONDITION when
+        none runs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetShadowReport(
+        self,
+        request: _inference_pb2.GetShadowReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetShadowReportResponse, _abc.Awaitable[_inference_pb2.GetShadowReportResponse]]:
+        """Reports the latest shadow evaluation: how often the candidate agreed with the
+        served model and, on the shadowed predictions that got feedback, both models'
+        accuracy and macro-F1.
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

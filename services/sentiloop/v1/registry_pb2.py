@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sentiloop.v1 import common_pb2 as sentiloop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/registry.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"\xb5\x03\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x11\n\tis_active\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x17\n\x0f\x65ndpoint_status\x18\x06 \x01(\t\x12\x19\n\x11training_job_name\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x08 \x01(\t\x12\x39\n\x0ctest_metrics\x18\t \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12?\n\x12validation_metrics\x18\n \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x0c \x01(\t\x12(\n\x04gate\x18\r \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\x12\x0e\n\x06\x65ngine\x18\x0e \x01(\t\x12\x11\n\tprecision\x18\x0f \x01(\t\"\x13\n\x11ListModelsRequest\"O\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\"\n\x0fGetModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"=\n\x10GetModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\"\x8b\x02\n\x14RegisterModelRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x19\n\x11training_job_name\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x04 \x01(\t\x12\x39\n\x0ctest_metrics\x18\x05 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12?\n\x12validation_metrics\x18\x06 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12(\n\x04gate\x18\x07 \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\"B\n\x15RegisterModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\"7\n\x14\x41\x63tivateModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\\\n\x15\x41\x63tivateModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\t\"!\n\x0fRollbackRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"Z\n\x10RollbackResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\x1b\n\x13rolled_back_version\x18\x02 \x01(\t\"\x87\x01\n\nActivation\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\x0c\x61\x63tivated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListActivationsRequest\"H\n\x17ListActivationsResponse\x12-\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x18.sentiloop.v1.Activation2\xb2\x05\n\x14ModelRegistryService\x12`\n\nListModels\x12\x1f.sentiloop.v1.ListModelsRequest\x1a .sentiloop.v1.ListModelsResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/models\x12\x64\n\x08GetModel\x12\x1d.sentiloop.v1.GetModelRequest\x1a\x1e.sentiloop.v1.GetModelResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/models/{version}\x12l\n\rRegisterModel\x12\".sentiloop.v1.RegisterModelRequest\x1a#.sentiloop.v1.RegisterModelResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/models:\x01*\x12\x7f\n\rActivateModel\x12\".sentiloop.v1.ActivateModelRequest\x1a#.sentiloop.v1.ActivateModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/models/{version}/activate:\x01*\x12\x66\n\x08Rollback\x12\x1d.sentiloop.v1.RollbackRequest\x1a\x1e.sentiloop.v1.RollbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/models/rollback:\x01*\x12{\n\x0fListActivations\x12$.sentiloop.v1.ListActivationsRequest\x1a%.sentiloop.v1.ListActivationsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/models/activationsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsentiloop/v1/registry.proto\x12\x0csentiloop.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sentiloop/v1/common.proto\"\xe1\x03\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x11\n\tis_active\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x17\n\x0f\x65ndpoint_status\x18\x06 \x01(\t\x12\x19\n\x11training_job_name\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x08 \x01(\t\x12\x39\n\x0ctest_metrics\x18\t \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12?\n\x12validation_metrics\x18\n \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x0c \x01(\t\x12(\n\x04gate\x18\r \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\x12\x0e\n\x06\x65ngine\x18\x0e \x01(\t\x12\x11\n\tprecision\x18\x0f \x01(\t\x12*\n\x06shadow\x18\x10 \x01(\x0b\x32\x1a.sentiloop.v1.ShadowReport\"\x13\n\x11ListModelsRequest\"O\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\"\n\x0fGetModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"=\n\x10GetModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\"\x8b\x02\n\x14RegisterModelRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x19\n\x11training_job_name\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x04 \x01(\t\x12\x39\n\x0ctest_metrics\x18\x05 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12?\n\x12validation_metrics\x18\x06 \x01(\x0b\x32#.sentiloop.v1.ClassificationMetrics\x12(\n\x04gate\x18\x07 \x01(\x0b\x32\x1a.sentiloop.v1.GateDecision\"B\n\x15RegisterModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\"F\n\x14\x41\x63tivateModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\\\n\x15\x41\x63tivateModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\t\"!\n\x0fRollbackRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"Z\n\x10RollbackResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion\x12\x1b\n\x13rolled_back_version\x18\x02 \x01(\t\"\x87\x01\n\nActivation\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\x0c\x61\x63tivated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListActivationsRequest\"H\n\x17ListActivationsResponse\x12-\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x18.sentiloop.v1.Activation\"X\n\x19RecordShadowReportRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12*\n\x06report\x18\x02 \x01(\x0b\x32\x1a.sentiloop.v1.ShadowReport\"G\n\x1aRecordShadowReportResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.sentiloop.v1.ModelVersion2\x9b\x06\n\x14ModelRegistryService\x12`\n\nListModels\x12\x1f.sentiloop.v1.ListModelsRequest\x1a .sentiloop.v1.ListModelsResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/models\x12\x64\n\x08GetModel\x12\x1d.sentiloop.v1.GetModelRequest\x1a\x1e.sentiloop.v1.GetModelResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/models/{version}\x12l\n\rRegisterModel\x12\".sentiloop.v1.RegisterModelRequest\x1a#.sentiloop.v1.RegisterModelResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/models:\x01*\x12\x7f\n\rActivateModel\x12\".sentiloop.v1.ActivateModelRequest\x1a#.sentiloop.v1.ActivateModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/models/{version}/activate:\x01*\x12\x66\n\x08Rollback\x12\x1d.sentiloop.v1.RollbackRequest\x1a\x1e.sentiloop.v1.RollbackResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/models/rollback:\x01*\x12{\n\x0fListActivations\x12$.sentiloop.v1.ListActivationsRequest\x1a%.sentiloop.v1.ListActivationsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/models/activations\x12g\n\x12RecordShadowReport\x12\'.sentiloop.v1.RecordShadowReportRequest\x1a(.sentiloop.v1.RecordShadowReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,33 +47,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREGISTRYSERVICE'].methods_by_name['ListActivations']._loaded_options = None
   _globals['_MODELREGISTRYSERVICE'].methods_by_name['ListActivations']._serialized_options = b'\202\323\344\223\002\025\022\023/models/activations'
   _globals['_MODELVERSION']._serialized_start=136
-  _globals['_MODELVERSION']._serialized_end=573
-  _globals['_LISTMODELSREQUEST']._serialized_start=575
-  _globals['_LISTMODELSREQUEST']._serialized_end=594
-  _globals['_LISTMODELSRESPONSE']._serialized_start=596
-  _globals['_LISTMODELSRESPONSE']._serialized_end=675
-  _globals['_GETMODELREQUEST']._serialized_start=677
-  _globals['_GETMODELREQUEST']._serialized_end=711
-  _globals['_GETMODELRESPONSE']._serialized_start=713
-  _globals['_GETMODELRESPONSE']._serialized_end=774
-  _globals['_REGISTERMODELREQUEST']._serialized_start=777
-  _globals['_REGISTERMODELREQUEST']._serialized_end=1044
-  _globals['_REGISTERMODELRESPONSE']._serialized_start=1046
-  _globals['_REGISTERMODELRESPONSE']._serialized_end=1112
-  _globals['_ACTIVATEMODELREQUEST']._serialized_start=1114
-  _globals['_ACTIVATEMODELREQUEST']._serialized_end=1169
-  _globals['_ACTIVATEMODELRESPONSE']._serialized_start=1171
-  _globals['_ACTIVATEMODELRESPONSE']._serialized_end=1263
-  _globals['_ROLLBACKREQUEST']._serialized_start=1265
-  _globals['_ROLLBACKREQUEST']._serialized_end=1298
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1300
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1390
-  _globals['_ACTIVATION']._serialized_start=1393
-  _globals['_ACTIVATION']._serialized_end=1528
-  _globals['_LISTACTIVATIONSREQUEST']._serialized_start=1530
-  _globals['_LISTACTIVATIONSREQUEST']._serialized_end=1554
-  _globals['_LISTACTIVATIONSRESPONSE']._serialized_start=1556
-  _globals['_LISTACTIVATIONSRESPONSE']._serialized_end=1628
-  _globals['_MODELREGISTRYSERVICE']._serialized_start=1631
-  _globals['_MODELREGISTRYSERVICE']._serialized_end=2321
+  _globals['_MODELVERSION']._serialized_end=617
+  _globals['_LISTMODELSREQUEST']._serialized_start=619
+  _globals['_LISTMODELSREQUEST']._serialized_end=638
+  _globals['_LISTMODELSRESPONSE']._serialized_start=640
+  _globals['_LISTMODELSRESPONSE']._serialized_end=719
+  _globals['_GETMODELREQUEST']._serialized_start=721
+  _globals['_GETMODELREQUEST']._serialized_end=755
+  _globals['_GETMODELRESPONSE']._serialized_start=757
+  _globals['_GETMODELRESPONSE']._serialized_end=818
+  _globals['_REGISTERMODELREQUEST']._serialized_start=821
+  _globals['_REGISTERMODELREQUEST']._serialized_end=1088
+  _globals['_REGISTERMODELRESPONSE']._serialized_start=1090
+  _globals['_REGISTERMODELRESPONSE']._serialized_end=1156
+  _globals['_ACTIVATEMODELREQUEST']._serialized_start=1158
+  _globals['_ACTIVATEMODELREQUEST']._serialized_end=1228
+  _globals['_ACTIVATEMODELRESPONSE']._serialized_start=1230
+  _globals['_ACTIVATEMODELRESPONSE']._serialized_end=1322
+  _globals['_ROLLBACKREQUEST']._serialized_start=1324
+  _globals['_ROLLBACKREQUEST']._serialized_end=1357
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1359
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1449
+  _globals['_ACTIVATION']._serialized_start=1452
+  _globals['_ACTIVATION']._serialized_end=1587
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_start=1589
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_end=1613
+  _globals['_LISTACTIVATIONSRESPONSE']._serialized_start=1615
+  _globals['_LISTACTIVATIONSRESPONSE']._serialized_end=1687
+  _globals['_RECORDSHADOWREPORTREQUEST']._serialized_start=1689
+  _globals['_RECORDSHADOWREPORTREQUEST']._serialized_end=1777
+  _globals['_RECORDSHADOWREPORTRESPONSE']._serialized_start=1779
+  _globals['_RECORDSHADOWREPORTRESPONSE']._serialized_end=1850
+  _globals['_MODELREGISTRYSERVICE']._serialized_start=1853
+  _globals['_MODELREGISTRYSERVICE']._serialized_end=2648
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,7 @@ class ModelVersion(_message.Message):
     GATE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The version name, e.g. "v3"."""
     path: _builtins.str
@@ -81,6 +82,10 @@ class ModelVersion(_message.Message):
     def gate(self) -> _common_pb2.GateDecision:
         """The promotion gate's verdict, for versions that went through it."""
 
+    @_builtins.property
+    def shadow(self) -> _common_pb2.ShadowReport:
+        """The latest report of its shadow evaluation on live traffic, if it shadowed."""
+
     def __init__(
         self,
         *,
@@ -99,10 +104,11 @@ class ModelVersion(_message.Message):
         gate: _common_pb2.GateDecision | None = ...,
         engine: _builtins.str = ...,
         precision: _builtins.str = ...,
+        shadow: _common_pb2.ShadowReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gate", b"gate", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gate", b"gate", "shadow", b"shadow", "test_metrics", b"test_metrics", "validation_metrics", b"validation_metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "engine", b"engine", "gate", b"gate", "is_active", b"is_active", "path", b"path", "precision", b"precision", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "created_at", b"created_at", "dataset_hash", b"dataset_hash", "endpoint_status", b"endpoint_status", "engine", b"engine", "gate", b"gate", "is_active", b"is_active", "path", b"path", "precision", b"precision", "shadow", b"shadow", "source", b"source", "status", b"status", "test_metrics", b"test_metrics", "training_job_name", b"training_job_name", "validation_metrics", b"validation_metrics", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,19 +289,23 @@ class ActivateModelRequest(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The version to activate."""
     reason: _builtins.str
     """Why (recorded with the activation)."""
+    force: _builtins.bool
+    """Activate even when the shadow rule refuses the version (recorded as "forced")."""
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,3 +469,55 @@ class ListActivationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListActivationsResponse: _TypeAlias = ListActivationsResponse  # noqa: Y015
+
+@_typing.final
+class RecordShadowReportRequest(_message.Message):
+    """A version's latest shadow report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version that shadowed."""
+    @_builtins.property
+    def report(self) -> _common_pb2.ShadowReport:
+        """Its report."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        report: _common_pb2.ShadowReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordShadowReportRequest: _TypeAlias = RecordShadowReportRequest  # noqa: Y015
+
+@_typing.final
+class RecordShadowReportResponse(_message.Message):
+    """The version with the report kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelVersion:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordShadowReportResponse: _TypeAlias = RecordShadowReportResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class ModelRegistryServiceStub:
                 request_serializer=sentiloop_dot_v1_dot_registry__pb2.ListActivationsRequest.SerializeToString,
                 response_deserializer=sentiloop_dot_v1_dot_registry__pb2.ListActivationsResponse.FromString,
                 _registered_method=True)
+        self.RecordShadowReport = channel.unary_unary(
+                '/sentiloop.v1.ModelRegistryService/RecordShadowReport',
+                request_serializer=sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportRequest.SerializeToString,
+                response_deserializer=sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServiceServicer:
@@ -95,7 +100,9 @@ class ModelRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ActivateModel(self, request, context):
-        """Makes a version the active one; the activation is recorded.
+        """Makes a version the active one; the activation is recorded. FAILED_PRECONDITION
+        when the version's shadow report shows it less accurate than the served model on
+        enough labelled live traffic (the gate's shadow rule), unless `force` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +118,16 @@ class ModelRegistryServiceServicer:
 
     def ListActivations(self, request, context):
         """Lists activations and rollbacks, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordShadowReport(self, request, context):
+        """Keeps the latest shadow report of a version (InferenceService sends it while and
+        after the version shadows live traffic): ActivateModel applies the promotion
+        gate's shadow rule to it.
+        Internal (the services' credential); no JSON route.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +165,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.ListActivations,
                     request_deserializer=sentiloop_dot_v1_dot_registry__pb2.ListActivationsRequest.FromString,
                     response_serializer=sentiloop_dot_v1_dot_registry__pb2.ListActivationsResponse.SerializeToString,
+            ),
+            'RecordShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordShadowReport,
+                    request_deserializer=sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportRequest.FromString,
+                    response_serializer=sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +336,33 @@ class ModelRegistryService:
             '/sentiloop.v1.ModelRegistryService/ListActivations',
             sentiloop_dot_v1_dot_registry__pb2.ListActivationsRequest.SerializeToString,
             sentiloop_dot_v1_dot_registry__pb2.ListActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiloop.v1.ModelRegistryService/RecordShadowReport',
+            sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportRequest.SerializeToString,
+            sentiloop_dot_v1_dot_registry__pb2.RecordShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,13 +42,22 @@ class ModelRegistryServiceStub:
     RegisterModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.RegisterModelResponse]
     """Registers a trained model as a new version (inactive until activated)."""
     ActivateModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ActivateModelRequest, _registry_pb2.ActivateModelResponse]
-    """Makes a version the active one; the activation is recorded."""
+    """Makes a version the active one; the activation is recorded. FAILED_PRECONDITION
+    when the version's shadow report shows it less accurate than the served model on
+    enough labelled live traffic (the gate's shadow rule), unless `force` is set.
+    """
     Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]
     """Re-activates the previously active version; the rollback is recorded.
     FAILED_PRECONDITION when there is no earlier version to return to.
     """
     ListActivations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListActivationsRequest, _registry_pb2.ListActivationsResponse]
     """Lists activations and rollbacks, newest first."""
+    RecordShadowReport: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecordShadowReportRequest, _registry_pb2.RecordShadowReportResponse]
+    """Keeps the latest shadow report of a version (InferenceService sends it while and
+    after the version shadows live traffic): ActivateModel applies the promotion
+    gate's shadow rule to it.
+    Internal (the services' credential); no JSON route.
+    """
 
 @_typing.type_check_only
 class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
@@ -64,13 +73,22 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     RegisterModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.RegisterModelResponse]  # type: ignore[assignment]
     """Registers a trained model as a new version (inactive until activated)."""
     ActivateModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.ActivateModelRequest, _registry_pb2.ActivateModelResponse]  # type: ignore[assignment]
-    """Makes a version the active one; the activation is recorded."""
+    """Makes a version the active one; the activation is recorded. FAILED_PRECONDITION
+    when the version's shadow report shows it less accurate than the served model on
+    enough labelled live traffic (the gate's shadow rule), unless `force` is set.
+    """
     Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]  # type: ignore[assignment]
     """Re-activates the previously active version; the rollback is recorded.
     FAILED_PRECONDITION when there is no earlier version to return to.
     """
     ListActivations: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListActivationsRequest, _registry_pb2.ListActivationsResponse]  # type: ignore[assignment]
     """Lists activations and rollbacks, newest first."""
+    RecordShadowReport: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecordShadowReportRequest, _registry_pb2.RecordShadowReportResponse]  # type: ignore[assignment]
+    """Keeps the latest shadow report of a version (InferenceService sends it while and
+    after the version shadows live traffic): ActivateModel applies the promotion
+    gate's shadow rule to it.
+    Internal (the services' credential); no JSON route.
+    """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelRegistryService keeps every model version with its lineage and metrics,
@@ -107,7 +125,10 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ActivateModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ActivateModelResponse, _abc.Awaitable[_registry_pb2.ActivateModelResponse]]:
-        """Makes a version the active one; the activation is recorded."""
+        """Makes a version the active one; the activation is recorded. FAILED_PRECONDITION
+        when the version's shadow report shows it less accurate than the served model on
+        enough labelled live traffic (the gate's shadow rule), unless `force` is set.
+        """
 
     @_abc_1.abstractmethod
     def Rollback(
@@ -126,5 +147,17 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListActivationsResponse, _abc.Awaitable[_registry_pb2.ListActivationsResponse]]:
         """Lists activations and rollbacks, newest first."""
+
+    @_abc_1.abstractmethod
+    def RecordShadowReport(
+        self,
+        request: _registry_pb2.RecordShadowReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RecordShadowReportResponse, _abc.Awaitable[_registry_pb2.RecordShadowReportResponse]]:
+        """Keeps the latest shadow report of a version (InferenceService sends it while and
+        after the version shadows live traffic): ActivateModel applies the promotion
+        gate's shadow rule to it.
+        Internal (the services' credential); no JSON route.
+        """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -162,6 +162,9 @@ class GetPolicyResponse(_message.Message):
     MAX_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     FIRST_PENDING_TIME_FIELD_NUMBER: _builtins.int
     LATEST_LABEL_TIME_FIELD_NUMBER: _builtins.int
+    RETRAIN_ON_DRIFT_FIELD_NUMBER: _builtins.int
+    DRIFT_STATE_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TRIGGER_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Whether retraining starts automatically."""
     min_new_feedback: _builtins.int
@@ -183,6 +186,18 @@ class GetPolicyResponse(_message.Message):
     """A burst is snapshotted after this many seconds without a new label..."""
     max_wait_seconds: _builtins.int
     """... or at the latest this many seconds after its first label."""
+    retrain_on_drift: _builtins.bool
+    """Whether detected drift starts a run without waiting for `min_new_feedback` new
+    labels (SENTILOOP_RETRAIN_ON_DRIFT).
+    """
+    drift_state: _builtins.str
+    """The drift state the policy last read from InferenceService (GET /predict/drift):
+    "ok", "drifted", "not_enough_traffic", "no_model", or "" when it could not be read.
+    """
+    next_run_trigger: _builtins.str
+    """What the next automatic run is triggered by: "policy" (enough new labels) or
+    "drift" (drift detected, the count waived); "" while no run is due.
+    """
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp:
         """When the next automatic run starts, once that is known (unset otherwise)."""
@@ -210,10 +225,13 @@ class GetPolicyResponse(_message.Message):
         max_wait_seconds: _builtins.int = ...,
         first_pending_time: _timestamp_pb2.Timestamp | None = ...,
         latest_label_time: _timestamp_pb2.Timestamp | None = ...,
+        retrain_on_drift: _builtins.bool = ...,
+        drift_state: _builtins.str = ...,
+        next_run_trigger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_pending_time", b"first_pending_time", "latest_label_time", b"latest_label_time", "next_run_time", b"next_run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "first_pending_time", b"first_pending_time", "latest_label_time", b"latest_label_time", "max_wait_seconds", b"max_wait_seconds", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run", "next_run_time", b"next_run_time", "quiet_seconds", b"quiet_seconds", "reason", b"reason", "running_job_name", b"running_job_name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "drift_state", b"drift_state", "enabled", b"enabled", "first_pending_time", b"first_pending_time", "latest_label_time", b"latest_label_time", "max_wait_seconds", b"max_wait_seconds", "min_new_feedback", b"min_new_feedback", "new_feedback_since_last_run", b"new_feedback_since_last_run", "next_run_time", b"next_run_time", "next_run_trigger", b"next_run_trigger", "quiet_seconds", b"quiet_seconds", "reason", b"reason", "retrain_on_drift", b"retrain_on_drift", "running_job_name", b"running_job_name", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

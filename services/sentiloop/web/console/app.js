@@ -17,7 +17,7 @@
   const POLL_MS = 4000;
   const TOKEN_KEY = "sentiloop.operatorToken";
   const LABELS = ["negative", "neutral", "positive"];
-  const VIEWS = ["models", "training", "predict", "events"];
+  const VIEWS = ["models", "training", "predict", "label", "events"];
   // A browser keeps at most 6 HTTP/1.1 connections per origin; each stream holds one for
   // as long as it runs. Two training watches and the event feed leave the rest to polls.
   const MAX_WATCHES = 2;
@@ -36,6 +36,7 @@
     eventIds: new Set(),
     eventsAbort: null,
     prediction: null,
+    answered: new Set(), // prediction ids labelled from the queue, hidden until it drops them
     datasetsLoaded: false,
   };
 
@@ -357,6 +358,52 @@
       : `healthy (${services.length} services)`;
     box.title = services.map(([name, status]) => `${name}: ${status}`).join("\n");
     box.dataset.status = body.status || "";
+  }
+
+  // The drift score of the recent prediction inputs: a chip in the top bar, the whole
+  // report in the Predict view's Drift panel.
+  const DRIFT_STATES = {
+    ok: "ok",
+    drifted: "drifted",
+    not_enough_traffic: "not enough traffic",
+    no_model: "no model",
+  };
+
+  async function loadDrift() {
+    const top = $("drift");
+    const panel = $("drift-panel");
+    let d;
+    try {
+      d = await api("GET", "/predict/drift");
+      show("drift-error", null);
+    } catch (error) {
+      top.className = "drift chip";
+      top.textContent = "drift ?";
+      top.title = `GET /predict/drift: ${describe(error).text}`;
+      top.dataset.state = "error";
+      show("drift-error", error);
+      return;
+    }
+    const state = d.state || "";
+    const scored = state === "ok" || state === "drifted";
+    top.className = `drift chip ${state === "drifted" ? "bad" : scored ? "ok" : ""}`.trim();
+    top.textContent = scored
+      ? `drift ${num(d.score, 3)} ${state === "drifted" ? "≥" : "<"} ${num(d.threshold, 3)}`
+      : `drift: ${DRIFT_STATES[state] || state || "?"}`;
+    top.title = `GET /predict/drift: ${d.reason || state}`;
+    top.dataset.state = state;
+    clear(panel).append(
+      h("div", { class: "metrics-line" },
+        chip(DRIFT_STATES[state] || state || "unknown", state === "drifted" ? "bad" : scored ? "ok" : "", "drift-state"),
+        h("span", { class: "sub", testid: "drift-reason" }, d.reason || "")),
+      facts([
+        ["score", scored ? `${num(d.score, 3)} (threshold ${num(d.threshold, 3)})` : `— (threshold ${num(d.threshold, 3)})`, "drift-score"],
+        ["token divergence", scored ? num(d.token_divergence, 3) : "—", "drift-tokens"],
+        ["confidence shift", scored ? num(d.confidence_shift, 3) : "—", "drift-confidence"],
+        ["window", `${d.window_size || 0} predictions (${d.min_window || 0}–${d.max_window || 0})`, "drift-window"],
+        ["reference", d.reference_version ? `${d.reference_version}'s training data${d.reference_dataset ? ` (${String(d.reference_dataset).slice(0, 12)})` : ""}` : "—", "drift-reference"],
+        ["computed", when(d.computed_at), "drift-computed"],
+      ]));
   }
 
   // ---------------------------------------------------------------- models
@@ -1028,8 +1075,9 @@
           ["new labels", `${p.new_feedback_since_last_run || 0} since the last run`, "policy-new"],
           ["until the next run", p.enabled ? `${remaining} more label${remaining === 1 ? "" : "s"} (threshold ${p.min_new_feedback})` : `threshold ${p.min_new_feedback} labels`, "policy-remaining"],
           ["cooldown", `${p.cooldown_seconds || 0} s between automatic runs`, "policy-cooldown"],
+          ["on drift", `${!p.enabled ? "nothing (automatic retraining is off)" : p.retrain_on_drift ? "a run without waiting for the count" : "nothing (SENTILOOP_RETRAIN_ON_DRIFT)"}; drift: ${p.drift_state ? p.drift_state.replace(/_/g, " ") : "unknown"}`, "policy-drift"],
           ["settling", `${p.quiet_seconds || 0} s quiet, at most ${p.max_wait_seconds || 0} s`, null],
-          ["next run", p.next_run_time ? when(p.next_run_time) : "—", "policy-next"],
+          ["next run", p.next_run_time ? `${when(p.next_run_time)}${p.next_run_trigger === "drift" ? " (triggered by drift)" : ""}` : "—", "policy-next"],
           ["running job", p.running_job_name || "none", "policy-running"],
         ]));
     } catch (error) {
@@ -1048,6 +1096,78 @@
       }
     });
     refreshSoon();
+  }
+
+  // ---------------------------------------------------------------- labelling queue
+
+  const QUEUE_SIZE = 20;
+
+  async function loadLabelQueue() {
+    try {
+      const q = await api("GET", `/feedback/requests?page_size=${QUEUE_SIZE}`);
+      show("label-error", null);
+      renderLabelQueue(q);
+    } catch (error) {
+      show("label-error", error);
+    }
+  }
+
+  function renderLabelQueue(q) {
+    const listed = q.requests || [];
+    // An answered request the server no longer lists needs no hiding any more.
+    const ids = new Set(listed.map((r) => r.prediction_id));
+    for (const id of state.answered) if (!ids.has(id)) state.answered.delete(id);
+    const requests = listed.filter((r) => !state.answered.has(r.prediction_id));
+    const audits = requests.filter((r) => r.audit).length;
+    $("label-summary").textContent =
+      `${requests.length} to label (${audits} audit) · ${q.unlabelled || 0} of the last ` +
+      `${q.window || 0} predictions unlabelled · ranked by ${q.strategy || "margin"}`;
+    $("label-empty").hidden = requests.length > 0;
+    if (!changed("label-queue", requests)) return;
+    const list = clear($("label-queue"));
+    for (const r of requests) list.append(labelItem(r));
+  }
+
+  function labelItem(r) {
+    return h("li", { class: "label-item", testid: "label-item", "data-prediction-id": r.prediction_id,
+      "data-audit": r.audit ? "true" : "false" },
+      h("div", { class: "meta" },
+        r.audit ? h("span", { class: "chip audit", testid: "label-audit",
+          title: "Drawn at random from the recent predictions, not for its uncertainty" }, "audit") : null,
+        h("span", {}, "model said ", h("span", { class: `label-chip ${r.label}`, testid: "label-predicted" }, r.label)),
+        h("span", {}, "confidence ", h("strong", { testid: "label-confidence" }, pct(r.confidence))),
+        h("span", {}, "uncertainty ", h("strong", { testid: "label-uncertainty" }, num(r.uncertainty, 3))),
+        r.duplicates ? h("span", { testid: "label-duplicates" }, `+${r.duplicates} like it`) : null,
+        h("span", {}, `${r.model_version} · ${when(r.created_at)}`)),
+      h("div", { class: "body" },
+        h("div", { class: "text", testid: "label-text" }, r.text),
+        h("div", { class: "feedback-buttons" }, LABELS.map((l) => h("button", { type: "button", class: l,
+          testid: `label-${l}`, title: `POST /feedback: the right label is ${l}`,
+          onclick: (e) => answerRequest(r, l, e.currentTarget) }, l)))));
+  }
+
+  async function answerRequest(r, label, button) {
+    const item = button.closest("li");
+    for (const b of item.querySelectorAll("button")) b.disabled = true;
+    try {
+      const answer = await api("POST", "/feedback", {
+        prediction_id: r.prediction_id,
+        user_label: label,
+        idempotency_key: `console:${r.prediction_id}:${label}`,
+      });
+      const record = answer.feedback || {};
+      state.answered.add(r.prediction_id);
+      item.remove();
+      $("label-empty").hidden = $("label-queue").childElementCount > 0;
+      show("label-msg", `Feedback #${record.id || answer.id} recorded: ${label}` +
+        `${record.audit ? " (an audit sample)" : ""}${answer.duplicate ? " (already recorded)" : ""}.`);
+      $("label-msg").dataset.feedbackId = String(record.id || answer.id || "");
+      $("label-msg").dataset.predictionId = r.prediction_id;
+      refreshSoon();
+    } catch (error) {
+      show("label-msg", error);
+      for (const b of item.querySelectorAll("button")) b.disabled = false;
+    }
   }
 
   // ---------------------------------------------------------------- events
@@ -1174,13 +1294,14 @@
     clearTimeout(timer);
     try {
       if (!document.hidden) {
-        const tasks = [loadServing(), loadHealth(), loadJobs()];
+        const tasks = [loadServing(), loadHealth(), loadDrift(), loadJobs()];
         if (state.view === "models") tasks.push(loadModels(), loadActivations(), loadEvaluations());
         if (state.view === "training") {
           tasks.push(loadModels());
           if (!state.datasetsLoaded) tasks.push(loadDatasets());
         }
         if (state.view === "predict") tasks.push(loadStats(), loadPolicy());
+        if (state.view === "label") tasks.push(loadLabelQueue());
         await Promise.allSettled(tasks);
         document.body.dataset.refreshed = String(Date.now());
       }
