@@ -26,10 +26,10 @@ no feedback yet:
   users chose to correct, tells nothing about the rest of the traffic. The number of
   audit samples is the share of the queue's length rounded at random (so a share of 0.1
   of a 5-long queue is one sample half of the time): the share holds on average for any
-  length. Audit samples already handed out and not answered yet come back first, so a
-  queue that is asked for again (the console polls) keeps its samples instead of drawing
-  new ones. They are spread through the queue, not put last, so that a labeller who
-  answers only the first few still answers some.
+  length. Audit samples already handed out and not answered yet come back first (up to
+  the share rounded up), so a queue that is asked for again (the console polls) keeps
+  its samples instead of drawing new ones. They are spread through the queue, not put
+  last, so that a labeller who answers only the first few still answers some.
 """
 
 from __future__ import annotations
@@ -221,7 +221,10 @@ def build_queue(
 
     by_id = {c.prediction_id: c for c in eligible}
     issued = [by_id[i] for i in dict.fromkeys(issued_audits) if i in by_id]
-    audits = issued[:wanted]
+    # Samples handed out and not answered yet come back up to the share rounded up, even
+    # when this call's random rounding wants fewer: a labeller finds again what it was
+    # shown (the console polls). Rounding at random decides only when fresh ones are drawn.
+    audits = issued[: max(wanted, math.ceil(length * audit_share))]
     if len(audits) < wanted:
         handed_out = {c.prediction_id for c in issued}
         fresh = [c for c in eligible if c.prediction_id not in handed_out]
