@@ -207,7 +207,8 @@ def test_drift_starts_a_run_on_fewer_labels_than_the_policy_waits_for(
 
 def run_on_drift(client: httpx.Client, tmp_path: Path) -> None:
     bootstrap(client)
-    idle = policy(client)
+    # The drift watcher scores a newly served version within its interval.
+    idle = wait_for(lambda: (p := policy(client))["drift_state"] != "no_model" and p, 30)
     assert idle["state"] == "collecting" and idle["retrain_on_drift"] is True
     assert idle["drift_state"] == "not_enough_traffic"
     assert "drift: not enough traffic" in idle["reason"]

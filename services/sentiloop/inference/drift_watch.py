@@ -25,6 +25,7 @@ from sentiloop.inference.drift import (
 )
 from sentiloop.inference.engine import LoadedVersion
 
+NEW_VERSION_CHECK_SECONDS = 2.0
 log = logging.getLogger("sentiloop.inference.drift")
 
 
@@ -59,7 +60,13 @@ class DriftWatcher:
                 raise
             except Exception:
                 log.exception("computing the drift score failed")
-            await asyncio.sleep(self._interval)
+            # A version served since the last score (the first after start, a new
+            # activation) is scored within seconds, not an interval later.
+            served = self._served()
+            changed = (served.version if served else "") != self.report.reference_version
+            await asyncio.sleep(
+                min(self._interval, NEW_VERSION_CHECK_SECONDS) if changed else self._interval
+            )
 
     async def check_once(self) -> DriftReport:
         loaded = self._served()
