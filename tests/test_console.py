@@ -1,16 +1,19 @@
 """The operator's web console on GET /, served by Envoy on the mesh's origin: its files over
 HTTP, then the page in a real Chromium (Playwright) driving real meshes: the served
-version, predictions and their feedback, a tiny bootstrap followed live, an activation,
-the live event feed, and every failure shown as a message. Screenshots of each view go to
-test-artifacts/screenshots/ (CI uploads them)."""
+version, predictions and their feedback, a tiny bootstrap followed live, an activation, a
+shadow evaluation started, followed and stopped, the live event feed, and every failure
+shown as a message. Screenshots of each view go to test-artifacts/screenshots/ (CI uploads
+them)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -522,6 +525,95 @@ def test_activation_from_the_page_switches_the_served_version(
     expect(console.by("models-msg")).to_contain_text(f"{before} is active again")
     wait_for(lambda: served_version(operator) == before, timeout=120)
     expect(console.by("serving-version")).to_have_text(before)
+
+
+def shadow_report(client: httpx.Client) -> dict[str, Any]:
+    response = client.get("/predict/shadow")
+    assert response.status_code == 200, response.text
+    return response.json()["report"]  # type: ignore[no-any-return]
+
+
+def shadowed_prediction_ids(mesh: RunningMesh) -> set[str]:
+    with sqlite3.connect(mesh.data_dir / "inference" / "predictions.db") as db:
+        return {row[0] for row in db.execute("SELECT prediction_id FROM shadow_predictions")}
+
+
+def test_shadow_evaluation_from_the_page(
+    open_console: Callable[..., Console],
+    live_mesh: RunningMesh,
+    two_versions: list[str],
+    operator: httpx.Client,
+) -> None:
+    active = served_version(operator)
+    other = next(v for v in two_versions if v != active)
+    console = open_console(live_mesh, view="models")
+    expect(console.by("shadow-empty")).to_be_visible()
+    expect(console.by("shadow-stop")).to_be_disabled()
+    expect(console.by(f"shadow-start-{active}")).to_have_count(0)
+    # Without the token: the 401 message, and nothing starts.
+    console.by(f"shadow-start-{other}").click()
+    message = console.by("shadow-msg")
+    expect(message).to_contain_text("Operator token needed")
+    expect(message).to_have_attribute("data-status", "401")
+    assert shadow_report(operator)["state"] == "none"
+
+    console.sign_in(live_mesh.token("operator"))
+    console.by("shadow-duration").select_option("600")
+    console.by(f"shadow-start-{other}").click()
+    expect(message).to_contain_text(f"{other} shadows live traffic until")
+    try:
+        report = shadow_report(operator)
+        assert report["shadow_version"] == other
+        started, ends = (datetime.fromisoformat(report[k]) for k in ("started_at", "ends_at"))
+        assert ends - started == timedelta(seconds=600)
+        expect(console.by("shadow-state")).to_have_text("running")
+        expect(console.by("shadow-version")).to_have_text(other)
+        row = console.page.locator(f"[data-testid=model-row][data-version='{other}']")
+        expect(row.get_by_test_id("model-shadowing")).to_be_visible()
+        expect(console.by("shadow-stop")).to_be_enabled()
+
+        # A prediction from the page: answered by the served version, shadowed by the other,
+        # and confirmed, so that both models are scored on it.
+        console.view("predict")
+        console.by("predict-text").fill("The hinge snapped the first week, shadow check")
+        console.by("predict-submit").click()
+        expect(console.by("predict-version")).to_have_text(active)
+        prediction_id = console.by("predict-id").inner_text()
+        console.by("feedback-confirm").click()
+        expect(console.by("feedback-msg")).to_contain_text("recorded")
+        console.view("models")
+        expect(console.by("shadow-shadowed")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        assert prediction_id in shadowed_prediction_ids(live_mesh)
+        expect(console.by("shadow-agreement")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
+        expect(console.by("shadow-served")).to_have_text(active)
+        expect(console.by("shadow-labelled")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        # The served version answered what the user confirmed: it is right on all of them.
+        expect(console.by("shadow-accuracy")).to_contain_text(f"served ({active}) 100.0%")
+        expect(console.by("shadow-macro-f1")).to_contain_text(f"served ({active})")
+        # The page shows the API's report.
+        shown = console.by("shadow-agreement")
+        wait_for(
+            lambda: shown.inner_text() == f"{shadow_report(operator)['agreement'] * 100:.1f}%",
+            timeout=30,
+        )
+        console.by("shadow").scroll_into_view_if_needed()
+        console.screenshot("console-shadow.png")
+
+        # One shadow at a time: the API's reason for the 400 is the message.
+        console.by(f"shadow-start-{other}").click()
+        expect(message).to_contain_text("stop it first")
+        expect(message).to_have_attribute("data-status", "400")
+        console.by("shadow-stop").click()
+        expect(message).to_contain_text(f"Stopped: {other} shadowed")
+        expect(console.by("shadow-state")).to_have_text("ended")
+        expect(console.by("shadow-ends")).to_contain_text("(stopped)")
+        expect(console.by("shadow-stop")).to_be_disabled()
+        expect(row.get_by_test_id("model-shadowing")).to_have_count(0)
+    finally:
+        if shadow_report(operator)["state"] in ("loading", "running"):
+            operator.post("/predict/shadow/stop", json={})
+    final = shadow_report(operator)
+    assert (final["state"], final["end_reason"]) == ("ended", "stopped")
 
 
 def test_event_feed_is_live_and_shows_text_as_text(

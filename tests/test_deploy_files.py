@@ -405,7 +405,17 @@ def test_dashboard_queries_use_exported_metrics() -> None:
     unknown = used - exported_metric_names()
     assert used and not unknown, f"not exported by sentiloop.core.metrics: {sorted(unknown)}"
     # The panels the dashboard is for: each family appears in some query.
-    for family in ("sentiloop_rpc_duration_seconds_bucket", "sentiloop_served_model_info"):
+    for family in (
+        "sentiloop_rpc_duration_seconds_bucket",
+        "sentiloop_served_model_info",
+        "sentiloop_drift_score",
+        "sentiloop_drift_token_divergence",
+        "sentiloop_drift_confidence_shift",
+        "sentiloop_drift_window_size",
+        "sentiloop_shadow_predictions_total",
+        "sentiloop_shadow_skipped_total",
+        "sentiloop_shadow_agreement",
+    ):
         assert family in used, family
     envoy = " ".join(expressions)
     assert "envoy_http_downstream_rq_xx" in envoy and "envoy_cluster_upstream_rq_time" in envoy

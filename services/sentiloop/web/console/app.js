@@ -37,6 +37,7 @@
     eventsAbort: null,
     prediction: null,
     answered: new Set(), // prediction ids labelled from the queue, hidden until it drops them
+    shadow: null, // the latest GET /predict/shadow report
     datasetsLoaded: false,
   };
 
@@ -435,7 +436,7 @@
 
   function renderModels() {
     const latest = state.models.map((m) => (latestEvaluation(m.version) || {}).evaluation_id);
-    if (!changed("models", state.models, latest)) return;
+    if (!changed("models", state.models, latest, shadowingVersion())) return;
     const body = clear($("models-body"));
     if (!state.models.length) {
       body.append(h("tr", {}, h("td", { colspan: 9, class: "empty-row", testid: "models-empty" },
@@ -454,10 +455,20 @@
           title: `POST /models/${m.version}/activate`,
           onclick: (event) => activate_(m.version, event.currentTarget),
         }, "Activate");
+      const shadow = m.is_active
+        ? null
+        : h("button", {
+          type: "button",
+          class: "small",
+          testid: `shadow-start-${m.version}`,
+          title: `POST /predict/shadow: ${m.version} scores live traffic beside the served version (for the duration chosen under Shadow)`,
+          onclick: (event) => startShadow(m.version, event.currentTarget),
+        }, "Shadow");
       body.append(
         h("tr", { class: m.is_active ? "active" : "", testid: "model-row", "data-version": m.version, "data-active": String(!!m.is_active) },
           h("td", {}, h("strong", {}, m.version), m.is_active ? h("span", { class: "sub" }, "active") : null),
           h("td", {}, chip(m.status || "—", statusKind(m.status)),
+            shadowingVersion() === m.version ? chip("shadowing", "info", "model-shadowing") : null,
             m.endpoint_status ? h("span", { class: "sub" }, m.endpoint_status) : null),
           h("td", {}, m.engine ? `${m.engine}` : "—", m.precision ? h("span", { class: "sub" }, m.precision) : null),
           metricsCell(m.test_metrics),
@@ -469,7 +480,7 @@
             m.training_job_name ? h("span", { class: "sub mono" }, m.training_job_name) : null,
             m.dataset_hash ? h("span", { class: "sub mono", title: `dataset ${m.dataset_hash}` }, `dataset ${m.dataset_hash.slice(0, 12)}`) : null),
           h("td", { class: "nowrap" }, when(m.created_at)),
-          h("td", {}, activate),
+          h("td", { class: "actions" }, activate, shadow),
         ),
       );
     }
@@ -537,6 +548,101 @@
     } catch (error) {
       show("activations-error", error);
     }
+  }
+
+  // ---------------------------------------------------------------- shadow evaluation
+
+  const SHADOW_STATES = { none: "none yet", loading: "loading", running: "running", ended: "ended" };
+  const SHADOW_KINDS = { loading: "warn", running: "ok" };
+
+  // The version shadowing now ("" when none is loading or running).
+  function shadowingVersion() {
+    const r = state.shadow;
+    return r && (r.state === "loading" || r.state === "running") ? r.shadow_version || "" : "";
+  }
+
+  async function loadShadow() {
+    try {
+      const answer = await api("GET", "/predict/shadow");
+      state.shadow = answer.report || {};
+      show("shadow-error", null);
+    } catch (error) {
+      show("shadow-error", error);
+      return;
+    }
+    renderShadow();
+    renderModels();
+  }
+
+  function renderShadow() {
+    const r = state.shadow || {};
+    const s = r.state || "none";
+    const box = $("shadow-report");
+    box.dataset.state = s;
+    $("shadow-stop").disabled = !shadowingVersion();
+    if (s === "none" || !r.shadow_version) {
+      clear(box).append(h("p", { class: "empty", testid: "shadow-empty" },
+        "No shadow evaluation yet: Shadow on a version that is not active starts one."));
+      return;
+    }
+    const labelled = r.labelled || 0;
+    const served = (r.served_versions || []).join(", ");
+    // Both models on the same labelled requests, or nothing to compare yet.
+    const versus = (shadow, answered) => (labelled
+      ? `${r.shadow_version} ${pct(shadow)} · served${served ? ` (${served})` : ""} ${pct(answered)}`
+      : "— (no shadowed prediction has feedback yet)");
+    const ended = s === "ended";
+    clear(box).append(
+      h("div", { class: "metrics-line" },
+        chip(SHADOW_STATES[s] || s, SHADOW_KINDS[s] || "", "shadow-state"),
+        h("span", {}, "shadowed ", h("strong", { testid: "shadow-shadowed" }, String(r.shadowed || 0))),
+        h("span", {}, "agreement ", h("strong", { testid: "shadow-agreement" }, r.shadowed ? pct(r.agreement) : "—")),
+        h("span", {}, "labelled ", h("strong", { testid: "shadow-labelled" }, String(labelled)))),
+      facts([
+        ["shadow version", r.shadow_version, "shadow-version"],
+        ["served versions", served || "— (nothing shadowed yet)", "shadow-served"],
+        ["started", when(r.started_at), "shadow-started"],
+        [ended ? "ended" : "ends", ended
+          ? `${when(r.ended_at || r.ends_at)}${r.end_reason ? ` (${r.end_reason})` : ""}`
+          : when(r.ends_at), "shadow-ends"],
+        ["skipped", r.skipped ? `${r.skipped} (its queue was full: the answers never wait for it)` : "0", "shadow-skipped"],
+        ["accuracy", versus(r.shadow_accuracy, r.served_accuracy), "shadow-accuracy"],
+        ["macro-F1", versus(r.shadow_macro_f1, r.served_macro_f1), "shadow-macro-f1"],
+        ["computed", when(r.computed_at), "shadow-computed"],
+      ]));
+  }
+
+  async function startShadow(version, button) {
+    const seconds = Number($("shadow-duration").value);
+    await busy(button, async () => {
+      try {
+        const answer = await api("POST", "/predict/shadow", { version, duration_seconds: seconds });
+        const r = answer.report || {};
+        state.shadow = r;
+        show("shadow-msg", `${r.shadow_version || version} shadows live traffic until ${when(r.ends_at)}` +
+          `${r.state === "loading" ? " (loading it now)" : ""}; the answers still come from the served version.`);
+      } catch (error) {
+        show("shadow-msg", error);
+      }
+    });
+    renderShadow();
+    refreshSoon();
+  }
+
+  async function stopShadow() {
+    await busy($("shadow-stop"), async () => {
+      try {
+        const answer = await api("POST", "/predict/shadow/stop", {});
+        const r = answer.report || {};
+        state.shadow = r;
+        const agreed = r.shadowed ? `, agreeing with the served version on ${pct(r.agreement)}` : "";
+        show("shadow-msg", `Stopped: ${r.shadow_version} shadowed ${r.shadowed || 0} request${r.shadowed === 1 ? "" : "s"}${agreed}. The report stays.`);
+      } catch (error) {
+        show("shadow-msg", error);
+      }
+    });
+    renderShadow();
+    refreshSoon();
   }
 
   // ---------------------------------------------------------------- evaluations
@@ -1207,7 +1313,7 @@
       if (state.lastEventId === null || Number(e.id) > Number(state.lastEventId)) state.lastEventId = e.id;
       body.prepend(eventRow(e, fresh));
       changed = true;
-      if (fresh && /^(model|serving|training|retraining)\./.test(e.type || "")) refreshSoon();
+      if (fresh && /^(model|serving|training|retraining|shadow)\./.test(e.type || "")) refreshSoon();
     }
     while (body.rows.length > MAX_EVENTS) {
       state.eventIds.delete(body.rows[body.rows.length - 1].dataset.id);
@@ -1295,7 +1401,7 @@
     try {
       if (!document.hidden) {
         const tasks = [loadServing(), loadHealth(), loadDrift(), loadJobs()];
-        if (state.view === "models") tasks.push(loadModels(), loadActivations(), loadEvaluations());
+        if (state.view === "models") tasks.push(loadModels(), loadActivations(), loadEvaluations(), loadShadow());
         if (state.view === "training") {
           tasks.push(loadModels());
           if (!state.datasetsLoaded) tasks.push(loadDatasets());
@@ -1341,7 +1447,7 @@
     event.preventDefault();
     writeToken($("operator-token").value.trim());
     renderTokenState();
-    for (const id of ["models-msg", "training-msg", "jobs-msg", "retrain-msg"]) show(id, null);
+    for (const id of ["models-msg", "shadow-msg", "training-msg", "jobs-msg", "retrain-msg"]) show(id, null);
     followEvents();
     refreshSoon();
   }
@@ -1362,6 +1468,7 @@
     $("token-form").addEventListener("submit", saveToken);
     $("token-forget").addEventListener("click", forgetToken);
     $("rollback").addEventListener("click", rollback);
+    $("shadow-stop").addEventListener("click", stopShadow);
     $("evaluate").addEventListener("click", evaluateNow);
     $("eval-version").addEventListener("change", (e) => {
       state.evalVersion = e.target.value;
