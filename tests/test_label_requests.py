@@ -301,6 +301,12 @@ def test_issued_audit_samples_come_back_first() -> None:
     three = [c.prediction_id for c in window[:3]]
     for seed in range(20):
         assert ids(queue(window, 20, 0.1, issued=three, seed=seed), audit=True) == three[:2]
+    # One issued on a queue of 14 at 0.1 (1.4: one or two by rounding): it comes back
+    # alone, with no fresh sample added by a poll that rounds up.
+    short = window[:14]
+    one = [short[5].prediction_id]
+    for seed in range(20):
+        assert ids(queue(short, 20, 0.1, issued=one, seed=seed), audit=True) == one
     # One answered: it leaves, the other stays, and one new sample fills its place.
     answered = queue(window, 20, 0.1, issued=audits, answered_ids={audits[0]}, seed=5)
     assert audits[0] not in ids(answered)

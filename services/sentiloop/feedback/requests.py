@@ -225,10 +225,13 @@ def build_queue(
     # when this call's random rounding wants fewer: a labeller finds again what it was
     # shown (the console polls). Rounding at random decides only when fresh ones are drawn.
     audits = issued[: max(wanted, math.ceil(length * audit_share))]
-    if len(audits) < wanted:
+    # Outstanding samples also stand for the random part of the share: with some handed
+    # out, fresh ones are drawn only to reach its whole part, so a poll does not add one.
+    target = max(len(audits), math.floor(length * audit_share)) if issued else wanted
+    if len(audits) < target:
         handed_out = {c.prediction_id for c in issued}
         fresh = [c for c in eligible if c.prediction_id not in handed_out]
-        audits += rng.sample(fresh, min(wanted - len(audits), len(fresh)))
+        audits += rng.sample(fresh, min(target - len(audits), len(fresh)))
     # A group one of its members was handed out for as an audit sample is that sample's.
     taken = {group_of[c.prediction_id] for c in issued + audits}
     chosen = [g for n, g in enumerate(open_groups) if n not in taken][: length - len(audits)]
