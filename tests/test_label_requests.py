@@ -403,14 +403,17 @@ def test_feedback_citing_an_audit_sample_is_marked_in_an_old_database(tmp_path: 
 # ---------------------------------------------------------------- the mesh
 
 
-@pytest.fixture(scope="module")
+# Each mesh test has a mesh of its own: the queue test counts every prediction in the log,
+# so another test's predictions (in whatever order pytest-randomly runs them) would change
+# its numbers.
+@pytest.fixture
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     running = start_mesh(tmp_path_factory.mktemp("label-requests"), extra_env=TINY_ENV)
     yield running
     assert running.stop() == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(mesh: RunningMesh) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mesh.url, headers=mesh.operator_headers, timeout=120) as http:
         started = http.post("/model-init/bootstrap?auto_deploy=true", json={})
@@ -520,14 +523,18 @@ def test_the_queue_through_envoy(mesh: RunningMesh, client: httpx.Client) -> Non
 def test_recent_predictions_are_for_the_services_only(
     mesh: RunningMesh, client: httpx.Client
 ) -> None:
-    client.post("/predict", json={"text": "One more for the log"}).raise_for_status()
+    for text in ("The first for the log", "The second for the log", "One more for the log"):
+        client.post("/predict", json={"text": text}).raise_for_status()
     with mesh.operator_channel(mesh.address("inference"), role="service") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         answer = stub.ListRecentPredictions(
             inference_pb2.ListRecentPredictionsRequest(page_size=2), timeout=10
         )
         newest = answer.predictions[0]
-        assert len(answer.predictions) == 2 and newest.text == "One more for the log"
+        assert [p.text for p in answer.predictions] == [
+            "One more for the log",
+            "The second for the log",
+        ]
         assert newest.id and newest.label and newest.model_version == "v1"
         assert newest.scores[newest.label] == pytest.approx(newest.confidence)
         since = inference_pb2.ListRecentPredictionsRequest(page_size=100)
