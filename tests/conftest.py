@@ -6,6 +6,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from postgres import PostgresServer, running_postgres
 
 from sentiloop.testing import RunningMesh, pid_alive, start_mesh
 
@@ -44,3 +45,11 @@ def channel_to(mesh: RunningMesh) -> Iterator[object]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (tests/postgres.py), started once on first use; tests
+    take a fresh database each with ``postgres.create_database()``."""
+    with running_postgres() as server:
+        yield server

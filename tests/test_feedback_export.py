@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from postgres import PostgresServer
 from seaweed import SeaweedS3, running_seaweed
 
 from sentiloop.core.config import load_settings
+from sentiloop.core.db import open_database
 from sentiloop.core.objectstore import LocalObjectStore, ObjectStore
 from sentiloop.core.s3store import S3ObjectStore, S3Settings, make_client
 from sentiloop.feedback import store as store_module
@@ -50,9 +52,14 @@ def objects(seaweed: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch) ->
     return S3ObjectStore(make_client(settings), bucket, "app")
 
 
-@pytest.fixture
-def feedback(tmp_path: Path) -> Iterator[FeedbackStore]:
-    store = FeedbackStore(tmp_path / "feedback.db", 5000)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def feedback(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeedbackStore]:
+    """The store with the export progress beside its records, on either engine."""
+    if request.param == "sqlite":
+        store = FeedbackStore(tmp_path / "feedback.db", 5000)
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        store = FeedbackStore(open_database(server.create_database(), Path("unused")), 5000)
     yield store
     store.close()
 
@@ -71,13 +78,10 @@ def exported_ids(read: Callable[[str], bytes], keys: list[str]) -> list[int]:
 
 
 def exporter_for(
-    feedback: FeedbackStore, objects: ObjectStore, tmp_path: Path, batch: int = 1000
+    feedback: FeedbackStore, objects: ObjectStore, batch: int = 1000
 ) -> FeedbackExporter:
     return FeedbackExporter(
-        feedback,
-        objects,
-        tmp_path / "feedback.db",
-        ExportConfig(enabled=True, interval_seconds=5.0, batch_size=batch),
+        feedback, objects, ExportConfig(enabled=True, interval_seconds=5.0, batch_size=batch)
     )
 
 
@@ -88,7 +92,7 @@ def test_a_crash_between_the_write_and_the_mark_exports_nothing_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     submit(feedback, 5)
-    first = exporter_for(feedback, objects, tmp_path)
+    first = exporter_for(feedback, objects)
 
     def crash(*args: Any) -> None:
         raise KeyboardInterrupt("crashed after the write, before the mark")
@@ -102,7 +106,7 @@ def test_a_crash_between_the_write_and_the_mark_exports_nothing_twice(
     assert keys == [f"{EXPORTS}date={day}/feedback-000000000001-000000000005.jsonl"]
 
     submit(feedback, 3, "later")  # arrives while "down"
-    restarted = exporter_for(feedback, objects, tmp_path)
+    restarted = exporter_for(feedback, objects)
     assert restarted.state().pending == (1, 5, keys[0])
     done = restarted.export_pending()
     assert [(d.first_id, d.last_id) for d in done] == [(1, 5), (6, 8)]
@@ -143,7 +147,7 @@ def test_batches_and_day_partitions(
     monkeypatch.setattr(store_module, "datetime", Clock)
     submit(feedback, 7)
     monkeypatch.setattr(store_module, "datetime", datetime)
-    exporter = exporter_for(feedback, objects, tmp_path, batch=3)
+    exporter = exporter_for(feedback, objects, batch=3)
     done = exporter.export_pending()
     assert [d.key for d in done] == [
         f"{EXPORTS}date=2026-11-24/feedback-000000000001-000000000003.jsonl",
@@ -161,7 +165,7 @@ def test_an_existing_object_with_other_content_is_never_overwritten(
     day = datetime.now(UTC).date().isoformat()
     key = f"{EXPORTS}date={day}/feedback-000000000001-000000000002.jsonl"
     objects.put_bytes(key, b"someone else's\n")
-    exporter = exporter_for(feedback, objects, tmp_path)
+    exporter = exporter_for(feedback, objects)
     with pytest.raises(ExportConflict, match="already exists with other content"):
         exporter.export_once()
     assert objects.get_bytes(key) == b"someone else's\n"
@@ -172,7 +176,7 @@ def test_an_existing_object_with_other_content_is_never_overwritten(
 def test_the_local_object_store_works_too(feedback: FeedbackStore, tmp_path: Path) -> None:
     objects = LocalObjectStore(tmp_path / "objects")
     submit(feedback, 4)
-    exporter = exporter_for(feedback, objects, tmp_path, batch=3)
+    exporter = exporter_for(feedback, objects, batch=3)
     assert exporter.location == str(tmp_path / "objects" / "feedback" / "exports") + "/"
     assert [(d.first_id, d.last_id) for d in exporter.export_pending()] == [(1, 3), (4, 4)]
     submit(feedback, 1, "next")
@@ -188,7 +192,7 @@ def test_the_background_task_exports_at_start_and_stops_promptly(
     objects = LocalObjectStore(tmp_path / "objects")
     submit(feedback, 3)
     config = ExportConfig(enabled=True, interval_seconds=60, batch_size=1000)
-    exporter = FeedbackExporter(feedback, objects, tmp_path / "feedback.db", config)
+    exporter = FeedbackExporter(feedback, objects, config)
 
     async def run() -> float:
         exporter.start()

@@ -435,6 +435,15 @@ class Settings(BaseModel):
         group=RETRAINING,
     )
 
+    # A secret: a PostgreSQL URL may carry the password.
+    database_url: SecretStr | None = setting(
+        None,
+        "metadata database: `postgresql://user:password@host:port/name` (libpq's URI) or"
+        " `sqlite:///path`; so far only FeedbackService's store (and its export progress)"
+        " honours it; the other services keep SQLite files under the data directory",
+        group=BACKENDS,
+        shown="unset: SQLite files under the data directory",
+    )
     object_store: Annotated[Literal["local", "s3"], Lower] = setting(
         "local", "`local`: `data/objects/`; `s3`: the S3 settings below", group=BACKENDS
     )

@@ -1,6 +1,6 @@
 """Feedback exported to the object store as immutable, partitioned JSON-lines objects.
 
-The SQLite feedback store stays the source of truth (SubmitFeedback acknowledges once a
+The feedback store's database stays the source of truth (SubmitFeedback acknowledges once a
 record is there, whether or not the object store is up). A background task copies what
 has not been exported yet, in id order, into objects::
 
@@ -32,8 +32,10 @@ range recorded, so the restart writes the very same range (records never change,
 serialisation is deterministic: same key, same bytes) and put-if-absent makes a second
 write a no-op; records that arrived in between go to the next range, never into a
 bigger object that would overlap the first. Ranges are contiguous and disjoint because
-each starts right after the previous one's ``last``, and SQLite assigns ids in commit
-order, so no record can later appear inside an exported range. Hence each record is in
+each starts right after the previous one's ``last``, and ids are assigned in commit
+order (SQLite has one writer; on PostgreSQL the store serialises its submits within a
+process, so this holds for ONE feedback process, not yet for several replicas), so no
+record can later appear inside an exported range. Hence each record is in
 exactly one object, and an object, once written, never changes.
 """
 
@@ -46,10 +48,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sentiloop.core import sqlite
 from sentiloop.core.config import Settings
+from sentiloop.core.db import Migration, Transaction
 from sentiloop.core.errors import SentiloopError, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.data.feedback_records import to_jsonl
@@ -60,26 +61,34 @@ log = logging.getLogger("sentiloop.feedback.export")
 EXPORT_PREFIX = "feedback/exports"
 MAX_BACKOFF_SECONDS = 60.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback_export_state (
+_STATE = """CREATE TABLE {exists}feedback_export_state (
     location         TEXT PRIMARY KEY,
-    exported_through INTEGER NOT NULL DEFAULT 0,
-    pending_first    INTEGER,
-    pending_last     INTEGER,
+    exported_through BIGINT NOT NULL DEFAULT 0,
+    pending_first    BIGINT,
+    pending_last     BIGINT,
     pending_key      TEXT,
     updated_at       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS feedback_exports (
+)"""
+_EXPORTS = """CREATE TABLE {exists}feedback_exports (
     location     TEXT NOT NULL,
     key          TEXT NOT NULL,
-    first_id     INTEGER NOT NULL,
-    last_id      INTEGER NOT NULL,
+    first_id     BIGINT NOT NULL,
+    last_id      BIGINT NOT NULL,
     record_count INTEGER NOT NULL,
     sha256       TEXT NOT NULL,
     exported_at  TEXT NOT NULL,
     PRIMARY KEY (location, key)
-);
-"""
+)"""
+# Same tables on both engines (BIGINT is an INTEGER to SQLite); IF NOT EXISTS on SQLite,
+# where a database made before the migration runner may have them already.
+MIGRATIONS = (
+    Migration(
+        1,
+        "export progress per location, and the objects written",
+        sqlite=(_STATE.format(exists="IF NOT EXISTS "), _EXPORTS.format(exists="IF NOT EXISTS ")),
+        postgresql=(_STATE.format(exists=""), _EXPORTS.format(exists="")),
+    ),
+)
 
 
 class ExportConflict(SentiloopError):
@@ -136,7 +145,6 @@ class FeedbackExporter:
         self,
         store: FeedbackStore,
         objects: ObjectStore,
-        db_path: Path,
         config: ExportConfig,
     ) -> None:
         self._store = store
@@ -145,12 +153,17 @@ class FeedbackExporter:
         # Where exports go ("s3://bucket/prefix/feedback/exports/" or a folder): the
         # progress is kept per location.
         self.location = objects.uri(f"{EXPORT_PREFIX}/_")[:-1]
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(db_path)
-        self._db.executescript(SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO feedback_export_state (location, updated_at) VALUES (?, ?)",
-            (self.location, _now()),
+        # Kept in the store's database, beside the records it describes.
+        self._db = store.database
+        self._db.migrate("feedback_export", MIGRATIONS)
+        self._db.run(
+            lambda tx: tx.execute(
+                "INSERT INTO feedback_export_state (location, updated_at) VALUES (?, ?)"
+                " ON CONFLICT (location) DO NOTHING",
+                (self.location, _now()),
+            ),
+            write=True,
+            idempotent=True,
         )
         self._stopping = threading.Event()
         self._wake = asyncio.Event()
@@ -160,10 +173,12 @@ class FeedbackExporter:
     # -- state ----------------------------------------------------------------
 
     def state(self) -> ExportState:
-        with self._lock:
-            row = self._db.execute(
+        row = self._db.run(
+            lambda tx: tx.fetch_one(
                 "SELECT * FROM feedback_export_state WHERE location = ?", (self.location,)
-            ).fetchone()
+            )
+        )
+        assert row is not None
         pending = None
         if row["pending_key"] is not None:
             pending = (int(row["pending_first"]), int(row["pending_last"]), row["pending_key"])
@@ -171,34 +186,36 @@ class FeedbackExporter:
 
     def _claim(self, through: int, first: int, last: int, key: str) -> bool:
         """Records the range as pending unless the state moved on (compare-and-set)."""
-        with self._lock:
-            cursor = self._db.execute(
+        changed = self._db.run(
+            lambda tx: tx.execute(
                 "UPDATE feedback_export_state SET pending_first = ?, pending_last = ?,"
                 " pending_key = ?, updated_at = ? WHERE location = ? AND exported_through = ?"
                 " AND pending_key IS NULL",
                 (first, last, key, _now(), self.location, through),
-            )
-        return cursor.rowcount == 1
+            ),
+            write=True,
+        )
+        return changed == 1
 
     def _advance(self, first: int, last: int, key: str, count: int, digest: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "UPDATE feedback_export_state SET exported_through = ?, pending_first = NULL,"
-                    " pending_last = NULL, pending_key = NULL, updated_at = ?"
-                    " WHERE location = ? AND pending_key = ?",
-                    (last, _now(), self.location, key),
-                )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO feedback_exports (location, key, first_id, last_id,"
-                    " record_count, sha256, exported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (self.location, key, first, last, count, digest, _now()),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        def advance(tx: Transaction) -> None:
+            tx.execute(
+                "UPDATE feedback_export_state SET exported_through = ?, pending_first = NULL,"
+                " pending_last = NULL, pending_key = NULL, updated_at = ?"
+                " WHERE location = ? AND pending_key = ?",
+                (last, _now(), self.location, key),
+            )
+            tx.execute(
+                "INSERT INTO feedback_exports (location, key, first_id, last_id,"
+                " record_count, sha256, exported_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (location, key) DO UPDATE SET first_id = excluded.first_id,"
+                " last_id = excluded.last_id, record_count = excluded.record_count,"
+                " sha256 = excluded.sha256, exported_at = excluded.exported_at",
+                (self.location, key, first, last, count, digest, _now()),
+            )
+
+        # Idempotent: a second run finds pending_key cleared and rewrites the same row.
+        self._db.run(advance, write=True, idempotent=True)
 
     # -- one step -------------------------------------------------------------
 
@@ -302,24 +319,19 @@ class FeedbackExporter:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stops after the batch in progress (at most ``timeout`` seconds), then closes."""
+        """Stops after the batch in progress (at most ``timeout`` seconds)."""
         self._stopping.set()
         self._wake.set()
         task, self._task = self._task, None
-        finished = True
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
-                finished = False
                 task.cancel()
                 log.warning("feedback export did not stop within %.0fs", timeout)
-        if finished:
-            self.close()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Nothing of its own to release: the database is the store's (closing it)."""
 
 
 def _now() -> str:

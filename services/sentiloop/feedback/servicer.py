@@ -16,6 +16,7 @@ from sentiloop.core import metrics
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
+from sentiloop.core.db import open_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
@@ -241,8 +242,9 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    db_path = settings.service_dir("feedback") / "feedback.db"
-    store = FeedbackStore(db_path, settings.max_text_length)
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    database = open_database(url, default=settings.service_dir("feedback") / "feedback.db")
+    store = FeedbackStore(database, settings.max_text_length)
     clients = Clients(settings)
     objects = open_object_store(settings)
     servicer = FeedbackServicer(
@@ -253,7 +255,7 @@ def create_app(settings: Settings) -> ServiceApp:
         LabelRequestConfig.from_settings(settings),
     )
     export = ExportConfig.from_settings(settings)
-    exporter = FeedbackExporter(store, objects, db_path, export) if export.enabled else None
+    exporter = FeedbackExporter(store, objects, export) if export.enabled else None
 
     async def startup() -> None:
         if exporter is not None:

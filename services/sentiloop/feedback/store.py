@@ -1,44 +1,97 @@
-"""The durable feedback store (domain logic; no grpc here)."""
+"""The durable feedback store (domain logic; no grpc here), on SQLite or PostgreSQL
+(core/db.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sentiloop.core import sqlite
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem
 from sentiloop.core.vocabulary import normalize_label
 from sentiloop.data.feedback_records import to_jsonl
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    text             TEXT NOT NULL,
-    model_prediction TEXT NOT NULL DEFAULT '',
-    user_label       TEXT NOT NULL,
-    prediction_id    TEXT NOT NULL DEFAULT '',
-    model_version    TEXT NOT NULL DEFAULT '',
-    idempotency_key  TEXT UNIQUE,
-    created_at       TEXT NOT NULL,
-    audit            INTEGER NOT NULL DEFAULT 0
-);
--- The audit samples GET /feedback/requests handed out: feedback citing one is marked
--- `audit` (a uniform sample of traffic, not a correction a user chose to make).
-CREATE TABLE IF NOT EXISTS audit_requests (
-    prediction_id TEXT PRIMARY KEY,
-    issued_at     TEXT NOT NULL
-);
-"""
-# After the migration below: an index on a column a database made before it lacks would fail.
-INDEXES = """
-CREATE INDEX IF NOT EXISTS feedback_prediction_id ON feedback (prediction_id);
-CREATE INDEX IF NOT EXISTS feedback_text ON feedback (text);
-"""
+
+def _add_sqlite_audit_column(tx: Transaction) -> None:
+    # A database made before the runner may have the column already (see MIGRATIONS).
+    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(feedback)")}
+    if "audit" not in columns:
+        tx.execute("ALTER TABLE feedback ADD COLUMN audit INTEGER NOT NULL DEFAULT 0")
+
+
+# A SQLite database made before the migration runner has no schema_migrations row yet,
+# at one of two points of its history (with or without the audit column and table): its
+# steps are written to be no-ops on what exists, so such a database runs them all once
+# and is then at the latest version like any other.
+MIGRATIONS = (
+    Migration(
+        1,
+        "feedback records with idempotency keys",
+        sqlite=(
+            """CREATE TABLE IF NOT EXISTS feedback (
+                id               INTEGER PRIMARY KEY AUTOINCREMENT,
+                text             TEXT NOT NULL,
+                model_prediction TEXT NOT NULL DEFAULT '',
+                user_label       TEXT NOT NULL,
+                prediction_id    TEXT NOT NULL DEFAULT '',
+                model_version    TEXT NOT NULL DEFAULT '',
+                idempotency_key  TEXT UNIQUE,
+                created_at       TEXT NOT NULL
+            )""",
+        ),
+        postgresql=(
+            # An identity never hands out an id twice, as SQLite's AUTOINCREMENT; the
+            # unique key is what makes a retry idempotent across replicas.
+            """CREATE TABLE feedback (
+                id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                text             TEXT NOT NULL,
+                model_prediction TEXT NOT NULL DEFAULT '',
+                user_label       TEXT NOT NULL,
+                prediction_id    TEXT NOT NULL DEFAULT '',
+                model_version    TEXT NOT NULL DEFAULT '',
+                idempotency_key  TEXT UNIQUE,
+                created_at       TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "audit samples: the audit flag and the audit_requests GET /feedback/requests issued",
+        sqlite=(
+            _add_sqlite_audit_column,
+            """CREATE TABLE IF NOT EXISTS audit_requests (
+                prediction_id TEXT PRIMARY KEY,
+                issued_at     TEXT NOT NULL
+            )""",
+        ),
+        postgresql=(
+            "ALTER TABLE feedback ADD COLUMN audit BOOLEAN NOT NULL DEFAULT FALSE",
+            """CREATE TABLE audit_requests (
+                prediction_id TEXT PRIMARY KEY,
+                issued_at     TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "indexes for the labelling queue's lookups",
+        sqlite=(
+            "CREATE INDEX IF NOT EXISTS feedback_prediction_id ON feedback (prediction_id)",
+            "CREATE INDEX IF NOT EXISTS feedback_text ON feedback (text)",
+        ),
+        postgresql=(
+            "CREATE INDEX feedback_prediction_id ON feedback (prediction_id)",
+            # Hash, not B-tree: a B-tree entry must fit a third of a page, and texts may
+            # be longer; the lookups are equality only.
+            "CREATE INDEX feedback_text ON feedback USING hash (text)",
+        ),
+    ),
+)
 # SQLite's limit on a statement's variables is 32766 today but was 999 before 3.32.
 _IN_CHUNK = 500
 
@@ -79,19 +132,22 @@ class NewFeedback:
 
 
 class FeedbackStore:
-    def __init__(self, path: Path, max_text_length: int) -> None:
+    """``database``: an opened database (core/db.py), or the path of a SQLite file."""
+
+    def __init__(self, database: Database | Path, max_text_length: int) -> None:
         self._max_text_length = max_text_length
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(feedback)")}
-        if "audit" not in columns:  # a database from before audit samples
-            self._db.execute("ALTER TABLE feedback ADD COLUMN audit INTEGER NOT NULL DEFAULT 0")
-        self._db.executescript(INDEXES)
+        self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
+        # Ids in commit order within this process: the exporter (export.py) relies on it.
+        # SQLite has one writer anyway; several processes on PostgreSQL do not keep it.
+        self._submit_lock = threading.Lock()
+        try:
+            self.database.migrate("feedback", MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def validate(self, new: NewFeedback) -> NewFeedback:
         problems: dict[str, str] = {}
@@ -123,41 +179,50 @@ class FeedbackStore:
         """Stores the record (durably, before returning); True when the
         idempotency key matched an earlier record, which is returned instead."""
         clean = self.validate(new)
-        with self._lock:
-            if clean.idempotency_key:
-                row = self._db.execute(
-                    "SELECT * FROM feedback WHERE idempotency_key = ?", (clean.idempotency_key,)
-                ).fetchone()
+        key = clean.idempotency_key
+
+        def store(tx: Transaction) -> tuple[Row, bool]:
+            if key:
+                row = tx.fetch_one("SELECT * FROM feedback WHERE idempotency_key = ?", (key,))
                 if row is not None:
-                    return _from_row(row), True
-            created_at = datetime.now(UTC)
-            cursor = self._db.execute(
+                    return row, True
+            inserted = tx.fetch_one(
                 "INSERT INTO feedback (text, model_prediction, user_label, prediction_id,"
                 " model_version, idempotency_key, created_at, audit)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?,"
-                " EXISTS (SELECT 1 FROM audit_requests WHERE prediction_id = ? AND ? != ''))",
+                " EXISTS (SELECT 1 FROM audit_requests"
+                "   WHERE prediction_id = ? AND prediction_id != ''))"
+                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
                 (
                     clean.text,
                     clean.model_prediction,
                     clean.user_label,
                     clean.prediction_id,
                     clean.model_version,
-                    clean.idempotency_key or None,
-                    created_at.isoformat(),
-                    clean.prediction_id,
+                    key or None,
+                    datetime.now(UTC).isoformat(),
                     clean.prediction_id,
                 ),
             )
-            row = self._db.execute(
-                "SELECT * FROM feedback WHERE id = ?", (cursor.lastrowid,)
-            ).fetchone()
-        return _from_row(row), False
+            if inserted is not None:
+                return inserted, False
+            # Another process stored the same key between the two statements (the unique
+            # constraint, not this process's memory, decides): its record is the one.
+            row = tx.fetch_one("SELECT * FROM feedback WHERE idempotency_key = ?", (key,))
+            assert row is not None
+            return row, True
+
+        with self._submit_lock:
+            # With a key a retry after a lost commit answer finds the first attempt's record.
+            row, duplicate = self.database.run(store, write=True, idempotent=bool(key))
+        return _from_row(row), duplicate
 
     def list(self, after_id: int = 0, limit: int = DEFAULT_PAGE_SIZE) -> list[Feedback]:
-        with self._lock:
-            rows = self._db.execute(
+        rows = self.database.run(
+            lambda tx: tx.fetch(
                 "SELECT * FROM feedback WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-            ).fetchall()
+            )
+        )
         return [_from_row(row) for row in rows]
 
     def export(self) -> tuple[bytes, int, int]:
@@ -167,45 +232,52 @@ class FeedbackStore:
         return content, len(records), records[-1].id if records else 0
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+        row = self.database.run(lambda tx: tx.fetch_one("SELECT COUNT(*) AS n FROM feedback"))
+        return int(row["n"]) if row else 0
 
     def stats(self, after_count: int = 0) -> FeedbackStats:
         """Counts, and what came after the first ``after_count`` records (by position:
         records are never deleted, so a count is a point in the store's history)."""
         if after_count < 0:
             raise InvalidArgument({"after_count": "must not be negative"})
-        with self._lock:
-            first_new = self._db.execute(
+
+        def read(tx: Transaction) -> tuple[Row | None, Row | None, dict[str, int], Row | None]:
+            first_new = tx.fetch_one(
                 "SELECT created_at FROM feedback ORDER BY id LIMIT 1 OFFSET ?", (after_count,)
-            ).fetchone()
-            latest = self._db.execute(
-                "SELECT created_at FROM feedback ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            )
+            latest = tx.fetch_one("SELECT created_at FROM feedback ORDER BY id DESC LIMIT 1")
             by_label = {
-                row["user_label"]: row["n"]
-                for row in self._db.execute(
+                row["user_label"]: int(row["n"])
+                for row in tx.fetch(
                     "SELECT user_label, COUNT(*) AS n FROM feedback GROUP BY user_label"
                 )
             }
-            row = self._db.execute(
+            totals = tx.fetch_one(
                 "SELECT COUNT(*) AS total,"
-                " COALESCE(SUM(model_prediction != '' AND model_prediction != user_label), 0)"
-                "   AS disagreements,"
-                " COALESCE(SUM(model_prediction != ''), 0) AS with_prediction,"
-                " COALESCE(SUM(audit), 0) AS audit,"
+                " COALESCE(SUM(CASE WHEN model_prediction != ''"
+                "   AND model_prediction != user_label THEN 1 ELSE 0 END), 0) AS disagreements,"
+                " COALESCE(SUM(CASE WHEN model_prediction != '' THEN 1 ELSE 0 END), 0)"
+                "   AS with_prediction,"
+                " COALESCE(SUM(CASE WHEN audit THEN 1 ELSE 0 END), 0) AS audit,"
                 " COALESCE(MAX(id), 0) AS latest_id FROM feedback"
-            ).fetchone()
+            )
+            return first_new, latest, by_label, totals
+
+        # One transaction: one snapshot on SQLite; on PostgreSQL (READ COMMITTED) each
+        # statement reads its own, so records arriving meanwhile may show in some counts.
+        first_new, latest, by_label, row = self.database.run(read)
+        assert row is not None
+        total = int(row["total"])
         return FeedbackStats(
-            total=row["total"],
+            total=total,
             by_label=by_label,
-            disagreements=row["disagreements"],
-            with_model_prediction=row["with_prediction"],
-            latest_id=row["latest_id"],
-            new_count=max(0, row["total"] - after_count),
-            first_new_at=datetime.fromisoformat(first_new[0]) if first_new else None,
-            latest_at=datetime.fromisoformat(latest[0]) if latest else None,
-            audit=row["audit"],
+            disagreements=int(row["disagreements"]),
+            with_model_prediction=int(row["with_prediction"]),
+            latest_id=int(row["latest_id"]),
+            new_count=max(0, total - after_count),
+            first_new_at=_time(first_new["created_at"]) if first_new else None,
+            latest_at=_time(latest["created_at"]) if latest else None,
+            audit=int(row["audit"]),
         )
 
     def answered(
@@ -213,13 +285,14 @@ class FeedbackStore:
     ) -> tuple[set[str], set[str]]:
         """Which of ``prediction_ids`` have feedback citing them, and which of ``texts``
         have feedback (cited or not: the original API's feedback carries only a text)."""
-        ids: set[str] = set()
-        labelled_texts: set[str] = set()
-        with self._lock:
+
+        def read(tx: Transaction) -> tuple[set[str], set[str]]:
+            ids: set[str] = set()
+            labelled_texts: set[str] = set()
             for chunk in _chunks([i for i in prediction_ids if i]):
                 ids.update(
-                    row[0]
-                    for row in self._db.execute(
+                    row["prediction_id"]
+                    for row in tx.fetch(
                         "SELECT DISTINCT prediction_id FROM feedback WHERE prediction_id IN"
                         f" ({_marks(chunk)})",
                         chunk,
@@ -227,13 +300,15 @@ class FeedbackStore:
                 )
             for chunk in _chunks(texts):
                 labelled_texts.update(
-                    row[0]
-                    for row in self._db.execute(
+                    row["text"]
+                    for row in tx.fetch(
                         f"SELECT DISTINCT text FROM feedback WHERE text IN ({_marks(chunk)})",
                         chunk,
                     )
                 )
-        return ids, labelled_texts
+            return ids, labelled_texts
+
+        return self.database.run(read)
 
     def issue_audit_requests(self, prediction_ids: Collection[str]) -> None:
         """Records the audit samples handed out (durably; one already issued keeps its
@@ -241,26 +316,36 @@ class FeedbackStore:
         if not prediction_ids:
             return
         issued_at = datetime.now(UTC).isoformat()
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO audit_requests (prediction_id, issued_at) VALUES (?, ?)",
-                [(prediction_id, issued_at) for prediction_id in prediction_ids],
-            )
+        self.database.run(
+            lambda tx: tx.execute_many(
+                "INSERT INTO audit_requests (prediction_id, issued_at) VALUES (?, ?)"
+                " ON CONFLICT (prediction_id) DO NOTHING",
+                [(prediction_id, issued_at) for prediction_id in sorted(set(prediction_ids))],
+            ),
+            write=True,
+            idempotent=True,
+        )
 
     def audit_requests(self, prediction_ids: Collection[str]) -> Sequence[str]:
         """Which of ``prediction_ids`` were handed out as audit samples, first issued first."""
-        issued: set[tuple[str, str]] = set()
-        with self._lock:
+
+        def read(tx: Transaction) -> set[tuple[datetime, str]]:
+            issued: set[tuple[datetime, str]] = set()
             for chunk in _chunks(prediction_ids):
                 issued.update(
-                    (row[0], row[1])
-                    for row in self._db.execute(
+                    (_time(row["issued_at"]), row["prediction_id"])
+                    for row in tx.fetch(
                         "SELECT prediction_id, issued_at FROM audit_requests"
                         f" WHERE prediction_id IN ({_marks(chunk)})",
                         chunk,
                     )
                 )
-        return [prediction_id for prediction_id, _ in sorted(issued, key=lambda i: (i[1], i[0]))]
+            return issued
+
+        return [prediction_id for _, prediction_id in sorted(self.database.run(read))]
+
+
+Row = dict[str, Any]
 
 
 def _chunks(values: Collection[str]) -> list[list[str]]:
@@ -272,14 +357,19 @@ def _marks(values: Sequence[str]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _from_row(row: sqlite3.Row) -> Feedback:
+def _time(value: str | datetime) -> datetime:
+    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _from_row(row: Row) -> Feedback:
     return Feedback(
-        id=row["id"],
+        id=int(row["id"]),
         text=row["text"],
         model_prediction=row["model_prediction"],
         user_label=row["user_label"],
         prediction_id=row["prediction_id"],
         model_version=row["model_version"],
-        created_at=datetime.fromisoformat(row["created_at"]),
+        created_at=_time(row["created_at"]),
         audit=bool(row["audit"]),
     )
