@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from sentiloop.core.vocabulary import LABELS
+from sentiloop.data.scoring import metrics
 
 
 class ShadowState(StrEnum):
@@ -104,16 +105,11 @@ class LabelledScores:
 
 
 def macro_f1(truth: list[str], predicted: list[str]) -> float:
-    """Unweighted mean F1 over the labels (a label absent from both counts as 0, as in
-    train.py's metrics, so the two models' numbers stay comparable)."""
-    scores = []
-    for label in LABELS:
-        hits = sum(1 for t, p in zip(truth, predicted, strict=True) if t == p == label)
-        predicted_n = predicted.count(label)
-        actual_n = truth.count(label)
-        denominator = predicted_n + actual_n
-        scores.append(2 * hits / denominator if denominator else 0.0)
-    return sum(scores) / len(scores)
+    """Macro-F1 by the project's one F1 (train.py's, through sentiloop.data.scoring), so the
+    shadow's figures are those Evaluate and the gate report."""
+    index = {label: i for i, label in enumerate(LABELS)}
+    result = metrics([index[t] for t in truth], [index[p] for p in predicted])
+    return float(result["macro_f1"])
 
 
 def score_labelled(rows: Iterable[tuple[str, str, str]]) -> LabelledScores:
