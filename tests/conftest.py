@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -9,6 +11,9 @@ import pytest
 from postgres import PostgresServer, running_postgres
 
 from sentiloop.testing import RunningMesh, pid_alive, start_mesh
+
+# Installed by `make system-deps` (apt-get); Playwright never downloads a browser here.
+CHROMIUM = os.environ.get("SENTILOOP_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +58,19 @@ def postgres() -> Iterator[PostgresServer]:
     take a fresh database each with ``postgres.create_database()``."""
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium, driven by Playwright, for the tests of the mesh's pages."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium), "
+            "or point SENTILOOP_TEST_CHROMIUM at a Chromium binary"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -8,7 +8,6 @@ them)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from sentiloop.core import static_site
 from sentiloop.testing import TINY_ENV, RunningMesh, start_mesh, wait_for
 
 # Installed by `make system-deps` (apt-get); Playwright never downloads a browser here.
-CHROMIUM = os.environ.get("SENTILOOP_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 UI_TIMEOUT_MS = 60_000
 # A tiny bootstrap takes seconds alone; other work on a 2-core machine can stretch it.
@@ -198,20 +196,13 @@ def test_script_inserts_no_html() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium), "
-            "or point SENTILOOP_TEST_CHROMIUM at a Chromium binary"
-        )
-    from playwright.sync_api import expect, sync_playwright
+def browser(browser: Any) -> Iterator[Any]:
+    """conftest's Chromium, with assertions that wait as long as page actions do: the page
+    polls every few seconds."""
+    from playwright.sync_api import expect
 
-    # The page polls every few seconds: assertions wait as long as page actions do.
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+    yield browser
     expect.set_options(timeout=5_000)  # Playwright's default, for other modules
 
 

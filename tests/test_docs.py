@@ -5,7 +5,6 @@ the files over HTTP, then the page in a real Chromium (Playwright), offline, wit
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +16,6 @@ import pytest
 from sentiloop.core import static_site
 from sentiloop.testing import RunningMesh
 
-# Installed by `make system-deps` (apt-get); Playwright never downloads a browser here.
-CHROMIUM = os.environ.get("SENTILOOP_TEST_CHROMIUM", "/usr/bin/chromium")
 UI_TIMEOUT_MS = 60_000
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -85,21 +82,6 @@ def test_api_still_transcoded(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200, response.text
     assert "services" in response.json()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium), "
-            "or point SENTILOOP_TEST_CHROMIUM at a Chromium binary"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @dataclass

@@ -7,7 +7,6 @@ labels than the policy's count."""
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from sentiloop.testing import TINY_ENV, RunningMesh, metric_sum, scrape, start_m
 
 WINDOW = 100
 THRESHOLD = 0.07
-CHROMIUM = os.environ.get("SENTILOOP_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 
 
@@ -155,32 +153,29 @@ def test_tweets_raise_the_score_the_event_and_the_metric(
 
 
 def test_the_console_shows_the_drift(
-    streams: dict[str, dict[str, Any]], drift_mesh: RunningMesh
+    streams: dict[str, dict[str, Any]], drift_mesh: RunningMesh, browser: Any
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run `make system-deps`"
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{drift_mesh.url}/#predict", wait_until="load")
-            page.locator("body[data-refreshed]").wait_for()
-            top = page.get_by_test_id("drift")
-            expect(top).to_have_attribute("data-state", "drifted", timeout=30_000)
-            expect(top).to_contain_text("≥ 0.070")
-            expect(page.get_by_test_id("drift-state")).to_have_text("drifted")
-            expect(page.get_by_test_id("drift-score")).to_contain_text("threshold 0.070")
-            expect(page.get_by_test_id("drift-window")).to_contain_text(f"{WINDOW} predictions")
-            expect(page.get_by_test_id("drift-reference")).to_contain_text("v1's training data")
-            expect(page.get_by_test_id("drift-reason")).to_contain_text("at or over the threshold")
-            expect(page.get_by_test_id("policy-drift")).to_contain_text("drift: drifted")
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "console-drift.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    try:
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{drift_mesh.url}/#predict", wait_until="load")
+        page.locator("body[data-refreshed]").wait_for()
+        top = page.get_by_test_id("drift")
+        expect(top).to_have_attribute("data-state", "drifted", timeout=30_000)
+        expect(top).to_contain_text("≥ 0.070")
+        expect(page.get_by_test_id("drift-state")).to_have_text("drifted")
+        expect(page.get_by_test_id("drift-score")).to_contain_text("threshold 0.070")
+        expect(page.get_by_test_id("drift-window")).to_contain_text(f"{WINDOW} predictions")
+        expect(page.get_by_test_id("drift-reference")).to_contain_text("v1's training data")
+        expect(page.get_by_test_id("drift-reason")).to_contain_text("at or over the threshold")
+        expect(page.get_by_test_id("policy-drift")).to_contain_text("drift: drifted")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "console-drift.png"), full_page=True)
+    finally:
+        page.close()
     assert not errors, errors
 
 
