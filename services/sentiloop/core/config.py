@@ -582,6 +582,13 @@ class Settings(BaseModel):
         first = self.address("inference")
         return [first] + [f"{self.host}:{port}" for port in self.inference_replica_ports()[1:]]
 
+    def process_addresses(self, service: str) -> list[str]:
+        """Where each process of ``service`` listens: every InferenceService replica, one
+        address for the others (what Envoy balances over, what a metrics scrape visits)."""
+        if service == "inference":
+            return self.inference_replica_addresses()
+        return [self.address(service)]
+
     @property
     def envoy_listen_host(self) -> str:
         return self.envoy_host or self.host

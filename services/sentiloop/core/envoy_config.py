@@ -285,12 +285,6 @@ IDEMPOTENT = {
 }
 
 
-def addresses_of(settings: Settings, service: str) -> list[str]:
-    if service == "inference":
-        return settings.inference_replica_addresses()
-    return [settings.address(service)]
-
-
 def _method_route(
     path: str, cluster: str, seconds: int, limit: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -546,7 +540,8 @@ def render(settings: Settings) -> dict[str, Any]:
         "http_filters": http_filters,
     }
     clusters = [
-        _cluster(name, addresses_of(settings, name), full) for name, (_, full) in SERVICES.items()
+        _cluster(name, settings.process_addresses(name), full)
+        for name, (_, full) in SERVICES.items()
     ]
     clusters.append(
         _cluster(

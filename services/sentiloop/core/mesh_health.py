@@ -28,15 +28,7 @@ SCRAPE_TIMEOUT_SECONDS = 3.0
 
 def scrape_targets(settings: Settings) -> list[tuple[str, str]]:
     """Every process of the mesh as (service, address): each InferenceService replica."""
-    return [
-        (name, address)
-        for name in SERVICES
-        for address in (
-            settings.inference_replica_addresses()
-            if name == "inference"
-            else [settings.address(name)]
-        )
-    ]
+    return [(name, address) for name in SERVICES for address in settings.process_addresses(name)]
 
 
 class MeshHealthServicer(mesh_pb2_grpc.MeshHealthServiceServicer):
