@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sentiloop.testing import free_port
+from sentiloop.testing import free_port, log_tail
 
 SUPERUSER = "sentiloop"
 UNPRIVILEGED_USERS = ("postgres", "nobody")
@@ -152,11 +152,7 @@ class PostgresServer:
             return cursor.fetchall() if cursor.description else []
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 def _user(name: str) -> pwd.struct_passwd | None:

@@ -26,7 +26,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
 
-from sentiloop.testing import free_port
+from sentiloop.testing import free_port, log_tail
 
 ACCESS_KEY = "sentiloop-test"
 SECRET_KEY = "sentiloop-test-secret"
@@ -216,11 +216,7 @@ class SeaweedS3:
             self._log = None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     # -- buckets --------------------------------------------------------------
 

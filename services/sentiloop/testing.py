@@ -349,3 +349,13 @@ def metric_sum(
         for sample_labels, value in samples.get(name, [])
         if all(sample_labels.get(key) == want for key, want in labels.items())
     )
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a server's log, for an error saying why it did not start
+    ("" when there is no log)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
