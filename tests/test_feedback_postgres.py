@@ -31,7 +31,7 @@ def test_feedback_through_envoy_is_stored_in_postgres(
             assert http.get("/feedback/stats").json()["total"] == 2
     finally:
         assert mesh.stop() == 0
-    rows = postgres.execute(url, "SELECT text, idempotency_key FROM feedback ORDER BY id")
+    rows = postgres.execute(url, "SELECT text, idempotency_key FROM feedback.feedback ORDER BY id")
     assert rows == [("Arrived broken", "k1"), ("Love it", None)]
     assert not (tmp_path / "feedback" / "feedback.db").exists()
     assert (tmp_path / "registry").is_dir()  # the others: still files under the data dir

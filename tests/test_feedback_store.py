@@ -19,15 +19,6 @@ from sentiloop.feedback.store import MIGRATIONS, Feedback, FeedbackStore, NewFee
 OpenStore = Callable[..., FeedbackStore]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database per test: a SQLite file, or a new database on the test server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'f.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database()
-
-
 @pytest.fixture
 def open_store(database_url: str) -> Iterator[OpenStore]:
     """Opens stores on the test's database (as a service start, or a second replica,

@@ -63,6 +63,19 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
+def _postgres_url(value: Any) -> Any:
+    # SQLite is the default, one file per service: a single sqlite: URL for every service
+    # would put all their tables, and all their writers, in one file.
+    if isinstance(value, str):
+        value = value.strip() or None
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "must be a PostgreSQL URL (postgresql://user:password@host:port/name);"
+                " leave it unset for SQLite files under the data directory"
+            )
+    return value
+
+
 Lower = BeforeValidator(_lower)
 Port = Annotated[int, Field(ge=1, le=65535)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -436,11 +449,11 @@ class Settings(BaseModel):
     )
 
     # A secret: a PostgreSQL URL may carry the password.
-    database_url: SecretStr | None = setting(
+    database_url: Annotated[SecretStr | None, BeforeValidator(_postgres_url)] = setting(
         None,
-        "metadata database: `postgresql://user:password@host:port/name` (libpq's URI) or"
-        " `sqlite:///path`; so far only FeedbackService's store (and its export progress)"
-        " honours it; the other services keep SQLite files under the data directory",
+        "metadata database of every service: `postgresql://user:password@host:port/name`"
+        " (libpq's URI), each service in a schema of its own, migrated at start; needed to"
+        " run more than one process of a service on more than one machine",
         group=BACKENDS,
         shown="unset: SQLite files under the data directory",
     )
@@ -631,6 +644,14 @@ def variable_of(field: str) -> str:
     return PREFIX + field.upper()
 
 
+# Variables whose value an error message must not repeat (a URL may carry a password).
+_SECRETS = frozenset(
+    PREFIX + name.upper()
+    for name, field in Settings.model_fields.items()
+    if "SecretStr" in str(field.annotation)
+)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings the environment (or ``environ``) gives; every problem is named in one
     SystemExit, so that a misconfigured service stops at start and says why."""
@@ -644,7 +665,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for item in error.errors():
             name = str(item["loc"][0]) if item["loc"] else "?"
             given = present.get(name)
-            shown = f"{name}={given!r}" if given is not None else name
+            shown = f"{name}={given!r}" if given is not None and name not in _SECRETS else name
             problems.append(f"{shown}: {item['msg']}")
         raise SystemExit("configuration error: " + "; ".join(problems)) from None
     return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})

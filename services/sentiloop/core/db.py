@@ -1,7 +1,7 @@
 """The metadata stores' database: SQLite (embedded, the default) or PostgreSQL (several
 processes, a server built for many writers), chosen by a URL.
 
-    database = open_database(settings.database_url, default=data_dir / "feedback.db")
+    database = open_service_database(settings, "feedback", "feedback.db")
     database.migrate("feedback", MIGRATIONS)         # at start, before serving
     record = database.run(work, write=True)          # work(tx) in one transaction
 
@@ -17,6 +17,11 @@ starting together migrate once. Alembic would bring SQLAlchemy and a migration-s
 directory per store for what is a dozen lines here, and its autogeneration needs ORM
 models the stores do not have.
 
+One PostgreSQL database holds every service's tables, each service in a schema of its
+own (``search_path``), so two services' tables never meet (evaluation keeps a
+``feedback`` table of its own) and one service's stores can share a transaction's
+names as they share a file on SQLite.
+
 Retries: PostgreSQL work is retried on serialization failures, deadlocks and lost
 connections when the transaction certainly did not commit, or when the work is
 idempotent (a commit whose answer was lost may have happened). SQLite's one writer waits
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +42,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from sentiloop.core import sqlite
+from sentiloop.core.config import Settings
 from sentiloop.core.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("sentiloop.core.db")
@@ -49,6 +56,7 @@ ATTEMPTS = 5
 FIRST_BACKOFF_SECONDS = 0.05
 # pg_advisory_xact_lock key that serialises migrations across processes ("sentiloop").
 MIGRATION_LOCK = 0x73656E74696C6F6F
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class Transaction(Protocol):
@@ -145,11 +153,19 @@ class Database:
         return self.run(apply, write=True, idempotent=True)
 
 
-def open_database(url: str | None, default: Path) -> Database:
+def open_service_database(settings: Settings, service: str, sqlite_file: str) -> Database:
+    """``service``'s metadata database: with ``SENTILOOP_DATABASE_URL`` set, PostgreSQL
+    in the schema named after the service; else the SQLite file ``sqlite_file`` in the
+    service's data directory."""
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    return open_database(url, settings.service_dir(service) / sqlite_file, schema=service)
+
+
+def open_database(url: str | None, default: Path, *, schema: str = "public") -> Database:
     """The database at ``url``: ``sqlite:///absolute/path`` (or ``sqlite:////...``),
     ``sqlite:relative/path``,
-    ``postgresql://user:password@host:port/name?options`` (libpq's URI); unset means the
-    SQLite file ``default``."""
+    ``postgresql://user:password@host:port/name?options`` (libpq's URI), whose tables live
+    in ``schema`` (made when missing); unset means the SQLite file ``default``."""
     if not url:
         return SQLiteDatabase(default)
     scheme = urlsplit(url).scheme
@@ -161,7 +177,7 @@ def open_database(url: str | None, default: Path) -> Database:
             raise ValueError(f"{url!r}: no file named")
         return SQLiteDatabase(Path(path))
     if scheme in ("postgresql", "postgres"):
-        return PostgresDatabase(url)
+        return PostgresDatabase(url, schema=schema)
     raise ValueError(f"{redact(url)!r}: the database URL must start with sqlite: or postgresql:")
 
 
@@ -284,12 +300,17 @@ class PostgresDatabase(Database):
 
     engine: Engine = "postgresql"
 
-    def __init__(self, url: str, *, max_size: int = 8, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, schema: str = "public", max_size: int = 8, timeout: float = 10.0
+    ) -> None:
         import psycopg
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
+        if not SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"{schema!r} is not a plain schema name")
         self.url = url
+        self.schema = schema
         self._psycopg = psycopg
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
@@ -297,7 +318,11 @@ class PostgresDatabase(Database):
             max_size=max_size,
             timeout=timeout,
             # Timestamps come back in UTC, as the SQLite stores write them.
-            kwargs={"autocommit": True, "row_factory": dict_row, "options": "-c TimeZone=UTC"},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "options": f"-c TimeZone=UTC -c search_path={schema}",
+            },
             check=ConnectionPool.check_connection,
             name="sentiloop",
             open=False,
@@ -307,6 +332,13 @@ class PostgresDatabase(Database):
         except Exception as error:
             self._pool.close()
             raise Unavailable(f"PostgreSQL at {redact(url)} is unreachable: {error}") from error
+        if schema != "public":
+            self.run(self._create_schema, write=True, idempotent=True)
+
+    def _create_schema(self, tx: Transaction) -> None:
+        # Replicas starting together: IF NOT EXISTS alone can still race on the catalog.
+        tx.fetch("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+        tx.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
 
     def _transient(self, error: Exception) -> bool:
         errors = self._psycopg.errors

@@ -16,7 +16,7 @@ from sentiloop.core import metrics
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
-from sentiloop.core.db import open_database
+from sentiloop.core.db import open_service_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.objectstore import ObjectStore, open_object_store
 from sentiloop.core.server import ServiceApp
@@ -242,8 +242,7 @@ class FeedbackServicer(pb_grpc.FeedbackServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    database = open_database(url, default=settings.service_dir("feedback") / "feedback.db")
+    database = open_service_database(settings, "feedback", "feedback.db")
     store = FeedbackStore(database, settings.max_text_length)
     clients = Clients(settings)
     objects = open_object_store(settings)
