@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -225,3 +226,41 @@ def test_postgres_work_survives_lost_connections(postgres: PostgresServer) -> No
         assert store.stats().total == 2
     finally:
         store.close()
+
+
+def test_a_reader_going_on_from_its_last_id_misses_no_record(
+    postgres: PostgresServer,
+) -> None:
+    """Two replicas on PostgreSQL: one submit takes id 1 and is slow to commit (a trigger
+    sleeps), the other takes id 2 and commits at once. A reader listing after id 0 must
+    not get id 2 alone: it would go on from 2 and never see 1. It waits for 1 instead."""
+    url = postgres.create_database()
+    slow_replica = FeedbackStore(open_database(url, Path("unused"), schema="feedback"), 100)
+    fast_replica = FeedbackStore(open_database(url, Path("unused"), schema="feedback"), 100)
+    postgres.execute(
+        url,
+        """CREATE FUNCTION feedback.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.text = 'slow' THEN PERFORM pg_sleep(1.5); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER slow_insert BEFORE INSERT ON feedback.feedback
+            FOR EACH ROW EXECUTE FUNCTION feedback.slow_insert();""",
+    )
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(slow_replica.submit, NewFeedback(text="slow", user_label="neutral"))
+            deadline = time.monotonic() + 5
+            while not postgres.execute(
+                url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            ):
+                assert time.monotonic() < deadline, "the slow submit never started"
+                time.sleep(0.02)
+            fast, _ = fast_replica.submit(NewFeedback(text="fast", user_label="neutral"))
+            listed = fast_replica.list(after_id=0)
+            slow_record, _ = slow.result()
+        assert slow_record.id < fast.id
+        assert [r.text for r in listed] == ["slow", "fast"]
+    finally:
+        slow_replica.close()
+        fast_replica.close()

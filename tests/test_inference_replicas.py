@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,27 +19,12 @@ from sentiloop.testing import (
     TINY_ENV,
     PredictLoad,
     RunningMesh,
-    free_port,
     pid_alive,
+    replica_base_port,
     start_mesh,
     wait_for,
 )
 from sentiloop.v1 import inference_pb2, inference_pb2_grpc
-
-
-def replica_base_port() -> int:
-    """A free port whose second replica's port is free too and below the kernel's
-    ephemeral range."""
-    while True:
-        port = free_port()
-        if port + REPLICA_PORT_STRIDE >= 32000:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + REPLICA_PORT_STRIDE))
-            except OSError:
-                continue
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +83,22 @@ def test_killing_a_replica_under_load_fails_no_call(mesh: RunningMesh) -> None:
     logs = Path(mesh.data_dir) / "logs"
     for name in ("inference.log", "inference-2.log"):
         assert "InferenceService/Predict OK" in (logs / name).read_text(), name
+
+
+def test_services_reach_every_replica_of_another() -> None:
+    """A service calls another's replicas round-robin (gRPC skips one that is down); a
+    host name, as in a deployment, is left to whatever balances behind it."""
+    from sentiloop.core.clients import _target
+    from sentiloop.core.config import load_settings
+
+    settings = load_settings(
+        {"SENTILOOP_FEEDBACK_REPLICAS": "2", "SENTILOOP_FEEDBACK_PORT": "8001"}
+    )
+    target, options = _target(settings.process_addresses("feedback"))
+    assert target == "ipv4:127.0.0.1:8001,127.0.0.1:9001"
+    assert options == [("grpc.lb_policy_name", "round_robin")]
+    assert _target(["feedback.internal:8001", "feedback.internal:9001"]) == (
+        "feedback.internal:8001",
+        [],
+    )
+    assert _target(["127.0.0.1:8001"]) == ("127.0.0.1:8001", [])

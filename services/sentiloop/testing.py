@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiloop.core.config import SERVICES, env_name
+from sentiloop.core.config import REPLICA_PORT_STRIDE, SERVICES, env_name
 
 if TYPE_CHECKING:
     import grpc
@@ -52,6 +52,24 @@ def free_port() -> int:
         _given.add(port)
         return port
     raise RuntimeError(f"no free port in {_PORTS}")
+
+
+def replica_base_port(replicas: int = 2) -> int:
+    """A free port whose replicas' ports (every REPLICA_PORT_STRIDE) are free too and below
+    the kernel's ephemeral range."""
+    while True:
+        port = free_port()
+        if port + REPLICA_PORT_STRIDE * (replicas - 1) >= 32000:
+            continue
+        taken = False
+        for k in range(1, replicas):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + REPLICA_PORT_STRIDE * k))
+                except OSError:
+                    taken = True
+        if not taken:
+            return port
 
 
 def pid_alive(pid: int) -> bool:

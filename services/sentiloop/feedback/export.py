@@ -32,10 +32,12 @@ range recorded, so the restart writes the very same range (records never change,
 serialisation is deterministic: same key, same bytes) and put-if-absent makes a second
 write a no-op; records that arrived in between go to the next range, never into a
 bigger object that would overlap the first. Ranges are contiguous and disjoint because
-each starts right after the previous one's ``last``, and ids are assigned in commit
-order (SQLite has one writer; on PostgreSQL the store serialises its submits within a
-process, so this holds for ONE feedback process, not yet for several replicas), so no
-record can later appear inside an exported range. Hence each record is in
+each starts right after the previous one's ``last``, and the store lists settled ids
+only (``FeedbackStore.list``: on PostgreSQL, with several replicas submitting at once,
+no id below the highest one listed is still being inserted), so no record can later
+appear inside an exported range. Several replicas may run exporters on one database:
+the compare-and-set lets one claim a range, and the others finish that same range
+(same key, same bytes) or wait for the next. Hence each record is in
 exactly one object, and an object, once written, never changes.
 """
 

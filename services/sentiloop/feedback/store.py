@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +91,8 @@ MIGRATIONS = (
         ),
     ),
 )
+# pg_advisory lock key: submits hold it shared, list() takes it exclusively ("feedback").
+SETTLED_IDS_LOCK = 0x66656564626163
 # SQLite's limit on a statement's variables is 32766 today but was 999 before 3.32.
 _IN_CHUNK = 500
 
@@ -137,9 +138,6 @@ class FeedbackStore:
     def __init__(self, database: Database | Path, max_text_length: int) -> None:
         self._max_text_length = max_text_length
         self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
-        # Ids in commit order within this process: the exporter (export.py) relies on it.
-        # SQLite has one writer anyway; several processes on PostgreSQL do not keep it.
-        self._submit_lock = threading.Lock()
         try:
             self.database.migrate("feedback", MIGRATIONS)
         except BaseException:
@@ -182,6 +180,10 @@ class FeedbackStore:
         key = clean.idempotency_key
 
         def store(tx: Transaction) -> tuple[Row, bool]:
+            if tx.engine == "postgresql":
+                # Shared: submits of every replica run side by side; list() takes it
+                # exclusively to find the ids that are settled (see SETTLED_IDS_LOCK).
+                tx.fetch("SELECT pg_advisory_xact_lock_shared(?)", (SETTLED_IDS_LOCK,))
             if key:
                 row = tx.fetch_one("SELECT * FROM feedback WHERE idempotency_key = ?", (key,))
                 if row is not None:
@@ -212,18 +214,38 @@ class FeedbackStore:
             assert row is not None
             return row, True
 
-        with self._submit_lock:
-            # With a key a retry after a lost commit answer finds the first attempt's record.
-            row, duplicate = self.database.run(store, write=True, idempotent=bool(key))
+        # With a key a retry after a lost commit answer finds the first attempt's record.
+        row, duplicate = self.database.run(store, write=True, idempotent=bool(key))
         return _from_row(row), duplicate
 
     def list(self, after_id: int = 0, limit: int = DEFAULT_PAGE_SIZE) -> list[Feedback]:
+        """Records above ``after_id`` in id order. A reader that goes on from the last id
+        it saw (the exporter, evaluation's and shadow's cursors, paging) misses nothing:
+        every id listed is settled, so no record can later appear below it."""
+        settled = self._settled_id()
         rows = self.database.run(
             lambda tx: tx.fetch(
-                "SELECT * FROM feedback WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+                "SELECT * FROM feedback WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after_id, settled, limit),
             )
         )
         return [_from_row(row) for row in rows]
+
+    def _settled_id(self) -> int:
+        """The highest id below which no transaction is still inserting. On SQLite writers
+        take turns, so ids commit in order and every id is settled. On PostgreSQL an
+        identity hands ids out in order but submits of several replicas commit in any
+        order: taking SETTLED_IDS_LOCK exclusively waits for the submits in flight (they
+        hold it shared) and holds back new ones, so the highest id then is settled; later
+        submits take higher ids."""
+
+        def read(tx: Transaction) -> int:
+            if tx.engine == "postgresql":
+                tx.fetch("SELECT pg_advisory_xact_lock(?)", (SETTLED_IDS_LOCK,))
+            row = tx.fetch_one("SELECT COALESCE(MAX(id), 0) AS id FROM feedback")
+            return int(row["id"]) if row else 0
+
+        return self.database.run(read)
 
     def export(self) -> tuple[bytes, int, int]:
         """Every record as JSON lines, oldest first: (content, count, newest id)."""
