@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from test_train_script import run_train
 
+from sentiloop.core.db import open_database
 from sentiloop.core.objectstore import LocalObjectStore
 from sentiloop.data.scoring import labelled
 from sentiloop.data.vader import build_dataset
@@ -51,14 +52,13 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalObjectStore
 
 
 def test_each_text_is_predicted_once_and_serve_time_predictions_are_reused(
-    artifact: tuple[LocalObjectStore, str], tmp_path: Path
+    artifact: tuple[LocalObjectStore, str], tmp_path: Path, database_url: str
 ) -> None:
     store, path = artifact
     feedback = FeedbackStore(tmp_path / "feedback.db", max_text_length=5000)
     pages = StorePages(feedback)
-    evaluator = Evaluator(
-        EvaluationStore(tmp_path / "scores.db"), Models(store, tmp_path / "models"), pages
-    )
+    scores = EvaluationStore(open_database(database_url, Path("unused"), schema="evaluation"))
+    evaluator = Evaluator(scores, Models(store, tmp_path / "models"), pages)
     for i in range(2500):  # three pages of 1,000
         feedback.submit(NewFeedback(text=f"text {i}", user_label="positive"))
     # Ten cite a prediction the evaluated version made when it served.
@@ -99,3 +99,5 @@ def test_each_text_is_predicted_once_and_serve_time_predictions_are_reused(
     test = labelled([("a test sentence", "positive"), ("text 5", "positive")])
     assert evaluator.score(path, test).predicted_now == 1  # kept scores serve test sets too
     assert evaluator.score(path, test).predicted_now == 0
+    scores.close()
+    feedback.close()

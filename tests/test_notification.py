@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import load_settings
+from sentiloop.core.db import open_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.notify import Notifier
 from sentiloop.core.supervisor import envoy_routes_ready
@@ -239,8 +240,8 @@ def test_bad_query_is_400(
     assert field in {v["field"] for v in response.json()["details"][0]["field_violations"]}
 
 
-def test_the_documented_types_are_valid(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "events.db")
+def test_the_documented_types_are_valid(database_url: str) -> None:
+    log = EventLog(open_database(database_url, Path("unused"), schema="notification"))
     try:
         for kind in KNOWN_TYPES:
             assert log.publish(kind, "s", "m", {"n": 1}).type == kind

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
 from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -48,26 +47,72 @@ from sentiloop.data.scoring import (
 MODEL_CACHE_SIZE = 3  # the active model, a candidate, and one more
 PAGE_SIZE = 1000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    text             TEXT PRIMARY KEY,
-    label            INTEGER NOT NULL,
-    model_version    TEXT NOT NULL,
-    model_prediction INTEGER,
-    id               INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scores (
-    artifact      TEXT NOT NULL,
-    text          TEXT NOT NULL,
-    label         INTEGER NOT NULL,
-    probabilities TEXT,
-    PRIMARY KEY (artifact, text)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
+
+def _add_sqlite_probabilities(tx: Transaction) -> None:
+    """Scores kept before calibration was measured: a file of that time lacks the column
+    (it was added by hand then, before the migration runner)."""
+    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(scores)")}
+    if "probabilities" not in columns:
+        tx.execute("ALTER TABLE scores ADD COLUMN probabilities TEXT")
+
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "the feedback mirror, the kept scores and the mirror's position",
+        sqlite=(
+            # IF NOT EXISTS: a file made before the migration runner is adopted as it is.
+            """CREATE TABLE IF NOT EXISTS feedback (
+                text             TEXT PRIMARY KEY,
+                label            INTEGER NOT NULL,
+                model_version    TEXT NOT NULL,
+                model_prediction INTEGER,
+                id               INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE IF NOT EXISTS scores (
+                artifact      TEXT NOT NULL,
+                text          TEXT NOT NULL,
+                label         INTEGER NOT NULL,
+                probabilities TEXT,
+                PRIMARY KEY (artifact, text)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE IF NOT EXISTS state (
+                name  TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            _add_sqlite_probabilities,
+        ),
+        postgresql=(
+            # Texts are keyed by their md5: a B-tree entry must fit a third of a page and
+            # texts may be longer (5,000 characters). Two texts sharing an md5 would have
+            # to be crafted, and would cost evaluation's mirror one label, nothing more.
+            """CREATE TABLE feedback (
+                text             TEXT NOT NULL,
+                label            INTEGER NOT NULL,
+                model_version    TEXT NOT NULL,
+                model_prediction INTEGER,
+                id               BIGINT NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX feedback_text ON feedback (md5(text))",
+            """CREATE TABLE scores (
+                artifact      TEXT NOT NULL,
+                text          TEXT NOT NULL,
+                label         INTEGER NOT NULL,
+                probabilities TEXT
+            )""",
+            "CREATE UNIQUE INDEX scores_artifact_text ON scores (artifact, md5(text))",
+            """CREATE TABLE state (
+                name  TEXT PRIMARY KEY,
+                value BIGINT NOT NULL
+            )""",
+        ),
+    ),
+)
+
+
+def _key(tx: Transaction, text: str) -> str:
+    """The expression a text is keyed by (see MIGRATIONS): the text itself on SQLite."""
+    return text if tx.engine == "sqlite" else f"md5({text})"
 
 
 @dataclass(frozen=True)
@@ -117,23 +162,25 @@ class FeedbackPages(Protocol):
 
 
 class EvaluationStore:
-    """The feedback mirror and the kept scores, in one SQLite file."""
+    """The feedback mirror and the kept scores, in one database (core/db.py); ``database``
+    may be the path of a SQLite file. Replicas may share it: every write is an upsert
+    whose outcome does not depend on the order replicas apply the same records in."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(scores)")}
-        if "probabilities" not in columns:  # scores kept before calibration was measured
-            self._db.execute("ALTER TABLE scores ADD COLUMN probabilities TEXT")
+    def __init__(self, database: Database | Path) -> None:
+        self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
+        try:
+            self.database.migrate("scores", MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def last_id(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM state WHERE name = 'last_id'").fetchone()
+        row = self.database.run(
+            lambda tx: tx.fetch_one("SELECT value FROM state WHERE name = 'last_id'")
+        )
         return int(row["value"]) if row else 0
 
     def apply(self, records: Sequence[FeedbackRecord]) -> None:
@@ -155,33 +202,44 @@ class EvaluationStore:
                     r.id,
                 )
             )
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        last_id = max(r.id for r in records)
+
+        def store(tx: Transaction) -> None:
+            tx.execute_many(
                 "INSERT INTO feedback (text, label, model_version, model_prediction, id)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (text) DO UPDATE SET"
-                " label = excluded.label, model_version = excluded.model_version,"
+                f" VALUES (?, ?, ?, ?, ?) ON CONFLICT ({_key(tx, 'text')}) DO UPDATE SET"
+                " text = excluded.text, label = excluded.label,"
+                " model_version = excluded.model_version,"
                 " model_prediction = excluded.model_prediction, id = excluded.id"
                 " WHERE excluded.id > feedback.id",
                 rows,
             )
-            self._db.execute(
+            tx.execute(
                 "INSERT INTO state (name, value) VALUES ('last_id', ?) ON CONFLICT (name)"
-                " DO UPDATE SET value = max(value, excluded.value)",
-                (max(r.id for r in records),),
+                " DO UPDATE SET value = CASE WHEN excluded.value > state.value"
+                " THEN excluded.value ELSE state.value END",
+                (last_id,),
             )
+
+        self.database.run(store, write=True, idempotent=True)
 
     def feedback_for(self, artifact: str, version: str) -> tuple[Labelled, dict[str, Known]]:
         """Every feedback text with its label, and the predictions already known for this
         model: kept scores, and serve-time predictions of this version."""
-        with self._lock:
-            rows = self._db.execute(
+
+        def read(tx: Transaction) -> list[dict[str, Any]]:
+            same_text = "s.text = f.text"
+            if tx.engine == "postgresql":  # by the key first: the index's expression
+                same_text = f"{_key(tx, 's.text')} = {_key(tx, 'f.text')} AND {same_text}"
+            return tx.fetch(
                 "SELECT f.text, f.label, f.model_version, f.model_prediction,"
                 " s.label AS scored, s.probabilities"
-                " FROM feedback f LEFT JOIN scores s ON s.artifact = ? AND s.text = f.text"
+                f" FROM feedback f LEFT JOIN scores s ON s.artifact = ? AND {same_text}"
                 " ORDER BY f.id",
                 (artifact,),
-            ).fetchall()
+            )
+
+        rows = self.database.run(read)
         known: dict[str, Known] = {}
         for row in rows:
             if row["scored"] is not None:
@@ -192,25 +250,31 @@ class EvaluationStore:
         return data, known
 
     def scores(self, artifact: str, texts: Sequence[str]) -> dict[str, Known]:
-        found: dict[str, Known] = {}
-        with self._lock:
+        asked = set(texts)
+
+        def read(tx: Transaction) -> dict[str, Known]:
+            found: dict[str, Known] = {}
             for start in range(0, len(texts), 500):
                 chunk = list(texts[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                for row in self._db.execute(
+                marks = ",".join(_key(tx, "?") for _ in chunk)
+                for row in tx.fetch(
                     "SELECT text, label, probabilities FROM scores"
-                    f" WHERE artifact = ? AND text IN ({marks})",
+                    f" WHERE artifact = ? AND {_key(tx, 'text')} IN ({marks})",
                     (artifact, *chunk),
                 ):
-                    found[row["text"]] = _known(row["label"], row["probabilities"])
-        return found
+                    if row["text"] in asked:  # not another text of the same md5
+                        found[row["text"]] = _known(row["label"], row["probabilities"])
+            return found
+
+        return self.database.run(read)
 
     def keep(self, artifact: str, predicted: dict[str, Known]) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO scores (artifact, text, label, probabilities)"
-                " VALUES (?, ?, ?, ?)",
+        self.database.run(
+            lambda tx: tx.execute_many(
+                "INSERT INTO scores (artifact, text, label, probabilities) VALUES (?, ?, ?, ?)"
+                f" ON CONFLICT (artifact, {_key(tx, 'text')}) DO UPDATE SET"
+                " text = excluded.text, label = excluded.label,"
+                " probabilities = excluded.probabilities",
                 [
                     (
                         artifact,
@@ -220,7 +284,10 @@ class EvaluationStore:
                     )
                     for text, known in predicted.items()
                 ],
-            )
+            ),
+            write=True,
+            idempotent=True,
+        )
 
 
 def _known(label: Any, probabilities: str | None) -> Known:

@@ -18,6 +18,7 @@ import grpc
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.follow import EventFollower
 from sentiloop.core.objectstore import ObjectStore, open_object_store
@@ -232,10 +233,11 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
 def create_app(settings: Settings) -> ServiceApp:
     store = open_object_store(settings)
     service_dir = settings.service_dir("evaluation")
-    reports = ReportStore(service_dir / "evaluations.db")
+    # On PostgreSQL both land in the schema "evaluation": their tables do not clash.
+    reports = ReportStore(open_service_database(settings, "evaluation", "evaluations.db"))
     clients = Clients(settings)
     models = Models(store, service_dir / "models")
-    scores = EvaluationStore(service_dir / "scores.db")
+    scores = EvaluationStore(open_service_database(settings, "evaluation", "scores.db"))
     evaluator = Evaluator(scores, models, GrpcFeedbackPages(clients))
     servicer = EvaluationServicer(clients, store, reports, evaluator)
     activated = LatestOnly(servicer.prepare)

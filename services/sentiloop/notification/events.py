@@ -1,34 +1,59 @@
 """The event log (domain logic; no grpc here): every transition of the loop is an
-event, stored durably in SQLite (WAL, fsync on commit) before it is acknowledged."""
+event, stored durably in the service's database (core/db.py: SQLite, WAL and fsync on
+commit, or PostgreSQL) before it is acknowledged.
+
+Replay reads "the events after the last id seen", so ids must become visible in id order
+or a reader could pass over one that commits late. SQLite has one writer at a time; on
+PostgreSQL, where several replicas publish, a publish takes an advisory lock before its
+id is drawn and keeps it until it has committed (events are few: the queue is short)."""
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core import sqlite
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, page_size
 from sentiloop.core.vocabulary import EventType
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    type       TEXT NOT NULL,
-    subject    TEXT NOT NULL DEFAULT '',
-    message    TEXT NOT NULL DEFAULT '',
-    attributes TEXT NOT NULL DEFAULT '{}',
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id);
-"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "the event log",
+        sqlite=(
+            # IF NOT EXISTS: a file made before the migration runner is adopted as it is.
+            """CREATE TABLE IF NOT EXISTS events (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                type       TEXT NOT NULL,
+                subject    TEXT NOT NULL DEFAULT '',
+                message    TEXT NOT NULL DEFAULT '',
+                attributes TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id)",
+        ),
+        postgresql=(
+            """CREATE TABLE events (
+                id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                type       TEXT NOT NULL,
+                subject    TEXT NOT NULL DEFAULT '',
+                message    TEXT NOT NULL DEFAULT '',
+                attributes TEXT NOT NULL DEFAULT '{}',
+                created_at TIMESTAMPTZ NOT NULL
+            )""",
+            "CREATE INDEX events_by_type ON events (type, id)",
+        ),
+    ),
+)
+# pg_advisory_xact_lock key that puts publishes in a line, so that ids commit in order
+# ("events").
+PUBLISH_LOCK = 0x6576656E7473
 
 # The event types the services of the loop emit. Others are accepted when they
 # have the same shape (lower-case dotted words); these are the documented ones.
@@ -129,8 +154,10 @@ def check_type_prefixes(prefixes: Sequence[str]) -> list[str]:
 def _prefix_filter(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
     """SQL matching a type prefix literally ('_' and '%' are no wildcards here)."""
     if not prefixes:
-        return "1", []
-    clauses = " OR ".join("substr(type, 1, ?) = ?" for _ in prefixes)
+        return "TRUE", []
+    # The cast: psycopg sends a Python int as the smallest integer type that holds it,
+    # and PostgreSQL's substr takes an integer.
+    clauses = " OR ".join("substr(type, 1, CAST(? AS INTEGER)) = ?" for _ in prefixes)
     params: list[Any] = []
     for prefix in prefixes:
         params += [len(prefix), prefix]
@@ -138,16 +165,19 @@ def _prefix_filter(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
 
 
 class EventLog:
-    """The durable, append-only event log. Thread-safe; blocking (call it off the loop)."""
+    """The durable, append-only event log. Thread-safe; blocking (call it off the loop).
+    ``database``: an opened database (core/db.py), or the path of a SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.executescript(SCHEMA)
+    def __init__(self, database: Database | Path) -> None:
+        self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
+        try:
+            self.database.migrate("events", MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def publish(
         self,
@@ -159,14 +189,22 @@ class EventLog:
         """Validates and stores the event (on disk before it returns)."""
         clean_type, encoded = validate_event(type, subject, message, attributes or {})
         created_at = datetime.now(UTC)
-        with self._lock:
-            cursor = self._db.execute(
+
+        def insert(tx: Transaction) -> int:
+            if tx.engine == "postgresql":
+                # Held until the commit: the next publish draws its id only once this
+                # one's is visible (see the module's docstring).
+                tx.fetch("SELECT pg_advisory_xact_lock(?)", (PUBLISH_LOCK,))
+            row = tx.fetch_one(
                 "INSERT INTO events (type, subject, message, attributes, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (clean_type, subject, message, encoded, created_at.isoformat()),
             )
-            event_id = cursor.lastrowid
-        assert event_id is not None
+            assert row is not None
+            return int(row["id"])
+
+        # Not idempotent: a retry after a lost commit answer could store the event twice.
+        event_id = self.database.run(insert, write=True)
         return Event(
             id=event_id,
             type=clean_type,
@@ -181,36 +219,43 @@ class EventLog:
     ) -> list[Event]:
         """Events with an id above ``event_id``, oldest first (for replay)."""
         where, params = _prefix_filter(type_prefixes)
-        with self._lock:
-            rows = self._db.execute(
+        rows = self.database.run(
+            lambda tx: tx.fetch(
                 f"SELECT * FROM events WHERE id > ? AND {where} ORDER BY id LIMIT ?",
                 (event_id, *params, limit),
-            ).fetchall()
+            )
+        )
         return [_from_row(row) for row in rows]
 
     def list(self, type_prefix: str = "", limit: int = DEFAULT_PAGE_SIZE) -> list[Event]:
         """The newest events first."""
         check_type_prefix(type_prefix)
         where, params = _prefix_filter([type_prefix] if type_prefix else [])
-        with self._lock:
-            rows = self._db.execute(
+        rows = self.database.run(
+            lambda tx: tx.fetch(
                 f"SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
                 (*params, page_size(limit)),
-            ).fetchall()
+            )
+        )
         return [_from_row(row) for row in rows]
 
     def latest_id(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(MAX(id), 0) AS latest FROM events").fetchone()
-        return int(row["latest"])
+        row = self.database.run(
+            lambda tx: tx.fetch_one("SELECT COALESCE(MAX(id), 0) AS latest FROM events")
+        )
+        return int(row["latest"]) if row else 0
 
 
-def _from_row(row: sqlite3.Row) -> Event:
+def _from_row(row: Row) -> Event:
+    created_at = row["created_at"]
     return Event(
-        id=row["id"],
+        id=int(row["id"]),
         type=row["type"],
         subject=row["subject"],
         message=row["message"],
         attributes=json.loads(row["attributes"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
+        # SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC).
+        created_at=datetime.fromisoformat(created_at)
+        if isinstance(created_at, str)
+        else created_at,
     )

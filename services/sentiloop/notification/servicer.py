@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.server import ServiceApp
 from sentiloop.core.validation import page_size
 from sentiloop.notification.broadcast import Broadcaster, EventPublisher
@@ -80,7 +81,7 @@ def configured_publishers(settings: Settings) -> list[EventPublisher]:
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    events = EventLog(settings.service_dir("notification") / "events.db")
+    events = EventLog(open_service_database(settings, "notification", "events.db"))
     notifications = Notifications(
         events, Broadcaster(settings.notification_queue_size), configured_publishers(settings)
     )

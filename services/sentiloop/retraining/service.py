@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from sentiloop.core import metrics
-from sentiloop.core.errors import FailedPrecondition, InvalidArgument
+from sentiloop.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from sentiloop.core.validation import quoted
 from sentiloop.core.vocabulary import EventType
 from sentiloop.data.datasets import StoredDataset
 from sentiloop.data.scoring import Comparison
 from sentiloop.retraining.gate import Decision, GateRules, decide
-from sentiloop.retraining.runs import Run, RunStore
+from sentiloop.retraining.runs import HEARTBEAT_SECONDS, LEASE_SECONDS, Run, RunStore
 from sentiloop.retraining.snapshot import Snapshot
 from sentiloop.retraining.trigger import (
     READY,
@@ -143,15 +143,22 @@ class Retrainer:
         if active is None:
             raise FailedPrecondition("no model is active yet: bootstrap one before retraining")
         run = await asyncio.to_thread(self._runs.begin, trigger, total, recipe, seed, force)
+        # The claim on the run is renewed while this process works on it; other replicas
+        # take a run that is no longer renewed for abandoned (runs.py).
+        renewing = asyncio.ensure_future(self._renew(run.id))
+        self._tasks.add(renewing)
+        renewing.add_done_callback(self._tasks.discard)
         try:
             job_name, snapshot = await self._start(run, active)
         except BaseException as error:
+            renewing.cancel()
             metrics.count_retraining_run("error")
             await asyncio.to_thread(self._runs.finish, run.id, "failed", {"error": str(error)})
             raise
         finished = asyncio.ensure_future(self._finish(run.id, job_name, snapshot, active.version))
         self._tasks.add(finished)
         finished.add_done_callback(self._tasks.discard)
+        finished.add_done_callback(lambda _: renewing.cancel())
         if not wait:
             return Outcome(
                 message=f"Retraining started: training job {job_name}; watch it with"
@@ -162,6 +169,16 @@ class Retrainer:
             )
         # Shielded: a caller that goes away does not abandon the run half way.
         return await asyncio.shield(finished)
+
+    async def _renew(self, run_id: int) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                if not await asyncio.to_thread(self._runs.heartbeat, run_id):
+                    log.warning("retraining run %s is no longer this process's to renew", run_id)
+                    return
+            except Exception:
+                log.exception("renewing retraining run %s failed", run_id)
 
     async def _start(self, run: Run, active: ActiveModel) -> tuple[str, Snapshot]:
         base = await self._mesh.base_dataset(active.dataset_hash)
@@ -276,17 +293,19 @@ class Retrainer:
             feedback_samples=snapshot.feedback,
         )
 
-    async def recover(self) -> None:
-        """A run that a restart interrupted ends as failed, which frees the lock; its
-        training job finishes on its own and can be deployed by hand."""
-        run = await asyncio.to_thread(self._runs.running)
-        if run is not None:
-            await asyncio.to_thread(
-                self._runs.finish,
-                run.id,
-                "failed",
-                {"error": f"interrupted by a restart (training job {run.job_name or 'none'})"},
-            )
+    async def recover(self, *, starting: bool = False) -> None:
+        """A run whose process went away ends as failed, which frees the slot; its training
+        job finishes on its own and can be deployed by hand. On SQLite one process owns
+        the file, so at its start every run left running is an interrupted one; on
+        PostgreSQL another replica may be running it, so only a run its owner stopped
+        renewing is (``starting`` or not: a replica that dies mid-run is found by the
+        others' next look)."""
+        exclusive = starting and self._runs.database.engine == "sqlite"
+        ended = await asyncio.to_thread(
+            self._runs.interrupt, stale_after=None if exclusive else LEASE_SECONDS
+        )
+        for run in ended:
+            log.warning("retraining run %s was interrupted: %s", run.id, run.result)
 
     # ---- the automatic policy
 
@@ -324,6 +343,10 @@ class Retrainer:
             return False
         try:
             await self.retrain(trigger=state.trigger or "policy", wait=False)
+        except AlreadyExists as error:
+            # Another replica's policy saw the same labels first.
+            log.info("automatic retraining did not start: %s", error)
+            return False
         except Exception as error:
             log.warning("automatic retraining did not start: %s", error)
             return False
@@ -332,6 +355,7 @@ class Retrainer:
     async def run_policy(self, interval: float) -> None:
         while True:
             try:
+                await self.recover()
                 await self.check_policy()
             except asyncio.CancelledError:
                 raise

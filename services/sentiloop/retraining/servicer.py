@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from sentiloop.core.clients import Clients, mesh_error
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import datetime_of, list_value, timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.errors import NotFound, Unavailable
 from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import ObjectStore, open_object_store
@@ -295,7 +296,7 @@ def load_policy(settings: Settings) -> Policy:
 
 def create_app(settings: Settings) -> ServiceApp:
     store = open_object_store(settings)
-    runs = RunStore(settings.service_dir("retraining") / "runs.db")
+    runs = RunStore(open_service_database(settings, "retraining", "runs.db"))
     clients = Clients(settings)
     retrainer = Retrainer(runs, GrpcMesh(clients, store), load_policy(settings))
     servicer = RetrainingServicer(retrainer)
@@ -303,7 +304,7 @@ def create_app(settings: Settings) -> ServiceApp:
     tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
-        await retrainer.recover()
+        await retrainer.recover(starting=True)
         tasks.append(asyncio.create_task(retrainer.run_policy(interval)))
 
     async def shutdown() -> None:
