@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from sentiloop.core.config import load_settings
+from sentiloop.core.db import open_database
 from sentiloop.core.errors import FailedPrecondition
 from sentiloop.data import vader
 from sentiloop.data.scoring import compare
@@ -297,14 +298,17 @@ def test_the_gate_refuses_a_candidate_less_accurate_on_labelled_shadowed_traffic
     assert shadow_problem(worse_by(-0.2, 300), 0.01, 30) is None  # better: never refused
 
 
-def test_activating_a_version_whose_shadow_was_worse_needs_force(tmp_path: Path) -> None:
+def test_activating_a_version_whose_shadow_was_worse_needs_force(
+    tmp_path: Path, database_url: str
+) -> None:
     events: list[tuple[str, str, dict[str, Any]]] = []
 
     async def notify(type: str, subject: str, message: str, **attributes: Any) -> None:
         events.append((type, subject, attributes))
 
     async def scenario() -> None:
-        store = ModelRegistry(tmp_path / "registry.db")
+        database = open_database(database_url, tmp_path / "unused.db", schema="registry")
+        store = ModelRegistry(database)
         registry = Registry(store, notify, lambda path: None, shadow_rule=ShadowRule(0.01, 30))
         for _ in range(2):
             await registry.register(NewModel(path="models/x/model.tar.gz", source="manual"))

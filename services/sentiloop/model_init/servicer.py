@@ -14,6 +14,7 @@ from sentiloop.aws import config as aws
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_to_proto, timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import ObjectStore, open_object_store
@@ -358,7 +359,7 @@ class ModelInitServicer(pb_grpc.ModelInitServiceServicer):
 
 def create_app(settings: Settings) -> ServiceApp:
     store = open_object_store(settings)
-    jobs = JobStore(settings.service_dir("model_init") / "jobs.db")
+    jobs = JobStore(open_service_database(settings, "model_init", "jobs.db"))
     clients = Clients(settings)
     backend: TrainingBackend
     endpoint: EndpointPort

@@ -17,6 +17,7 @@ from sentiloop.core.artifacts import check_artifact
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import metrics_from_proto, metrics_to_proto, timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.follow import EventFollower
 from sentiloop.core.notify import Notifier
 from sentiloop.core.objectstore import open_object_store
@@ -137,7 +138,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    registry = ModelRegistry(settings.service_dir("registry") / "registry.db")
+    registry = ModelRegistry(open_service_database(settings, "registry", "registry.db"))
     clients = Clients(settings)
     mirror = None
     if settings.endpoint_backend == "sagemaker":

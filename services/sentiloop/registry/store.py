@@ -1,60 +1,120 @@
-"""Model versions, which one is active, and the history of activations (domain logic)."""
+"""Model versions, which one is active, and the history of activations (domain logic), on
+SQLite or PostgreSQL (core/db.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core import sqlite
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
 from sentiloop.core.vocabulary import EndpointState
 from sentiloop.data.shadow import ShadowReport, supersedes
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    number             INTEGER PRIMARY KEY AUTOINCREMENT,
-    path               TEXT NOT NULL,
-    source             TEXT NOT NULL,
-    training_job_name  TEXT NOT NULL DEFAULT '',
-    dataset_hash       TEXT NOT NULL DEFAULT '',
-    test_metrics       TEXT NOT NULL DEFAULT '{}',
-    validation_metrics TEXT NOT NULL DEFAULT '{}',
-    gate               TEXT NOT NULL DEFAULT '{}',
-    created_at         TEXT NOT NULL,
-    shadow             TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS activations (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    version          TEXT NOT NULL,
-    previous_version TEXT NOT NULL DEFAULT '',
-    kind             TEXT NOT NULL,
-    reason           TEXT NOT NULL DEFAULT '',
-    activated_at     TEXT NOT NULL
-);
--- The latest serving.changed event: what InferenceService last said it serves.
-CREATE TABLE IF NOT EXISTS serving (
-    id             INTEGER PRIMARY KEY CHECK (id = 1),
-    status         TEXT NOT NULL,
-    model_version  TEXT NOT NULL,
-    target_version TEXT NOT NULL,
-    failure_reason TEXT NOT NULL,
-    event_id       INTEGER NOT NULL
-);
--- How each version last served (engine and precision), from serving.changed events.
-CREATE TABLE IF NOT EXISTS served_with (
-    version   TEXT PRIMARY KEY,
-    engine    TEXT NOT NULL,
-    precision TEXT NOT NULL,
-    event_id  INTEGER NOT NULL
-);
-"""
+
+def _add_sqlite_versions_columns(tx: Transaction) -> None:
+    # A registry made before gate decisions, or before shadow evaluation, lacks them.
+    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(versions)")}
+    if "gate" not in columns:
+        tx.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT '{}'")
+    if "shadow" not in columns:
+        tx.execute("ALTER TABLE versions ADD COLUMN shadow TEXT NOT NULL DEFAULT '{}'")
+
+
+# A SQLite registry made before the migration runner has no schema_migrations row: the
+# steps are no-ops on what it has, so it adopts the runner at version 1 like a new one.
+MIGRATIONS = (
+    Migration(
+        1,
+        "versions, activations and what serves",
+        sqlite=(
+            """CREATE TABLE IF NOT EXISTS versions (
+                number             INTEGER PRIMARY KEY AUTOINCREMENT,
+                path               TEXT NOT NULL,
+                source             TEXT NOT NULL,
+                training_job_name  TEXT NOT NULL DEFAULT '',
+                dataset_hash       TEXT NOT NULL DEFAULT '',
+                test_metrics       TEXT NOT NULL DEFAULT '{}',
+                validation_metrics TEXT NOT NULL DEFAULT '{}',
+                gate               TEXT NOT NULL DEFAULT '{}',
+                created_at         TEXT NOT NULL,
+                shadow             TEXT NOT NULL DEFAULT '{}'
+            )""",
+            _add_sqlite_versions_columns,
+            """CREATE TABLE IF NOT EXISTS activations (
+                id               INTEGER PRIMARY KEY AUTOINCREMENT,
+                version          TEXT NOT NULL,
+                previous_version TEXT NOT NULL DEFAULT '',
+                kind             TEXT NOT NULL,
+                reason           TEXT NOT NULL DEFAULT '',
+                activated_at     TEXT NOT NULL
+            )""",
+            # The latest serving.changed event: what InferenceService last said it serves.
+            """CREATE TABLE IF NOT EXISTS serving (
+                id             INTEGER PRIMARY KEY CHECK (id = 1),
+                status         TEXT NOT NULL,
+                model_version  TEXT NOT NULL,
+                target_version TEXT NOT NULL,
+                failure_reason TEXT NOT NULL,
+                event_id       INTEGER NOT NULL
+            )""",
+            # How each version last served (engine and precision), from serving.changed.
+            """CREATE TABLE IF NOT EXISTS served_with (
+                version   TEXT PRIMARY KEY,
+                engine    TEXT NOT NULL,
+                precision TEXT NOT NULL,
+                event_id  INTEGER NOT NULL
+            )""",
+        ),
+        postgresql=(
+            # An identity hands a number out once, whichever replica registers (a
+            # rolled-back registration leaves a gap, as AUTOINCREMENT can).
+            """CREATE TABLE versions (
+                number             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                path               TEXT NOT NULL,
+                source             TEXT NOT NULL,
+                training_job_name  TEXT NOT NULL DEFAULT '',
+                dataset_hash       TEXT NOT NULL DEFAULT '',
+                test_metrics       TEXT NOT NULL DEFAULT '{}',
+                validation_metrics TEXT NOT NULL DEFAULT '{}',
+                gate               TEXT NOT NULL DEFAULT '{}',
+                created_at         TIMESTAMPTZ NOT NULL,
+                shadow             TEXT NOT NULL DEFAULT '{}'
+            )""",
+            # Ids follow the order of activations: every insert holds REGISTRY_LOCK.
+            """CREATE TABLE activations (
+                id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                version          TEXT NOT NULL,
+                previous_version TEXT NOT NULL DEFAULT '',
+                kind             TEXT NOT NULL,
+                reason           TEXT NOT NULL DEFAULT '',
+                activated_at     TIMESTAMPTZ NOT NULL
+            )""",
+            """CREATE TABLE serving (
+                id             INTEGER PRIMARY KEY CHECK (id = 1),
+                status         TEXT NOT NULL,
+                model_version  TEXT NOT NULL,
+                target_version TEXT NOT NULL,
+                failure_reason TEXT NOT NULL,
+                event_id       BIGINT NOT NULL
+            )""",
+            """CREATE TABLE served_with (
+                version   TEXT PRIMARY KEY,
+                engine    TEXT NOT NULL,
+                precision TEXT NOT NULL,
+                event_id  BIGINT NOT NULL
+            )""",
+        ),
+    ),
+)
+# pg_advisory_xact_lock key ("registry"): held by every transaction that reads what is
+# active and records an activation on it, so that replicas take turns.
+REGISTRY_LOCK = 0x7265676973747279
 
 SOURCES = ("bootstrap", "retraining", "manual")
 ACTIVE_ALIAS = "active"
@@ -108,19 +168,22 @@ def version_name(number: int) -> str:
 
 
 class ModelRegistry:
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(versions)")}
-        if "gate" not in columns:  # a registry created before gate decisions existed
-            self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT '{}'")
-        if "shadow" not in columns:  # ... or before shadow evaluation
-            self._db.execute("ALTER TABLE versions ADD COLUMN shadow TEXT NOT NULL DEFAULT '{}'")
+    """``database``: an opened database (core/db.py), or the path of a SQLite file.
+
+    Replicas may share one database: what reads the active version and records an
+    activation on it runs in one write transaction, which SQLite's BEGIN IMMEDIATE and
+    PostgreSQL's REGISTRY_LOCK serialise across processes."""
+
+    def __init__(self, database: Database | Path) -> None:
+        self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
+        try:
+            self.database.migrate("registry", MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def register(self, new: NewModel) -> ModelVersion:
         problems = {}
@@ -130,11 +193,12 @@ class ModelRegistry:
             problems["source"] = f"{quoted(new.source)} is not one of {', '.join(SOURCES)}"
         if problems:
             raise InvalidArgument(problems)
-        with self._lock:
-            cursor = self._db.execute(
+
+        def insert(tx: Transaction) -> ModelVersion:
+            row = tx.fetch_one(
                 "INSERT INTO versions (path, source, training_job_name, dataset_hash,"
                 " test_metrics, validation_metrics, gate, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING number",
                 (
                     new.path,
                     new.source,
@@ -143,111 +207,117 @@ class ModelRegistry:
                     json.dumps(new.test_metrics),
                     json.dumps(new.validation_metrics),
                     json.dumps(new.gate),
-                    datetime.now(UTC).isoformat(),
+                    _now(),
                 ),
             )
-            number = int(cursor.lastrowid or 0)
-            return self._get_locked(version_name(number))
+            assert row is not None
+            return _get(tx, version_name(int(row["number"])))
+
+        # Not idempotent: a retry after a lost commit would register a second version.
+        return self.database.run(insert, write=True)
 
     def versions(self) -> list[ModelVersion]:
-        with self._lock:
-            active = self._active_locked()
-            rows = self._db.execute("SELECT * FROM versions ORDER BY number DESC").fetchall()
-            return [self._from_row(row, active) for row in rows]
+        def read(tx: Transaction) -> list[ModelVersion]:
+            active = _active(tx)
+            rows = tx.fetch(_VERSIONS + " ORDER BY v.number DESC")
+            return [_from_row(row, active) for row in rows]
+
+        return self.database.run(read)
 
     def get(self, version: str) -> ModelVersion:
-        with self._lock:
-            return self._get_locked(version)
+        return self.database.run(lambda tx: _get(tx, version))
 
     def active(self) -> ModelVersion | None:
-        with self._lock:
-            active = self._active_locked()
-            return self._get_locked(active) if active else None
+        def read(tx: Transaction) -> ModelVersion | None:
+            active = _active(tx)
+            return _get(tx, active) if active else None
+
+        return self.database.run(read)
 
     def activate(
         self, version: str, reason: str = "", kind: str = "activate"
     ) -> tuple[ModelVersion, str]:
         """Makes ``version`` active; returns it and the version active before."""
-        with self._lock:
-            target = self._get_locked(version)
-            previous = self._active_locked()
-            self._record_locked(target.version, previous, kind, reason)
-            return self._get_locked(target.version), previous
+
+        def work(tx: Transaction) -> tuple[ModelVersion, str]:
+            _serialise(tx)
+            target = _get(tx, version)
+            previous = _active(tx)
+            _record(tx, target.version, previous, kind, reason)
+            return _get(tx, target.version), previous
+
+        return self.database.run(work, write=True)
 
     def record_shadow(self, version: str, report: dict[str, Any]) -> ModelVersion:
         """Keeps ``report`` as the version's latest shadow report, unless the one kept is
         more recent (replicas send theirs independently)."""
-        with self._lock:
-            target = self._get_locked(version)
+
+        def work(tx: Transaction) -> ModelVersion:
+            _serialise(tx)
+            target = _get(tx, version)
             if target.shadow and not supersedes(
                 ShadowReport.from_dict(report), ShadowReport.from_dict(target.shadow)
             ):
                 return target
-            self._db.execute(
+            tx.execute(
                 "UPDATE versions SET shadow = ? WHERE number = ?",
                 (json.dumps(report), decimal(target.version[1:])),
             )
-            return self._get_locked(target.version)
+            return _get(tx, target.version)
+
+        # Idempotent: the same report twice keeps it once.
+        return self.database.run(work, write=True, idempotent=True)
 
     def rollback(self, reason: str = "") -> tuple[ModelVersion, str]:
         """Returns to the version that was active before the current one became active
         (undoing activations one at a time, like an undo stack)."""
-        with self._lock:
-            current = self._last_activation_locked()
+
+        def work(tx: Transaction) -> tuple[ModelVersion, str]:
+            _serialise(tx)
+            current = _last_activation(tx)
             if current is None or not current["previous_version"]:
                 raise FailedPrecondition("there is no earlier model version to roll back to")
-            return self._undo_locked(current, reason, "rollback"), current["version"]
+            return _undo(tx, current, reason, "rollback"), str(current["version"])
+
+        return self.database.run(work, write=True)
 
     def revert_failed(self, failed: str, answering: str, reason: str) -> ModelVersion | None:
         """``failed`` (the active version) could not be loaded while ``answering`` still
         serves: the activation of ``failed`` is undone (kind "reverted") when it was the last
         one and came from ``answering``; returns the version active now, or None when
         there was nothing to undo (another activation came first)."""
-        with self._lock:
-            last = self._last_activation_locked()
+
+        def work(tx: Transaction) -> ModelVersion | None:
+            _serialise(tx)
+            last = _last_activation(tx)
             if last is None or last["version"] != failed or last["previous_version"] != answering:
                 return None
-            return self._undo_locked(last, reason, "reverted")
+            return _undo(tx, last, reason, "reverted")
 
-    def _last_activation_locked(self) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._db.execute(
-            "SELECT * FROM activations ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return row
-
-    def _undo_locked(self, current: sqlite3.Row, reason: str, kind: str) -> ModelVersion:
-        """Undoes the activation ``current`` (the last one): its previous version becomes
-        active again, with the undo stack below it."""
-        target = current["previous_version"]
-        # The undo stack below the target: what was active before it became active.
-        became_active = self._db.execute(
-            "SELECT previous_version FROM activations WHERE version = ? AND id < ?"
-            " ORDER BY id DESC LIMIT 1",
-            (target, current["id"]),
-        ).fetchone()
-        below = became_active["previous_version"] if became_active else ""
-        self._record_locked(target, below, kind, reason)
-        return self._get_locked(target)
+        return self.database.run(work, write=True)
 
     def activations(self) -> list[Activation]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM activations ORDER BY id DESC").fetchall()
+        rows = self.database.run(lambda tx: tx.fetch("SELECT * FROM activations ORDER BY id DESC"))
         return [
             Activation(
                 version=row["version"],
                 previous_version=row["previous_version"],
                 kind=row["kind"],
                 reason=row["reason"],
-                activated_at=datetime.fromisoformat(row["activated_at"]),
+                activated_at=_time(row["activated_at"]),
             )
             for row in rows
         ]
 
     def record_serving(self, state: ServingState, event_id: int) -> bool:
         """Keeps ``state`` unless a later event is kept already (events can arrive twice,
-        from a catch-up and from the stream); says whether it was kept."""
-        with self._lock:
-            cursor = self._db.execute(
+        from a catch-up and from the stream, and to every replica); says whether it was
+        kept."""
+
+        def work(tx: Transaction) -> bool:
+            # ON CONFLICT ... WHERE compares with the row as committed (PostgreSQL locks
+            # it first), so of two replicas keeping one event only one keeps it.
+            kept = tx.execute(
                 "INSERT INTO serving VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
                 " status = excluded.status, model_version = excluded.model_version,"
                 " target_version = excluded.target_version,"
@@ -262,18 +332,20 @@ class ModelRegistry:
                 ),
             )
             if state.status == EndpointState.IN_SERVICE and state.engine:
-                self._db.execute(
+                tx.execute(
                     "INSERT INTO served_with VALUES (?, ?, ?, ?) ON CONFLICT (version) DO UPDATE"
                     " SET engine = excluded.engine, precision = excluded.precision,"
                     " event_id = excluded.event_id WHERE excluded.event_id > served_with.event_id",
                     (state.model_version, state.engine, state.precision, event_id),
                 )
-            return cursor.rowcount > 0
+            return kept > 0
+
+        # Not idempotent: a lost commit retried would answer "not kept" for a kept event.
+        return self.database.run(work, write=True)
 
     def serving(self) -> tuple[ServingState, int] | None:
         """The kept serving state and the id of the event it came from."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM serving WHERE id = 1").fetchone()
+        row = self.database.run(lambda tx: tx.fetch_one("SELECT * FROM serving WHERE id = 1"))
         if row is None:
             return None
         state = ServingState(
@@ -281,63 +353,102 @@ class ModelRegistry:
         )
         return state, int(row["event_id"])
 
-    def _record_locked(self, version: str, previous: str, kind: str, reason: str) -> None:
-        self._db.execute(
-            "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (version, previous, kind, reason, datetime.now(UTC).isoformat()),
-        )
 
-    def _active_locked(self) -> str:
-        row = self._db.execute(
-            "SELECT version FROM activations ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return str(row["version"]) if row else ""
+# A version with how it last served and whether it was ever active, in one statement.
+_VERSIONS = (
+    "SELECT v.*, s.engine AS served_engine, s.precision AS served_precision,"
+    " EXISTS (SELECT 1 FROM activations a WHERE a.version = 'v' || v.number) AS activated"
+    " FROM versions v LEFT JOIN served_with s ON s.version = 'v' || v.number"
+)
 
-    def _get_locked(self, version: str) -> ModelVersion:
-        active = self._active_locked()
-        if version == ACTIVE_ALIAS:
-            if not active:
-                raise NotFound("no model version is active yet")
-            version = active
-        number = decimal(version[1:]) if version.startswith("v") else None
-        if number is None:
-            raise InvalidArgument({"version": f"{quoted(version)} is not a version name like 'v3'"})
-        row = self._db.execute("SELECT * FROM versions WHERE number = ?", (number,)).fetchone()
-        if row is None:
-            raise NotFound(f"model version {quoted(version)} does not exist")
-        return self._from_row(row, active)
 
-    def _from_row(self, row: sqlite3.Row, active: str) -> ModelVersion:
-        version = version_name(row["number"])
-        activated = self._db.execute(
-            "SELECT 1 FROM activations WHERE version = ? LIMIT 1", (version,)
-        ).fetchone()
-        gate = json.loads(row["gate"])
-        served = self._db.execute(
-            "SELECT engine, precision FROM served_with WHERE version = ?", (version,)
-        ).fetchone()
-        if version == active:
-            status = "active"
-        elif activated:
-            status = "retired"
-        elif gate.get("decision") == "rejected":
-            status = "rejected"
-        else:
-            status = "registered"
-        return ModelVersion(
-            version=version,
-            path=row["path"],
-            source=row["source"],
-            training_job_name=row["training_job_name"],
-            dataset_hash=row["dataset_hash"],
-            test_metrics=json.loads(row["test_metrics"]),
-            validation_metrics=json.loads(row["validation_metrics"]),
-            created_at=datetime.fromisoformat(row["created_at"]),
-            is_active=version == active,
-            status=status,
-            gate=gate,
-            engine=served["engine"] if served else "",
-            precision=served["precision"] if served else "",
-            shadow=json.loads(row["shadow"]),
-        )
+def _serialise(tx: Transaction) -> None:
+    """Makes the registry's read-modify-write transactions take turns across processes
+    (on SQLite, the write transaction's BEGIN IMMEDIATE already does)."""
+    if tx.engine == "postgresql":
+        tx.fetch("SELECT pg_advisory_xact_lock(?)", (REGISTRY_LOCK,))
+
+
+def _last_activation(tx: Transaction) -> Row | None:
+    return tx.fetch_one("SELECT * FROM activations ORDER BY id DESC LIMIT 1")
+
+
+def _active(tx: Transaction) -> str:
+    row = tx.fetch_one("SELECT version FROM activations ORDER BY id DESC LIMIT 1")
+    return str(row["version"]) if row else ""
+
+
+def _undo(tx: Transaction, current: Row, reason: str, kind: str) -> ModelVersion:
+    """Undoes the activation ``current`` (the last one): its previous version becomes
+    active again, with the undo stack below it."""
+    target = str(current["previous_version"])
+    # The undo stack below the target: what was active before it became active.
+    became_active = tx.fetch_one(
+        "SELECT previous_version FROM activations WHERE version = ? AND id < ?"
+        " ORDER BY id DESC LIMIT 1",
+        (target, current["id"]),
+    )
+    below = str(became_active["previous_version"]) if became_active else ""
+    _record(tx, target, below, kind, reason)
+    return _get(tx, target)
+
+
+def _record(tx: Transaction, version: str, previous: str, kind: str, reason: str) -> None:
+    tx.execute(
+        "INSERT INTO activations (version, previous_version, kind, reason, activated_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (version, previous, kind, reason, _now()),
+    )
+
+
+def _get(tx: Transaction, version: str) -> ModelVersion:
+    active = _active(tx)
+    if version == ACTIVE_ALIAS:
+        if not active:
+            raise NotFound("no model version is active yet")
+        version = active
+    number = decimal(version[1:]) if version.startswith("v") else None
+    if number is None:
+        raise InvalidArgument({"version": f"{quoted(version)} is not a version name like 'v3'"})
+    row = tx.fetch_one(_VERSIONS + " WHERE v.number = ?", (number,))
+    if row is None:
+        raise NotFound(f"model version {quoted(version)} does not exist")
+    return _from_row(row, active)
+
+
+def _from_row(row: Row, active: str) -> ModelVersion:
+    version = version_name(int(row["number"]))
+    gate = json.loads(row["gate"])
+    if version == active:
+        status = "active"
+    elif row["activated"]:
+        status = "retired"
+    elif gate.get("decision") == "rejected":
+        status = "rejected"
+    else:
+        status = "registered"
+    return ModelVersion(
+        version=version,
+        path=row["path"],
+        source=row["source"],
+        training_job_name=row["training_job_name"],
+        dataset_hash=row["dataset_hash"],
+        test_metrics=json.loads(row["test_metrics"]),
+        validation_metrics=json.loads(row["validation_metrics"]),
+        created_at=_time(row["created_at"]),
+        is_active=version == active,
+        status=status,
+        gate=gate,
+        engine=row["served_engine"] or "",
+        precision=row["served_precision"] or "",
+        shadow=json.loads(row["shadow"]),
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _time(value: str | datetime) -> datetime:
+    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
