@@ -11,6 +11,9 @@ no Docker engine, compose plugin or Terraform provider here.
   `envoy --mode validate`;
 * the image's health check against a real service;
 * Terraform, compose and the Dockerfile agree on the services, ports and images;
+* the metadata database: compose runs PostgreSQL (password drawn once, not published)
+  for every service, and Terraform an encrypted RDS instance that only the services reach,
+  its URL handed to the tasks from Secrets Manager; inference and feedback autoscale;
 * the monitoring files: the Grafana dashboard's queries use only metrics the services
   export, Prometheus scrapes both Envoy endpoints (the merged one with the operator
   token), Prometheus and Grafana stay on loopback with pinned images, and the CloudWatch
@@ -27,9 +30,12 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
+from postgres import PostgresServer
 from prometheus_client import Histogram
 
 from sentiloop.core import metrics
@@ -350,6 +356,168 @@ def test_terraform_layout_follows_terraform_fmt() -> None:
     multi-line value ends such a run)."""
     problems = [p for path in sorted(TERRAFORM.rglob("*.tf")) for p in fmt_problems(path)]
     assert not problems, problems
+
+
+# ----------------------------------------------------------------------------- metadata database
+
+
+def test_compose_services_use_postgres(compose: dict[str, Any]) -> None:
+    services: dict[str, Any] = compose["services"]
+    postgres = services["postgres"]
+    image, _, tag = postgres["image"].partition(":")
+    assert image == "postgres" and re.fullmatch(r"1[6-9](\.\d+)?-alpine", tag), postgres["image"]
+    # Only the compose network reaches it, and only with the drawn password.
+    assert not postgres.get("ports") and not postgres.get("expose")
+    env = postgres["environment"]
+    assert "POSTGRES_PASSWORD" not in env and "POSTGRES_HOST_AUTH_METHOD" not in env
+    test = postgres["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"] and "127.0.0.1" in test, test
+    mounts = dict(volume.split(":")[1::-1] for volume in postgres["volumes"])
+    assert mounts["/var/lib/postgresql/data"] in compose["volumes"]
+    # The password file the image reads is the one init-database draws, in the volume the
+    # services read theirs from.
+    password_file = PurePosixPath(env["POSTGRES_PASSWORD_FILE"])
+    credentials = mounts[str(password_file.parent)]
+    assert f"{credentials}:{password_file.parent}:ro" in postgres["volumes"]
+    assert postgres["depends_on"]["init-database"]["condition"] == "service_completed_successfully"
+    init = services["init-database"]
+    folder = init["command"][-1]
+    assert init["command"][:2] == ["python", "/app/deploy/init_database.py"]
+    assert f"{credentials}:{folder}" in init["volumes"]
+    assert password_file.name == "postgres.password"
+    for service in SERVICES:
+        name, spec = compose_service_of(compose, service)
+        url = urlsplit(spec["environment"]["SENTILOOP_DATABASE_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432), name
+        assert url.username == env["POSTGRES_USER"] and url.path == f"/{env['POSTGRES_DB']}"
+        assert url.password is None, f"{name}: a password in the URL"
+        pgpass = PurePosixPath(spec["environment"]["PGPASSFILE"])
+        assert pgpass == PurePosixPath(folder) / "postgres.pgpass", name
+        assert f"{credentials}:{folder}" in spec["volumes"], name
+        assert spec["depends_on"]["postgres"]["condition"] == "service_healthy", name
+
+
+def test_init_database_password_reaches_libpq(
+    tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What compose does: draw the password once, then connect with a URL that has none,
+    libpq taking it from the password file (the test server trusts every login, so
+    this shows which password libpq would send)."""
+    folder = tmp_path / "secrets"
+    script = [sys.executable, str(DEPLOY / "init_database.py"), str(folder)]
+    for _ in range(2):  # a second start keeps the first password
+        subprocess.run(script, check=True, capture_output=True, timeout=60)
+    password = (folder / "postgres.password").read_text().strip()
+    pgpass = folder / "postgres.pgpass"
+    assert len(password) >= 40
+    assert pgpass.read_text() == f"*:*:*:sentiloop:{password}\n"
+    for path in (folder / "postgres.password", pgpass):
+        assert path.stat().st_mode & 0o077 == 0, path
+    url = postgres.url("postgres")
+    assert urlsplit(url).password is None
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with psycopg.connect(url) as connection:
+        assert connection.info.password == password
+
+
+def terraform_code() -> str:
+    text = "\n".join(p.read_text() for p in sorted(TERRAFORM.glob("*.tf")))
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def terraform_block(code: str, header: str) -> str:
+    """The body of the top-level block that starts with ``header``."""
+    start = code.index(header + " {\n")
+    return code[start : code.index("\n}\n", start)]
+
+
+def test_terraform_database_is_private_encrypted_and_tls_only() -> None:
+    code = terraform_code()
+    database = terraform_block(code, 'resource "aws_db_instance" "main"')
+    for setting in (
+        r'engine\s*=\s*"postgres"',
+        r"storage_encrypted\s*=\s*true",
+        r"kms_key_id\s*=\s*aws_kms_key\.main\.arn",
+        r"publicly_accessible\s*=\s*false",
+        r"skip_final_snapshot\s*=\s*false",
+        r"deletion_protection\s*=\s*var\.db_deletion_protection",
+        r"performance_insights_kms_key_id\s*=\s*aws_kms_key\.main\.arn",
+        r"vpc_security_group_ids\s*=\s*\[aws_security_group\.database\.id\]",
+        r"db_subnet_group_name\s*=\s*aws_db_subnet_group\.main\.name",
+        r"parameter_group_name\s*=\s*aws_db_parameter_group\.main\.name",
+    ):
+        assert re.search(setting, database), setting
+    variable = re.compile(r'^variable "(\w+)" \{\n(.*?)^\}', re.M | re.S)
+    variables = dict(variable.findall(code))
+    assert re.search(r"default\s*=\s*true", variables["db_deletion_protection"])
+    assert re.search(r'default\s*=\s*"1[67]"', variables["db_engine_version"])
+    assert "subnet_ids  = var.private_subnet_ids" in terraform_block(
+        code, 'resource "aws_db_subnet_group" "main"'
+    )
+    parameters = terraform_block(code, 'resource "aws_db_parameter_group" "main"')
+    assert re.search(r'name\s*=\s*"rds\.force_ssl"\n\s*value\s*=\s*"1"', parameters)
+    url = terraform_block(code, 'resource "aws_secretsmanager_secret_version" "database_url"')
+    assert re.search(r'secret_string\s*=\s*"postgresql://[^"]*\?sslmode=require"', url)
+    # The database admits PostgreSQL from the services' group, nothing else; Envoy (which
+    # has no credentials) is not in that group.
+    group = terraform_block(code, 'resource "aws_security_group" "database"')
+    (ingress,) = re.findall(r"ingress \{(.*?)\n  \}", group, re.S)
+    assert "cidr_blocks" not in ingress and "self" not in ingress
+    assert re.search(r"security_groups\s*=\s*\[aws_security_group\.services\.id\]", ingress)
+    assert re.search(r"from_port\s*=\s*local\.database_port", ingress)
+    assert "egress" not in group
+    assert "aws_security_group.services.id" in terraform_block(
+        code, 'resource "aws_ecs_service" "service"'
+    )
+    assert "aws_security_group.services" not in terraform_block(
+        code, 'resource "aws_ecs_service" "envoy"'
+    )
+    # SQLite on EFS is gone with it.
+    assert "aws_efs" not in code and "elasticfilesystem" not in code
+
+
+def test_terraform_tasks_take_the_database_url_from_secrets_manager() -> None:
+    code = terraform_code()
+    task = terraform_block(code, 'resource "aws_ecs_task_definition" "service"')
+    secrets = task.split("secrets = ", 1)[1].split("mountPoints", 1)[0]
+    entry = (
+        'name = "SENTILOOP_DATABASE_URL", valueFrom = aws_secretsmanager_secret.database_url.arn'
+    )
+    assert entry in secrets
+    # Never a plain value of the environment (locals' maps of it, extra_environment).
+    assert not re.search(r"^\s*SENTILOOP_DATABASE_URL\s*=", code, re.M)
+    assert not re.search(r'name\s*=\s*"SENTILOOP_DATABASE_URL",\s*value\s*=', code)
+    # The execution role reads the URL, not the password's own secret; no task role
+    # reads either.
+    execution = terraform_block(code, 'data "aws_iam_policy_document" "execution"')
+    assert "aws_secretsmanager_secret.database_url.arn" in execution
+    assert "database_password" not in execution
+    assert "secretsmanager" not in terraform_block(code, 'data "aws_iam_policy_document" "task"')
+    for name in ("database_password", "database_url"):
+        secret = terraform_block(code, f'resource "aws_secretsmanager_secret" "{name}"')
+        assert re.search(r"kms_key_id\s*=\s*aws_kms_key\.main\.arn", secret), name
+    # The data directory is scratch on the tmp volume (the root filesystem is read-only).
+    assert re.search(r'SENTILOOP_DATA_DIR\s*=\s*"/tmp/', code)
+
+
+def test_terraform_scales_inference_and_feedback() -> None:
+    code = terraform_code()
+    scaled = terraform_block(code, 'variable "scaled_services"')
+    defaults = dict(re.findall(r"^\s+(\w+)\s*=\s*\{\s*min\s*=\s*(\d+),\s*max\s*=", scaled, re.M))
+    assert set(defaults) == {"inference", "feedback"}
+    assert all(int(minimum) >= 2 for minimum in defaults.values()), defaults
+    target = terraform_block(code, 'resource "aws_appautoscaling_target" "service"')
+    assert "for_each = var.scaled_services" in target
+    assert 'scalable_dimension = "ecs:service:DesiredCount"' in target
+    assert "aws_ecs_service.service[each.key].name" in target
+    policy = terraform_block(code, 'resource "aws_appautoscaling_policy" "service_cpu"')
+    assert 'policy_type        = "TargetTrackingScaling"' in policy
+    assert '"ECSServiceAverageCPUUtilization"' in policy
+    service = terraform_block(code, 'resource "aws_ecs_service" "service"')
+    # Terraform leaves the task count to the autoscaler once the service exists.
+    assert re.search(r"ignore_changes\s*=\s*\[desired_count\]", service)
+    assert "var.scaled_services" in service.split("desired_count", 1)[1].split("\n", 1)[0]
 
 
 # ----------------------------------------------------------------------------- monitoring

@@ -70,20 +70,9 @@ resource "aws_ecs_task_definition" "service" {
     cpu_architecture        = "X86_64"
   }
 
-  # SQLite databases of the service (EFS, through its own access point).
-  volume {
-    name = "data"
-    efs_volume_configuration {
-      file_system_id     = aws_efs_file_system.data.id
-      transit_encryption = "ENABLED"
-      authorization_config {
-        access_point_id = aws_efs_access_point.service[each.key].id
-        iam             = "ENABLED"
-      }
-    }
-  }
-
-  # Scratch space (training data, unpacked models): the root filesystem is read-only.
+  # Scratch space (unpacked models, the data directory): the root filesystem is
+  # read-only, and nothing a task writes needs to outlive it (metadata in PostgreSQL,
+  # objects in S3, credentials from Secrets Manager).
   volume {
     name = "tmp"
   }
@@ -107,12 +96,14 @@ resource "aws_ecs_task_definition" "service" {
         lookup(local.service_environment, each.key, {}),
       ) : { name = key, value = value }
     ]
-    secrets = [
-      for role, secret in aws_secretsmanager_secret.credential :
-      { name = "SENTILOOP_${upper(role)}_TOKEN", valueFrom = secret.arn }
-    ]
+    secrets = concat(
+      [
+        for role, secret in aws_secretsmanager_secret.credential :
+        { name = "SENTILOOP_${upper(role)}_TOKEN", valueFrom = secret.arn }
+      ],
+      [{ name = "SENTILOOP_DATABASE_URL", valueFrom = aws_secretsmanager_secret.database_url.arn }],
+    )
     mountPoints = [
-      { sourceVolume = "data", containerPath = "/data", readOnly = false },
       { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
     ]
     healthCheck = {
@@ -132,13 +123,16 @@ resource "aws_ecs_service" "service" {
   name             = each.value.dns
   cluster          = aws_ecs_cluster.main.id
   task_definition  = aws_ecs_task_definition.service[each.key].arn
-  desired_count    = 1
+  desired_count    = lookup(var.scaled_services, each.key, { min = 1 }).min
   launch_type      = "FARGATE"
   platform_version = "LATEST"
 
-  # One writer per SQLite database: the old task stops before the new one starts.
-  deployment_minimum_healthy_percent = 0
-  deployment_maximum_percent         = 100
+  # The scaled services (autoscaling.tf) replace their tasks a few at a time, the new
+  # ones serving before the old ones stop. The others run one task, which keeps state
+  # of its own in memory (notification's subscriber streams, retraining's and
+  # model-init's loops): its replacement starts once it has stopped.
+  deployment_minimum_healthy_percent = contains(keys(var.scaled_services), each.key) ? 100 : 0
+  deployment_maximum_percent         = contains(keys(var.scaled_services), each.key) ? 200 : 100
 
   deployment_circuit_breaker {
     enable   = true
@@ -147,7 +141,7 @@ resource "aws_ecs_service" "service" {
 
   network_configuration {
     subnets          = var.private_subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
+    security_groups  = [aws_security_group.tasks.id, aws_security_group.services.id]
     assign_public_ip = false
   }
 
@@ -155,7 +149,13 @@ resource "aws_ecs_service" "service" {
     registry_arn = aws_service_discovery_service.service[each.key].arn
   }
 
-  depends_on = [aws_efs_mount_target.data]
+  # The task count is the autoscaler's once the service exists.
+  lifecycle {
+    ignore_changes = [desired_count]
+  }
+
+  # Tasks read the URL at start and migrate their schema before serving.
+  depends_on = [aws_secretsmanager_secret_version.database_url]
 }
 
 # Envoy: the slim image renders its configuration from the SENTILOOP_*_ADDR variables

@@ -50,11 +50,12 @@ data "aws_iam_policy_document" "execution" {
     resources = [for g in aws_cloudwatch_log_group.service : "${g.arn}:*"]
   }
 
-  # The credentials ECS puts into the service tasks' environment (secrets.tf).
+  # The credentials ECS puts into the service tasks' environment (secrets.tf) and the
+  # database URL (database.tf); not the database password's own secret.
   statement {
     sid       = "ReadCredentials"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [for s in aws_secretsmanager_secret.credential : s.arn]
+    resources = concat([for s in aws_secretsmanager_secret.credential : s.arn], [aws_secretsmanager_secret.database_url.arn])
   }
 
   statement {
@@ -90,18 +91,6 @@ resource "aws_iam_role" "envoy" {
 
 data "aws_iam_policy_document" "task" {
   for_each = local.services
-
-  # Its own directory on the data file system.
-  statement {
-    sid       = "MountOwnData"
-    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
-    resources = [aws_efs_file_system.data.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "elasticfilesystem:AccessPointArn"
-      values   = [aws_efs_access_point.service[each.key].arn]
-    }
-  }
 
   # HeadBucket / listing: key names only.
   statement {

@@ -1,5 +1,5 @@
 # One customer-managed key for the artifacts bucket, the SNS topics, the log groups,
-# the ECR repositories and EFS.
+# the ECR repositories, the secrets and the metadata database (storage, Performance Insights).
 resource "aws_kms_key" "main" {
   description             = "${var.name}: artifacts, events, logs, images, service data"
   enable_key_rotation     = true
@@ -37,7 +37,10 @@ data "aws_iam_policy_document" "kms" {
     condition {
       test     = "ArnLike"
       variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/${var.name}/*"]
+      values = [
+        "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/${var.name}/*",
+        "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/rds/instance/${local.database_identifier}/*",
+      ]
     }
   }
 

@@ -38,11 +38,13 @@ locals {
     "SENTILOOP_${upper(name)}_ADDR" => "${s.dns}.${local.namespace}:${s.port}"
   }
 
+  # The data directory is on the tmp volume: on ECS what remains under it is scratch
+  # (metadata in PostgreSQL, objects in S3, credentials from Secrets Manager).
   common_environment = merge(
     local.addresses,
     {
       SENTILOOP_HOST                              = "0.0.0.0"
-      SENTILOOP_DATA_DIR                          = "/data"
+      SENTILOOP_DATA_DIR                          = "/tmp/sentiloop"
       SENTILOOP_OBJECT_STORE                      = "s3"
       SENTILOOP_S3_BUCKET                         = aws_s3_bucket.artifacts.id
       SENTILOOP_TRAINING_BACKEND                  = "sagemaker"

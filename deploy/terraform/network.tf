@@ -1,4 +1,6 @@
-# Security groups: clients -> ALB -> Envoy -> services; services -> EFS; tasks -> AWS APIs.
+# Security groups: clients -> ALB -> Envoy -> services; services -> PostgreSQL; tasks ->
+# AWS APIs. Envoy and the services share `tasks`; only the services also have `services`,
+# the one group the database admits.
 
 resource "aws_security_group" "alb" {
   #checkov:skip=CKV_AWS_260:The public API listens on port 80 when no certificate is given (first trial) and otherwise only redirects it to HTTPS; allowed_cidrs narrows the clients.
@@ -73,14 +75,6 @@ resource "aws_security_group" "tasks" {
   }
 
   egress {
-    description = "NFS to the EFS mount targets"
-    from_port   = 2049
-    to_port     = 2049
-    protocol    = "tcp"
-    cidr_blocks = [data.aws_vpc.main.cidr_block]
-  }
-
-  egress {
     description = "DNS (Cloud Map names, through the VPC resolver)"
     from_port   = 53
     to_port     = 53
@@ -89,16 +83,33 @@ resource "aws_security_group" "tasks" {
   }
 }
 
-resource "aws_security_group" "efs" {
-  name        = "${var.name}-efs"
-  description = "Sentiloop service data (EFS)"
+# The Sentiloop services (not Envoy, which holds no database credentials): the
+# database's only clients. Egress names the VPC's range rather than the database's group,
+# which would make the two groups refer to each other.
+resource "aws_security_group" "services" {
+  name        = "${var.name}-services"
+  description = "Sentiloop services: clients of the metadata database"
+  vpc_id      = var.vpc_id
+
+  egress {
+    description = "PostgreSQL (the metadata database)"
+    from_port   = local.database_port
+    to_port     = local.database_port
+    protocol    = "tcp"
+    cidr_blocks = [data.aws_vpc.main.cidr_block]
+  }
+}
+
+resource "aws_security_group" "database" {
+  name        = "${var.name}-database"
+  description = "Sentiloop metadata database (RDS PostgreSQL)"
   vpc_id      = var.vpc_id
 
   ingress {
-    description     = "NFS from the tasks"
-    from_port       = 2049
-    to_port         = 2049
+    description     = "PostgreSQL from the Sentiloop services only"
+    from_port       = local.database_port
+    to_port         = local.database_port
     protocol        = "tcp"
-    security_groups = [aws_security_group.tasks.id]
+    security_groups = [aws_security_group.services.id]
   }
 }

@@ -47,3 +47,13 @@ output "service_discovery_namespace" {
   description = "Private DNS namespace where the services find each other."
   value       = aws_service_discovery_private_dns_namespace.main.name
 }
+
+output "database_endpoint" {
+  description = "The metadata database (RDS PostgreSQL), host:port; reachable from the service tasks only."
+  value       = aws_db_instance.main.endpoint
+}
+
+output "database_url_secret" {
+  description = "The Secrets Manager secret holding SENTILOOP_DATABASE_URL (aws secretsmanager get-secret-value --secret-id ...)."
+  value       = aws_secretsmanager_secret.database_url.name
+}

@@ -21,7 +21,7 @@ variable "vpc_id" {
 }
 
 variable "private_subnet_ids" {
-  description = "Subnets of the tasks and the EFS mount targets (at least two AZs; they need a route to the AWS APIs and ECR: a NAT gateway or VPC endpoints)."
+  description = "Subnets of the tasks and the metadata database (at least two AZs; they need a route to the AWS APIs and ECR: a NAT gateway or VPC endpoints)."
   type        = list(string)
 
   validation {
@@ -76,9 +76,92 @@ variable "alb_deletion_protection" {
 }
 
 variable "envoy_desired_count" {
-  description = "Envoy tasks behind the load balancer (the services are one task each: SQLite has one writer)."
+  description = "Envoy tasks behind the load balancer."
   type        = number
   default     = 2
+}
+
+variable "scaled_services" {
+  description = "Services that run several tasks, scaled on their average CPU between min and max tasks (they keep no state of their own outside the metadata database). The others run one task each."
+  type        = map(object({ min = number, max = number }))
+  default = {
+    inference = { min = 2, max = 6 }
+    feedback  = { min = 2, max = 4 }
+  }
+
+  validation {
+    condition     = alltrue([for name, s in var.scaled_services : contains(["inference", "feedback"], name) && s.min >= 1 && s.max >= s.min])
+    error_message = "scaled_services: only inference and feedback scale out; 1 <= min <= max."
+  }
+}
+
+variable "scaling_cpu_target_percent" {
+  description = "Average CPU (% of the task's reservation) the scaled services' autoscaling keeps them at."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.scaling_cpu_target_percent >= 10 && var.scaling_cpu_target_percent <= 90
+    error_message = "scaling_cpu_target_percent: between 10 and 90."
+  }
+}
+
+variable "db_engine_version" {
+  description = "PostgreSQL major version of the metadata database (RDS applies the minor versions itself)."
+  type        = string
+  default     = "17"
+
+  validation {
+    condition     = contains(["16", "17"], var.db_engine_version)
+    error_message = "db_engine_version: 16 or 17."
+  }
+}
+
+variable "db_instance_class" {
+  description = "Instance class of the metadata database (db.t4g.medium: about 400 connections; every service process keeps a pool of up to 8 per store)."
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "db_multi_az" {
+  description = "A standby in a second availability zone that takes over within a minute or two (an AZ outage, patching); false halves the cost of a trial."
+  type        = bool
+  default     = true
+}
+
+variable "db_allocated_storage_gb" {
+  description = "Initial storage of the metadata database."
+  type        = number
+  default     = 20
+}
+
+variable "db_max_allocated_storage_gb" {
+  description = "Storage autoscaling ceiling of the metadata database."
+  type        = number
+  default     = 100
+}
+
+variable "db_backup_retention_days" {
+  description = "Days of automated backups (point-in-time recovery) of the metadata database."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.db_backup_retention_days >= 1 && var.db_backup_retention_days <= 35
+    error_message = "db_backup_retention_days: 1 to 35."
+  }
+}
+
+variable "db_deletion_protection" {
+  description = "Protect the metadata database from deletion (turn off before terraform destroy, which then leaves a final snapshot)."
+  type        = bool
+  default     = true
+}
+
+variable "db_iam_authentication" {
+  description = "Allow IAM database authentication (for operators' short-lived tokens; the services use the password in SENTILOOP_DATABASE_URL)."
+  type        = bool
+  default     = true
 }
 
 variable "sagemaker_image_account_ids" {
