@@ -305,6 +305,41 @@ def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert (resolved.training_image, resolved.inference_image) == ("sdk/training", "sdk/inference")
 
 
+def test_endpoint_instance_settings() -> None:
+    required = {
+        "SENTILOOP_SAGEMAKER_ROLE_ARN": ROLE,
+        "SENTILOOP_SAGEMAKER_TRAINING_IMAGE": TRAINING_IMAGE,
+        "SENTILOOP_SAGEMAKER_INFERENCE_IMAGE": INFERENCE_IMAGE,
+    }
+    defaults = sagemaker_config(required)
+    assert (defaults.endpoint_min_instances, defaults.endpoint_max_instances) == (1, 1)
+    assert not defaults.autoscaled
+    scaled = sagemaker_config(
+        required
+        | {
+            "SENTILOOP_SAGEMAKER_ENDPOINT_MIN_INSTANCES": "2",
+            "SENTILOOP_SAGEMAKER_ENDPOINT_MAX_INSTANCES": "5",
+            "SENTILOOP_SAGEMAKER_ENDPOINT_INVOCATIONS_PER_INSTANCE": "300",
+        }
+    )
+    assert (scaled.endpoint_min_instances, scaled.endpoint_max_instances) == (2, 5)
+    assert scaled.invocations_per_instance == 300.0 and scaled.autoscaled
+    with pytest.raises(SystemExit) as inverted:
+        load_settings(
+            {
+                "SENTILOOP_SAGEMAKER_ENDPOINT_MIN_INSTANCES": "3",
+                "SENTILOOP_SAGEMAKER_ENDPOINT_MAX_INSTANCES": "2",
+            }
+        )
+    assert str(inverted.value) == (
+        "configuration error: SENTILOOP_SAGEMAKER_ENDPOINT_MAX_INSTANCES=2 is below"
+        " SENTILOOP_SAGEMAKER_ENDPOINT_MIN_INSTANCES=3"
+    )
+    with pytest.raises(SystemExit) as zero:
+        load_settings({"SENTILOOP_SAGEMAKER_ENDPOINT_MIN_INSTANCES": "0"})
+    assert "SENTILOOP_SAGEMAKER_ENDPOINT_MIN_INSTANCES='0'" in str(zero.value)
+
+
 # --------------------------------------------------------------------------- training jobs
 
 
@@ -618,6 +653,117 @@ def test_endpoint_deploy_then_update(aws: Aws) -> None:
     assert variant2["VariantName"] == "model-v2" and variant2["ModelName"] == names2.model
     # moto never applies the update: the wait ends at its timeout with what is served.
     assert asyncio.run(endpoint.wait_in_service("v2", 0.2)) == EndpointStatus("InService", "v1")
+
+
+def scalable_targets(autoscaling: Any) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker"
+    )["ScalableTargets"]
+    return targets
+
+
+def scaling_policies(autoscaling: Any) -> list[dict[str, Any]]:
+    policies: list[dict[str, Any]] = autoscaling.describe_scaling_policies(
+        ServiceNamespace="sagemaker"
+    )["ScalingPolicies"]
+    return policies
+
+
+def test_endpoint_autoscales_between_the_minimum_and_the_maximum(aws: Aws) -> None:
+    autoscaling = aws.client("application-autoscaling")
+    endpoint = SageMakerEndpoint(
+        config(endpoint_max_instances=3, invocations_per_instance=250.0),
+        aws.sagemaker,
+        settle_timeout=5,
+        autoscaling_client=autoscaling,
+    )
+    v1 = aws.store.uri(artifact_key("job-1"))
+    asyncio.run(endpoint.deploy("v1", v1))
+    assert scalable_targets(autoscaling) == []  # only once the endpoint is InService
+    assert asyncio.run(endpoint.wait_in_service("v1", 5)) == EndpointStatus("InService", "v1")
+
+    [variant] = aws.sagemaker.describe_endpoint_config(
+        EndpointConfigName=endpoint.names("v1", v1).endpoint_config
+    )["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 1  # the minimum
+    [target] = scalable_targets(autoscaling)
+    assert target["ResourceId"] == "endpoint/sentiloop/variant/model-v1"
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
+    [policy] = scaling_policies(autoscaling)
+    assert policy["ResourceId"] == "endpoint/sentiloop/variant/model-v1"
+    assert policy["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert policy["TargetTrackingScalingPolicyConfiguration"] == {
+        "TargetValue": 250.0,
+        "PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+        },
+        "ScaleInCooldown": 300,
+        "ScaleOutCooldown": 60,
+    }
+    # Waiting again (a redeploy of the served version, a restart) registers it again.
+    assert asyncio.run(endpoint.wait_in_service("v1", 5)) == EndpointStatus("InService", "v1")
+    assert len(scalable_targets(autoscaling)) == 1
+
+    # An update first takes the serving variant off autoscaling (moto has no
+    # UpdateEndpoint: answered here).
+    described = aws.sagemaker.describe_endpoint(EndpointName="sentiloop")
+    answer_with(aws.sagemaker, "UpdateEndpoint", body={"EndpointArn": described["EndpointArn"]})
+    asyncio.run(endpoint.deploy("v2", aws.store.uri(artifact_key("job-2"))))
+    assert len(aws.requests("UpdateEndpoint")) == 1
+    assert scalable_targets(autoscaling) == []
+    assert scaling_policies(autoscaling) == []
+
+
+def test_endpoint_without_autoscaling_registers_none(aws: Aws) -> None:
+    autoscaling = aws.client("application-autoscaling")
+    v1 = aws.store.uri(artifact_key("job-1"))
+    scaled = SageMakerEndpoint(
+        config(endpoint_max_instances=3), aws.sagemaker, autoscaling_client=autoscaling
+    )
+    asyncio.run(scaled.deploy("v1", v1))
+    asyncio.run(scaled.wait_in_service("v1", 5))
+    assert len(scalable_targets(autoscaling)) == 1
+
+    # Minimum == maximum: a fixed instance count, part of the configuration, and the
+    # autoscaling a configuration before left is taken away.
+    fixed = SageMakerEndpoint(
+        config(endpoint_min_instances=2, endpoint_max_instances=2),
+        aws.sagemaker,
+        settle_timeout=5,
+        autoscaling_client=autoscaling,
+    )
+    assert fixed.names("v1", v1) != scaled.names("v1", v1)
+    answer_with(aws.sagemaker, "UpdateEndpoint", body={"EndpointArn": "arn:x"})
+    asyncio.run(fixed.deploy("v1", v1))
+    [variant] = aws.sagemaker.describe_endpoint_config(
+        EndpointConfigName=fixed.names("v1", v1).endpoint_config
+    )["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 2
+    assert scalable_targets(autoscaling) == []
+    assert asyncio.run(fixed.wait_in_service("v1", 5)) == EndpointStatus("InService", "v1")
+    assert scalable_targets(autoscaling) == []
+    assert scaling_policies(autoscaling) == []
+
+
+def test_endpoint_serves_when_autoscaling_fails(aws: Aws, caplog: pytest.LogCaptureFixture) -> None:
+    nowhere = aws.client("application-autoscaling", f"http://127.0.0.1:{free_port()}")
+    endpoint = SageMakerEndpoint(
+        config(endpoint_max_instances=3),
+        aws.sagemaker,
+        settle_timeout=5,
+        autoscaling_client=nowhere,
+    )
+    v1 = aws.store.uri(artifact_key("job-1"))
+    asyncio.run(endpoint.deploy("v1", v1))
+    assert asyncio.run(endpoint.wait_in_service("v1", 5)) == EndpointStatus("InService", "v1")
+    assert "autoscaling its variant failed" in caplog.text
+    # Nor does it stop an update.
+    answer_with(aws.sagemaker, "UpdateEndpoint", body={"EndpointArn": "arn:x"})
+    asyncio.run(endpoint.deploy("v2", aws.store.uri(artifact_key("job-2"))))
+    assert len(aws.requests("UpdateEndpoint")) == 1
+    assert "taking the serving variant off autoscaling failed" in caplog.text
 
 
 def stub_describe(stubber: Stubber, endpoint: str, *configs: str) -> None:

@@ -184,6 +184,8 @@ data "aws_iam_policy_document" "task" {
         "sagemaker:UpdateEndpoint",
         "sagemaker:DeleteEndpoint",
         "sagemaker:DescribeEndpoint",
+        # What Application Auto Scaling checks the caller may do to an endpoint it registers.
+        "sagemaker:UpdateEndpointWeightsAndCapacities",
         "sagemaker:AddTags",
         "sagemaker:ListTags",
       ]
@@ -202,6 +204,71 @@ data "aws_iam_policy_document" "task" {
       sid       = "ListTrainingJobs"
       actions   = ["sagemaker:ListTrainingJobs", "sagemaker:ListEndpoints"]
       resources = ["*"] # List* actions take no resource
+    }
+  }
+
+  # The endpoint's autoscaling (SENTILOOP_SAGEMAKER_ENDPOINT_MAX_INSTANCES above the minimum):
+  # ModelInit registers each deployed variant as a scalable target with a target-tracking
+  # policy. A scalable target's ARN carries a random id, not the endpoint's name, so the
+  # narrowest scope IAM offers is SageMaker variants' instance counts in this account.
+  dynamic "statement" {
+    for_each = each.key == "model_init" ? [1] : []
+    content {
+      sid = "AutoscaleTheEndpoint"
+      actions = [
+        "application-autoscaling:RegisterScalableTarget",
+        "application-autoscaling:DeregisterScalableTarget",
+        "application-autoscaling:PutScalingPolicy",
+        "application-autoscaling:DeleteScalingPolicy",
+      ]
+      resources = ["arn:${local.partition}:application-autoscaling:${var.region}:${local.account_id}:scalable-target/*"]
+      condition {
+        test     = "StringEquals"
+        variable = "application-autoscaling:service-namespace"
+        values   = ["sagemaker"]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "application-autoscaling:scalable-dimension"
+        values   = ["sagemaker:variant:DesiredInstanceCount"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = each.key == "model_init" ? [1] : []
+    content {
+      sid = "DescribeAutoscaling"
+      actions = [
+        "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:DescribeScalingPolicies",
+      ]
+      resources = ["*"] # Describe* actions take no resource
+    }
+  }
+
+  # The alarms a target-tracking policy creates are named after its scalable target.
+  dynamic "statement" {
+    for_each = each.key == "model_init" ? [1] : []
+    content {
+      sid       = "AutoscalingAlarms"
+      actions   = ["cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"]
+      resources = ["arn:${local.partition}:cloudwatch:${var.region}:${local.account_id}:alarm:TargetTracking-endpoint/${var.name}*"]
+    }
+  }
+
+  # The first registration creates Application Auto Scaling's role for SageMaker endpoints.
+  dynamic "statement" {
+    for_each = each.key == "model_init" ? [1] : []
+    content {
+      sid       = "AutoscalingServiceLinkedRole"
+      actions   = ["iam:CreateServiceLinkedRole"]
+      resources = ["arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"]
+      condition {
+        test     = "StringEquals"
+        variable = "iam:AWSServiceName"
+        values   = ["sagemaker.application-autoscaling.amazonaws.com"]
+      }
     }
   }
 

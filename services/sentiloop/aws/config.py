@@ -20,8 +20,8 @@ AWS_BACKENDS = {
 
 
 def sagemaker_client(service: str = "sagemaker") -> Any:
-    """boto3 client for SageMaker (or sagemaker-runtime), with retries and backoff;
-    region and endpoint come from the usual AWS variables."""
+    """boto3 client for SageMaker (or sagemaker-runtime, application-autoscaling), with
+    retries and backoff; region and endpoint come from the usual AWS variables."""
     import boto3
     from botocore.config import Config  # type: ignore[import-untyped]
 
@@ -76,6 +76,13 @@ class SageMakerConfig:
     poll_seconds: float = 15.0
     volume_size_gb: int = 30
     inference_engine: str = "auto"  # SENTILOOP_INFERENCE_ENGINE, for the endpoint too
+    endpoint_min_instances: int = 1
+    endpoint_max_instances: int = 1  # above the minimum: autoscaled
+    invocations_per_instance: float = 100.0  # per minute, the autoscaling target
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.endpoint_max_instances > self.endpoint_min_instances
 
     @property
     def inference_environment(self) -> dict[str, str]:
@@ -139,6 +146,9 @@ class SageMakerConfig:
             model_package_group=settings.sagemaker_model_package_group,
             poll_seconds=settings.sagemaker_poll_seconds,
             inference_engine=settings.inference_engine,
+            endpoint_min_instances=settings.sagemaker_endpoint_min_instances,
+            endpoint_max_instances=settings.sagemaker_endpoint_max_instances,
+            invocations_per_instance=settings.sagemaker_endpoint_invocations_per_instance,
         )
 
 

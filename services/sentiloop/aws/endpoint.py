@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from sentiloop.aws.config import (
     VERSION_TAG,
     SageMakerConfig,
 )
-from sentiloop.aws.errors import AWSError, already_exists, error_message, is_missing
+from sentiloop.aws.errors import AWSError, already_exists, error_code, error_message, is_missing
 from sentiloop.core.errors import Unavailable
 from sentiloop.core.training import (
     EndpointStatus,
@@ -62,35 +63,58 @@ class DeploymentNames:
 _UPDATING = (EndpointState.UPDATING, "SystemUpdating", "RollingBack")
 _BUSY = (EndpointState.CREATING, *_UPDATING)
 
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_POLICY = "invocations-per-instance"
+SCALE_IN_COOLDOWN = 300  # seconds: scale in slowly, a burst often comes back
+SCALE_OUT_COOLDOWN = 60
+
+
+def _not_registered(error: BaseException) -> bool:
+    # AWS answers ObjectNotFoundException; moto a ValidationException.
+    text = error_message(error).lower()
+    return error_code(error) == "ObjectNotFoundException" or (
+        "no scalable target" in text or "no scaling policy" in text
+    )
+
 
 class SageMakerEndpoint:
     """The serving endpoint: one SageMaker model and endpoint configuration per version
     (named ``<endpoint>-<version>-<hash>``), the version recorded as the configuration's
-    ``sentiloop:model-version`` tag and in the name of its one production variant."""
+    ``sentiloop:model-version`` tag and in the name of its one production variant.
+
+    With an ``autoscaling_client`` (application-autoscaling; what the deploying service
+    passes) the variant serving the endpoint is kept autoscaled between the configured
+    minimum and maximum instances, by invocations per instance."""
 
     def __init__(
-        self, config: SageMakerConfig, sagemaker_client: Any, settle_timeout: float = 1800.0
+        self,
+        config: SageMakerConfig,
+        sagemaker_client: Any,
+        settle_timeout: float = 1800.0,
+        autoscaling_client: Any = None,
     ) -> None:
         self.name = config.endpoint_name
         self._config = config
         self._client = sagemaker_client
+        self._autoscaling = autoscaling_client
         self._settle_timeout = settle_timeout
         self._config_versions: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # ---- names and requests
 
     def names(self, version: str, artifact: str) -> DeploymentNames:
-        digest = hashlib.sha256(
-            "\0".join(
-                (
-                    version,
-                    artifact,
-                    self._config.inference_image,
-                    self._config.inference_instance_type,
-                    json.dumps(self._config.inference_environment, sort_keys=True),
-                )
-            ).encode()
-        ).hexdigest()[:8]
+        parts = [
+            version,
+            artifact,
+            self._config.inference_image,
+            self._config.inference_instance_type,
+            json.dumps(self._config.inference_environment, sort_keys=True),
+        ]
+        if self._config.endpoint_min_instances != 1:
+            # The instance count is the configuration's too; left out at 1, so that the
+            # configurations deployed before it was a setting keep their names.
+            parts.append(f"instances={self._config.endpoint_min_instances}")
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
         stem = f"{self.name}-{_slug(version)}"[: 63 - 9].rstrip("-")
         name = f"{stem}-{digest}"
         return DeploymentNames(name, name, f"model-{_slug(version)}"[:63].rstrip("-"))
@@ -123,7 +147,7 @@ class SageMakerEndpoint:
                 {
                     "VariantName": names.variant,
                     "ModelName": names.model,
-                    "InitialInstanceCount": 1,
+                    "InitialInstanceCount": self._config.endpoint_min_instances,
                     "InstanceType": self._config.inference_instance_type,
                     "InitialVariantWeight": 1.0,
                 }
@@ -147,10 +171,114 @@ class SageMakerEndpoint:
                 EndpointName=self.name, EndpointConfigName=names.endpoint_config
             )
         else:
+            # SageMaker refuses some updates of an autoscaled variant, and the new
+            # configuration's variant replaces it anyway. Should that fail, the update is
+            # still tried: SageMaker's own answer says more.
+            try:
+                self._deregister(
+                    str(variant["VariantName"]) for variant in current.get("ProductionVariants", [])
+                )
+            except AWSError as error:
+                log.warning(
+                    "endpoint %s: taking the serving variant off autoscaling failed: %s",
+                    self.name,
+                    error_message(error),
+                )
             self._client.update_endpoint(
                 EndpointName=self.name, EndpointConfigName=names.endpoint_config
             )
         log.info("endpoint %s: deploying %s (%s)", self.name, version, names.endpoint_config)
+
+    # ---- autoscaling
+
+    def _resource_id(self, variant: str) -> str:
+        return f"endpoint/{self.name}/variant/{variant}"
+
+    def _deregister(self, variants: Iterable[str]) -> None:
+        """Stops autoscaling ``variants``: the policy (and with it its alarms), then the
+        scalable target; either may be missing already."""
+        if self._autoscaling is None:
+            return
+        for variant in variants:
+            target = {
+                "ServiceNamespace": "sagemaker",
+                "ResourceId": self._resource_id(variant),
+                "ScalableDimension": SCALABLE_DIMENSION,
+            }
+            try:
+                # AWS deletes a target's policies with it; explicitly, the policy (and its
+                # alarms) goes wherever that does not hold (moto).
+                self._autoscaling.delete_scaling_policy(PolicyName=SCALING_POLICY, **target)
+            except ClientError as error:
+                if not _not_registered(error):
+                    raise
+            try:
+                self._autoscaling.deregister_scalable_target(**target)
+            except ClientError as error:
+                if not _not_registered(error):
+                    raise
+            else:
+                log.info("endpoint %s: variant %s no longer autoscaled", self.name, variant)
+
+    def _autoscale(self, variants: Iterable[str]) -> None:
+        """Registers the variants the endpoint serves as scalable targets, with the
+        target-tracking policy; without autoscaling configured, deregisters any a
+        configuration before left. Both are idempotent: every settled deploy repeats
+        them, so changed settings apply on the next deploy, even of the same version."""
+        if self._autoscaling is None:
+            return
+        config = self._config
+        if not config.autoscaled:
+            self._deregister(variants)
+            return
+        for variant in variants:
+            resource_id = self._resource_id(variant)
+            self._autoscaling.register_scalable_target(
+                ServiceNamespace="sagemaker",
+                ResourceId=resource_id,
+                ScalableDimension=SCALABLE_DIMENSION,
+                MinCapacity=config.endpoint_min_instances,
+                MaxCapacity=config.endpoint_max_instances,
+            )
+            self._autoscaling.put_scaling_policy(
+                PolicyName=SCALING_POLICY,
+                ServiceNamespace="sagemaker",
+                ResourceId=resource_id,
+                ScalableDimension=SCALABLE_DIMENSION,
+                PolicyType="TargetTrackingScaling",
+                TargetTrackingScalingPolicyConfiguration={
+                    "TargetValue": config.invocations_per_instance,
+                    "PredefinedMetricSpecification": {
+                        "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+                    },
+                    "ScaleInCooldown": SCALE_IN_COOLDOWN,
+                    "ScaleOutCooldown": SCALE_OUT_COOLDOWN,
+                },
+            )
+            log.info(
+                "endpoint %s: variant %s autoscaled between %d and %d instances (%g"
+                " invocations per instance per minute)",
+                self.name,
+                variant,
+                config.endpoint_min_instances,
+                config.endpoint_max_instances,
+                config.invocations_per_instance,
+            )
+
+    async def _apply_autoscaling(self, view: EndpointView) -> None:
+        """Autoscaling for what a settled endpoint serves. Serving goes on without it, so
+        a failure (e.g. a role without the permissions) is logged, not raised."""
+        try:
+            await asyncio.to_thread(self._autoscale, tuple(view.variants))
+        except AWSError as error:
+            log.warning(
+                "endpoint %s: %s failed: %s",
+                self.name,
+                "autoscaling its variant" if self._config.autoscaled else "removing autoscaling",
+                error_message(error),
+            )
+
+    # ---- describing
 
     def _describe_raw(self) -> dict[str, Any] | None:
         try:
@@ -270,11 +398,14 @@ class SageMakerEndpoint:
                     and view.model_version == version
                     and settled
                 ):
+                    await self._apply_autoscaling(view)
                     return EndpointStatus(EndpointState.IN_SERVICE, version)
                 if view.status in ("Failed", "UpdateRollbackFailed"):
                     return self.endpoint_status(view)
                 if view.status == EndpointState.IN_SERVICE and settled and view.failure_reason:
-                    # The update failed and SageMaker rolled back to the earlier version.
+                    # The update failed and SageMaker rolled back to the earlier version,
+                    # whose autoscaling the update had taken away.
+                    await self._apply_autoscaling(view)
                     return EndpointStatus("Failed", view.model_version, view.failure_reason)
             remaining = deadline - time.monotonic()
             if remaining <= 0:

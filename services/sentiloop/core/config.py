@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 
 # name -> (default port, fully qualified gRPC service of its contract)
@@ -559,6 +560,22 @@ class Settings(BaseModel):
         3600, "longest a training job may run", group=SAGEMAKER
     )
     sagemaker_endpoint_name: str = setting("sentiloop", "the endpoint's name", group=SAGEMAKER)
+    sagemaker_endpoint_min_instances: PositiveInt = setting(
+        1, "instances the endpoint runs at least (and starts with)", group=SAGEMAKER
+    )
+    sagemaker_endpoint_max_instances: PositiveInt = setting(
+        1,
+        "instances the endpoint may scale out to; above the minimum, Application Auto Scaling"
+        " scales it by invocations per instance; equal to it, no autoscaling",
+        group=SAGEMAKER,
+    )
+    sagemaker_endpoint_invocations_per_instance: Positive = setting(
+        100.0,
+        "the autoscaling target: invocations per instance per minute (SageMaker's"
+        " `SageMakerVariantInvocationsPerInstance`); AWS suggests about half of what one"
+        " instance sustains in a load test, times 60",
+        group=SAGEMAKER,
+    )
     sagemaker_model_package_group: str = setting(
         "sentiloop", "the model package group versions are mirrored to", group=SAGEMAKER
     )
@@ -578,6 +595,16 @@ class Settings(BaseModel):
     feedback_export_batch: PositiveInt = setting(
         1000, "records per export object at most", group=EXPORT
     )
+
+    @model_validator(mode="after")
+    def _check_endpoint_instances(self) -> Settings:
+        if self.sagemaker_endpoint_max_instances < self.sagemaker_endpoint_min_instances:
+            raise ValueError(
+                f"{PREFIX}SAGEMAKER_ENDPOINT_MAX_INSTANCES={self.sagemaker_endpoint_max_instances}"
+                f" is below {PREFIX}SAGEMAKER_ENDPOINT_MIN_INSTANCES="
+                f"{self.sagemaker_endpoint_min_instances}"
+            )
+        return self
 
     @property
     def ports(self) -> dict[str, int]:
@@ -668,7 +695,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            name = str(item["loc"][0]) if item["loc"] else "?"
+            if not item["loc"]:  # a check across settings names its variables itself
+                problems.append(str(item.get("ctx", {}).get("error", item["msg"])))
+                continue
+            name = str(item["loc"][0])
             given = present.get(name)
             shown = f"{name}={given!r}" if given is not None and name not in _SECRETS else name
             problems.append(f"{shown}: {item['msg']}")

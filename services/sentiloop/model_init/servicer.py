@@ -379,7 +379,9 @@ def create_app(settings: Settings) -> ServiceApp:
 
         aws.require_remote_store(store, "SENTILOOP_ENDPOINT_BACKEND=sagemaker")
         endpoint = SageMakerEndpoint(
-            SageMakerConfig.from_settings(settings), aws.sagemaker_client()
+            SageMakerConfig.from_settings(settings),
+            aws.sagemaker_client(),
+            autoscaling_client=aws.sagemaker_client("application-autoscaling"),
         )
         deploy_timeout = 1800.0  # creating a SageMaker endpoint takes 5-10 minutes
     else:
