@@ -1,15 +1,21 @@
 """The drift score's pure parts on constructed distributions: the Jensen-Shannon divergence,
-the token and confidence histograms, the score, the state and the event per crossing."""
+the token and confidence histograms, the score, the state and the event per crossing; the
+crossings the replicas share, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import math
+import sqlite3
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sentiloop.core.db import open_database
 from sentiloop.core.vocabulary import EventType
 from sentiloop.inference.drift import (
     DRIFTED,
@@ -120,8 +126,14 @@ def test_drift_is_announced_once_per_crossing_and_per_version() -> None:
     assert drift_event(OK, "v2", "v2") == EventType.MODEL_DRIFT_CLEARED
 
 
-def test_replicas_share_the_crossings_so_each_is_announced_once(tmp_path: Path) -> None:
-    first, second = Crossings(tmp_path / "drift.db"), Crossings(tmp_path / "drift.db")
+def test_replicas_share_the_crossings_so_each_is_announced_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    def replica() -> Crossings:
+        """A replica's own connection (SQLite) or pool (PostgreSQL) on the database."""
+        return Crossings(open_database(database_url, tmp_path / "unused.db", schema="inference"))
+
+    first, second = replica(), replica()
     try:
         assert first.drifted_version() is None
         # Both replicas see the same crossing; the first to move it announces it.
@@ -129,7 +141,7 @@ def test_replicas_share_the_crossings_so_each_is_announced_once(tmp_path: Path) 
         assert second.move(None, "v1") is False
         assert second.drifted_version() == "v1"
         # A restart finds it (and announces nothing again while drift lasts).
-        restarted = Crossings(tmp_path / "drift.db")
+        restarted = replica()
         assert restarted.drifted_version() == "v1"
         restarted.close()
         # Handing a crossing back (its event could not be published) lets it be tried again.
@@ -138,3 +150,39 @@ def test_replicas_share_the_crossings_so_each_is_announced_once(tmp_path: Path) 
     finally:
         first.close()
         second.close()
+
+
+def test_replicas_moving_one_crossing_at_once_announce_it_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    replicas = [
+        Crossings(open_database(database_url, tmp_path / "unused.db", schema="inference"))
+        for _ in range(4)
+    ]
+    start = threading.Barrier(len(replicas))
+
+    def move(crossings: Crossings) -> bool:
+        start.wait()
+        return crossings.move(None, "v2")
+
+    try:
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            assert sorted(pool.map(move, replicas)) == [False, False, False, True]
+        assert [c.drifted_version() for c in replicas] == ["v2"] * len(replicas)
+    finally:
+        for crossings in replicas:
+            crossings.close()
+
+
+def test_a_crossings_file_made_before_the_migrations_keeps_its_value(tmp_path: Path) -> None:
+    with closing(sqlite3.connect(tmp_path / "drift.db")) as db, db:
+        db.execute(
+            "CREATE TABLE announced (id INTEGER PRIMARY KEY CHECK (id = 1), drifted_version TEXT)"
+        )
+        db.execute("INSERT INTO announced VALUES (1, 'v3')")
+    crossings = Crossings(tmp_path / "drift.db")
+    try:
+        assert crossings.drifted_version() == "v3"
+        assert crossings.move("v3", None) and crossings.drifted_version() is None
+    finally:
+        crossings.close()

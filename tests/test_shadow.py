@@ -15,6 +15,7 @@ import io
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ import httpx
 import pytest
 
 from sentiloop.core.config import load_settings
-from sentiloop.core.db import open_database
+from sentiloop.core.db import Database, open_database
 from sentiloop.core.errors import FailedPrecondition
 from sentiloop.data import vader
 from sentiloop.data.scoring import compare
@@ -37,7 +38,13 @@ from sentiloop.data.shadow import (
     supersedes,
 )
 from sentiloop.inference.engine import Prediction, PredictionLog
-from sentiloop.inference.shadow import FeedbackLabel, ShadowAnswer, ShadowRunner, ShadowStore
+from sentiloop.inference.shadow import (
+    FeedbackLabel,
+    ShadowAnswer,
+    ShadowRun,
+    ShadowRunner,
+    ShadowStore,
+)
 from sentiloop.registry.service import Registry
 from sentiloop.registry.store import ModelRegistry, NewModel
 from sentiloop.retraining.gate import decide
@@ -94,18 +101,25 @@ class SlowCandidate:
             self.busy = False
 
 
+def open_predictions_database(database_url: str, tmp_path: Path) -> Database:
+    """InferenceService's predictions database (SQLite or PostgreSQL), as create_app opens
+    it: one for the prediction log and the shadow tables."""
+    return open_database(database_url, tmp_path / "unused.db", schema="inference", durable=False)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[ShadowStore, PredictionLog]]:
-    """The shadow tables and the prediction log, in one file as InferenceService has them."""
-    log = PredictionLog(tmp_path / "predictions.db")
-    shadow = ShadowStore(tmp_path / "predictions.db")
+def store(database_url: str, tmp_path: Path) -> Iterator[tuple[ShadowStore, PredictionLog]]:
+    """The shadow tables and the prediction log, in one database as InferenceService has
+    them, on each engine."""
+    database = open_predictions_database(database_url, tmp_path)
+    log = PredictionLog(database)
+    shadow = ShadowStore(database)
     yield shadow, log
-    shadow.close()
-    log.close()
+    database.close()
 
 
 def test_the_answer_path_never_waits_for_a_slow_candidate_and_overflow_is_skipped(
-    store: tuple[ShadowStore, PredictionLog], tmp_path: Path
+    store: tuple[ShadowStore, PredictionLog],
 ) -> None:
     shadows, log = store
     answered = predictions(10)
@@ -134,11 +148,15 @@ def test_the_answer_path_never_waits_for_a_slow_candidate_and_overflow_is_skippe
     assert candidate.calls == [["text 0"], ["text 1", "text 2"], ["text 3", "text 4"]]
     tally = shadows.tally(run)
     assert (tally.shadowed, tally.agreed, tally.served_versions) == (5, 0, ("v1",))
-    with sqlite3.connect(tmp_path / "predictions.db") as db:
-        rows = db.execute(
-            "SELECT prediction_id, shadow_version, label FROM shadow_predictions ORDER BY 1"
-        ).fetchall()
-    assert rows == [(f"p{i}", "v2", "negative") for i in range(5)]
+    rows = shadows.database.run(
+        lambda tx: tx.fetch(
+            "SELECT prediction_id, shadow_version, label, confidence, run_id"
+            " FROM shadow_predictions ORDER BY prediction_id"
+        )
+    )
+    assert [tuple(row.values()) for row in rows] == [
+        (f"p{i}", "v2", "negative", 0.8, run) for i in range(5)
+    ]
 
 
 def test_a_candidate_that_fails_skips_its_batch_and_goes_on(
@@ -222,6 +240,58 @@ def test_one_run_at_a_time_and_labels_join_both_answers(
     # An ended run frees the slot; it ends once.
     assert shadows.end(run, "stopped", NOW) and not shadows.end(run, "again", NOW)
     assert shadows.begin("v3", "b", NOW, NOW + timedelta(hours=1)) == run + 1
+
+
+def test_replicas_asked_at_once_begin_one_run_and_read_it_back_alike(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Replicas on one database (their own connections or pools): asked to start a
+    shadow at once, one begins it (SQLite's write lock, PostgreSQL's advisory lock decide),
+    and every replica reads the same run back, times aware and in UTC."""
+    databases = [open_predictions_database(database_url, tmp_path) for _ in range(4)]
+    try:
+        replicas = [ShadowStore(database) for database in databases]
+        start = threading.Barrier(len(replicas))
+
+        def begin(replica: ShadowStore) -> int | str:
+            start.wait()
+            try:
+                return replica.begin("v2", "a", NOW, NOW + timedelta(hours=1))
+            except FailedPrecondition as refused:
+                return str(refused)
+
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            answers = list(pool.map(begin, replicas))
+        runs = [answer for answer in answers if isinstance(answer, int)]
+        assert len(runs) == 1, answers
+        later = (NOW + timedelta(hours=1)).isoformat()
+        assert answers.count(f"v2 is shadowing until {later}: stop it first"
+                             " (POST /predict/shadow/stop)") == len(replicas) - 1  # fmt: skip
+        replicas[1].add_skipped(runs[0], 3)
+        replicas[2].add_skipped(runs[0], 4)
+        assert replicas[3].end(runs[0], "stopped", NOW + timedelta(minutes=5))
+        assert not replicas[0].end(runs[0], "stopped", NOW + timedelta(minutes=6))
+        expected = ShadowRun(
+            id=runs[0],
+            version="v2",
+            artifact="a",
+            started_at=NOW,
+            ends_at=NOW + timedelta(hours=1),
+            ended_at=NOW + timedelta(minutes=5),
+            end_reason="stopped",
+            skipped=7,
+        )
+        read = [replica.latest() for replica in replicas]
+        assert read == [expected] * len(replicas)
+        times = [(r.started_at, r.ends_at, r.ended_at) for r in read if r is not None]
+        assert all(t is not None and t.utcoffset() == timedelta(0) for ts in times for t in ts)
+        # The feedback cursor never goes back, whichever replica copied a page last.
+        replicas[0].add_labels([FeedbackLabel(12, "p1", "negative")], "t12", 12)
+        replicas[1].add_labels([FeedbackLabel(11, "p1", "positive")], "t11", 11)
+        assert [replica.cursor() for replica in replicas] == [("t12", 12)] * len(replicas)
+    finally:
+        for database in databases:
+            database.close()
 
 
 def shadow_answer(prediction_id: str, label: str) -> ShadowAnswer:

@@ -153,21 +153,33 @@ class Database:
         return self.run(apply, write=True, idempotent=True)
 
 
-def open_service_database(settings: Settings, service: str, sqlite_file: str) -> Database:
+def open_service_database(
+    settings: Settings, service: str, sqlite_file: str, *, durable: bool = True
+) -> Database:
     """``service``'s metadata database: with ``SENTILOOP_DATABASE_URL`` set, PostgreSQL
     in the schema named after the service; else the SQLite file ``sqlite_file`` in the
     service's data directory."""
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return open_database(url, settings.service_dir(service) / sqlite_file, schema=service)
+    return open_database(
+        url, settings.service_dir(service) / sqlite_file, schema=service, durable=durable
+    )
 
 
-def open_database(url: str | None, default: Path, *, schema: str = "public") -> Database:
+def open_database(
+    url: str | None, default: Path, *, schema: str = "public", durable: bool = True
+) -> Database:
     """The database at ``url``: ``sqlite:///absolute/path`` (or ``sqlite:////...``),
     ``sqlite:relative/path``,
     ``postgresql://user:password@host:port/name?options`` (libpq's URI), whose tables live
-    in ``schema`` (made when missing); unset means the SQLite file ``default``."""
+    in ``schema`` (made when missing); unset means the SQLite file ``default``.
+
+    ``durable=False`` is for logs whose newest rows may be lost in a crash of the machine
+    or the database server (never in a crash of the service's process), in exchange for
+    no flush to disk per commit: SQLite ``synchronous=NORMAL`` (WAL), PostgreSQL
+    ``synchronous_commit=off``. Either way a crash never corrupts what was committed
+    before."""
     if not url:
-        return SQLiteDatabase(default)
+        return SQLiteDatabase(default, durable=durable)
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         path = url.removeprefix("sqlite:")
@@ -175,9 +187,9 @@ def open_database(url: str | None, default: Path, *, schema: str = "public") -> 
             path = "/" + path.lstrip("/")
         if path in ("", "/"):
             raise ValueError(f"{url!r}: no file named")
-        return SQLiteDatabase(Path(path))
+        return SQLiteDatabase(Path(path), durable=durable)
     if scheme in ("postgresql", "postgres"):
-        return PostgresDatabase(url, schema=schema)
+        return PostgresDatabase(url, schema=schema, durable=durable)
     raise ValueError(f"{redact(url)!r}: the database URL must start with sqlite: or postgresql:")
 
 
@@ -219,11 +231,13 @@ class SQLiteDatabase(Database):
 
     engine: Engine = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
         self._lock = threading.Lock()
         self._connection = sqlite.connect(path)
+        if not durable:  # see open_database
+            self._connection.execute("PRAGMA synchronous=NORMAL")
 
     def run(
         self, work: Callable[[Transaction], T], *, write: bool = False, idempotent: bool = False
@@ -301,7 +315,13 @@ class PostgresDatabase(Database):
     engine: Engine = "postgresql"
 
     def __init__(
-        self, url: str, *, schema: str = "public", max_size: int = 8, timeout: float = 10.0
+        self,
+        url: str,
+        *,
+        schema: str = "public",
+        max_size: int = 8,
+        timeout: float = 10.0,
+        durable: bool = True,
     ) -> None:
         import psycopg
         from psycopg.rows import dict_row
@@ -321,7 +341,8 @@ class PostgresDatabase(Database):
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
-                "options": f"-c TimeZone=UTC -c search_path={schema}",
+                "options": f"-c TimeZone=UTC -c search_path={schema}"
+                + ("" if durable else " -c synchronous_commit=off"),  # see open_database
             },
             check=ConnectionPool.check_connection,
             name="sentiloop",

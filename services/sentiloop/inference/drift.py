@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from sentiloop.core import sqlite
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.vocabulary import EventType
 from sentiloop.data.datasets import StoredDataset, lineage_dataset, record_key
@@ -147,39 +147,68 @@ def drift_event(state: str, version: str, drifted_version: str | None) -> EventT
     return None
 
 
-class Crossings:
-    """The version drift was last announced for (None: none, or cleared since), in a file
-    of the service's directory, which its replicas share as they share the prediction log
-    (and so score the same window): whichever replica moves it first announces the crossing,
-    so one crossing is one event from all of them, and a restart announces nothing again."""
-
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.execute(
+# The one row is made with the table; a SQLite file made before the migration runner
+# has both already, and the steps leave them as they are.
+CROSSINGS_MIGRATIONS = (
+    Migration(
+        1,
+        "the version drift was last announced for",
+        sqlite=(
             "CREATE TABLE IF NOT EXISTS announced"
-            " (id INTEGER PRIMARY KEY CHECK (id = 1), drifted_version TEXT)"
-        )
-        self._db.execute("INSERT OR IGNORE INTO announced VALUES (1, NULL)")
+            " (id INTEGER PRIMARY KEY CHECK (id = 1), drifted_version TEXT)",
+            "INSERT INTO announced (id, drifted_version) VALUES (1, NULL)"
+            " ON CONFLICT (id) DO NOTHING",
+        ),
+        postgresql=(
+            "CREATE TABLE announced (id INTEGER PRIMARY KEY CHECK (id = 1), drifted_version TEXT)",
+            "INSERT INTO announced (id, drifted_version) VALUES (1, NULL)",
+        ),
+    ),
+)
+
+
+class Crossings:
+    """The version drift was last announced for (None: none, or cleared since), in the
+    service's database, which its replicas share as they share the prediction log (and so
+    score the same window): whichever replica moves it first announces the crossing, so
+    one crossing is one event from all of them, and a restart announces nothing again.
+    ``database``: an opened database (core/db.py), or the path of a SQLite file."""
+
+    def __init__(self, database: Database | Path) -> None:
+        self.database = SQLiteDatabase(database) if isinstance(database, Path) else database
+        try:
+            self.database.migrate("drift", CROSSINGS_MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def drifted_version(self) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT drifted_version FROM announced").fetchone()
-        return None if row["drifted_version"] is None else str(row["drifted_version"])
+        row = self.database.run(
+            lambda tx: tx.fetch_one("SELECT drifted_version FROM announced WHERE id = 1")
+        )
+        value = row["drifted_version"] if row is not None else None
+        return None if value is None else str(value)
 
     def move(self, expected: str | None, new: str | None) -> bool:
         """Sets ``new`` if the value is still ``expected``; False when another replica
-        moved it first."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE announced SET drifted_version = ? WHERE id = 1 AND drifted_version IS ?",
+        moved it first (the row's lock orders the two updates on PostgreSQL; the second
+        finds the value moved and changes nothing)."""
+
+        def update(tx: Transaction) -> int:
+            # SQLite's ``IS`` compares NULLs too; PostgreSQL's spelling of it.
+            same = "IS" if tx.engine == "sqlite" else "IS NOT DISTINCT FROM"
+            return tx.execute(
+                f"UPDATE announced SET drifted_version = ? WHERE id = 1 AND drifted_version"
+                f" {same} ?",
                 (new, expected),
             )
-        return cursor.rowcount == 1
+
+        # Not idempotent: after a lost commit answer a retry would find its own move and
+        # report it as another replica's.
+        return self.database.run(update, write=True) == 1
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
 
 # ---- the reference and the monitor

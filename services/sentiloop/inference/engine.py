@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core import sqlite
 from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.config import MAX_RECENT_PREDICTIONS, MAX_TEXTS_PER_CALL
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -23,20 +21,41 @@ from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import check_text, quoted
 from sentiloop.core.vocabulary import EndpointState
 
-PREDICTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id            TEXT PRIMARY KEY,
-    text          TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    label         TEXT NOT NULL,
-    confidence    REAL NOT NULL,
-    scores        TEXT NOT NULL,
-    created_at    TEXT NOT NULL
-);
--- The recent predictions, newest first (ListRecentPredictions); logs created before it
--- get it on the next start.
-CREATE INDEX IF NOT EXISTS predictions_created_at ON predictions (created_at);
-"""
+# A SQLite log made before the migration runner (with or without the index) runs these
+# steps, written to be no-ops on what exists, once. The order of logging is SQLite's
+# rowid (in the created_at index implicitly) and PostgreSQL's ``seq``: an identity, as
+# the prediction id is a random one.
+PREDICTIONS_MIGRATIONS = (
+    Migration(
+        1,
+        "the prediction log, and its index for the recent predictions, newest first",
+        sqlite=(
+            """CREATE TABLE IF NOT EXISTS predictions (
+                id            TEXT PRIMARY KEY,
+                text          TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                label         TEXT NOT NULL,
+                confidence    REAL NOT NULL,
+                scores        TEXT NOT NULL,
+                created_at    TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS predictions_created_at ON predictions (created_at)",
+        ),
+        postgresql=(
+            """CREATE TABLE predictions (
+                id            TEXT PRIMARY KEY,
+                text          TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                label         TEXT NOT NULL,
+                confidence    DOUBLE PRECISION NOT NULL,
+                scores        TEXT NOT NULL,
+                created_at    TIMESTAMPTZ NOT NULL,
+                seq           BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+            )""",
+            "CREATE INDEX predictions_created_at ON predictions (created_at, seq)",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -85,42 +104,55 @@ def check_texts(texts: list[str], max_text_length: int) -> None:
         raise InvalidArgument(problems)
 
 
-class PredictionLog:
-    """Every prediction, so feedback can cite its id. Synchronous=NORMAL: in WAL mode
-    that survives a crash of the process, and keeps an fsync off each prediction."""
+def migrate_prediction_log(database: Database) -> None:
+    database.migrate("predictions", PREDICTIONS_MIGRATIONS)
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(PREDICTIONS_SCHEMA)
+
+class PredictionLog:
+    """Every prediction, so feedback can cite its id; the replicas of the service share
+    it. ``database``: an opened database (core/db.py; InferenceService opens it not
+    durable, which keeps a flush to disk off each answer), or the path of a SQLite file
+    (opened so)."""
+
+    def __init__(self, database: Database | Path) -> None:
+        self.database = (
+            SQLiteDatabase(database, durable=False) if isinstance(database, Path) else database
+        )
+        try:
+            migrate_prediction_log(self.database)
+        except BaseException:
+            self.database.close()
+            raise
 
     def record(self, predictions: list[Prediction]) -> None:
+        """Logs a batch in one transaction. A retry after a lost commit answer finds the
+        rows there already (the ids are random, unique): nothing is logged twice."""
         now = datetime.now(UTC).isoformat()
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        p.id,
-                        p.text,
-                        p.model_version,
-                        p.label,
-                        p.confidence,
-                        json.dumps(p.scores),
-                        now,
-                    )
-                    for p in predictions
-                ],
-            )
+        rows = [
+            (p.id, p.text, p.model_version, p.label, p.confidence, json.dumps(p.scores), now)
+            for p in predictions
+        ]
+        if not rows:
+            return
+        self.database.run(
+            lambda tx: tx.execute_many(
+                "INSERT INTO predictions"
+                " (id, text, model_version, label, confidence, scores, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                rows,
+            ),
+            write=True,
+            idempotent=True,
+        )
 
     def get(self, prediction_id: str) -> Prediction:
         if not prediction_id or len(prediction_id) > 64:
             raise InvalidArgument({"prediction_id": "is not a prediction id"})
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM predictions WHERE id = ?", (prediction_id,)
-            ).fetchone()
+        row = self.database.run(
+            lambda tx: tx.fetch_one(
+                f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)
+            )
+        )
         if row is None:
             raise NotFound(f"prediction {quoted(prediction_id)} does not exist")
         return _from_row(row)
@@ -130,30 +162,43 @@ class PredictionLog:
         predictions of one batch share their time, so the last logged comes first."""
         if not 1 <= limit <= MAX_RECENT_PREDICTIONS:
             raise InvalidArgument({"page_size": f"must be between 1 and {MAX_RECENT_PREDICTIONS}"})
-        # Times are stored as UTC ISO strings, whose order is their text's order.
-        lower = since.astimezone(UTC).isoformat() if since is not None else ""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM predictions WHERE created_at >= ?"
-                " ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                (lower, limit),
-            ).fetchall()
-        return [_from_row(row) for row in rows]
+
+        def read(tx: Transaction) -> list[Row]:
+            order = "rowid" if tx.engine == "sqlite" else "seq"
+            # SQLite keeps UTC ISO strings, whose order is their text's order; PostgreSQL
+            # reads the same string as a timestamptz.
+            where, params = ("", ()) if since is None else (
+                "WHERE created_at >= ?", (since.astimezone(UTC).isoformat(),)
+            )  # fmt: skip
+            return tx.fetch(
+                f"SELECT {_COLUMNS} FROM predictions {where}"
+                f" ORDER BY created_at DESC, {order} DESC LIMIT ?",
+                (*params, limit),
+            )
+
+        return [_from_row(row) for row in self.database.run(read)]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
 
-def _from_row(row: sqlite3.Row) -> Prediction:
+Row = dict[str, Any]
+_COLUMNS = "id, text, model_version, label, confidence, scores, created_at"
+
+
+def _from_row(row: Row) -> Prediction:
+    # SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC).
+    created_at = row["created_at"]
+    if isinstance(created_at, str):
+        created_at = datetime.fromisoformat(created_at)
     return Prediction(
         id=row["id"],
         text=row["text"],
         label=row["label"],
-        confidence=row["confidence"],
+        confidence=float(row["confidence"]),
         scores=json.loads(row["scores"]),
         model_version=row["model_version"],
-        created_at=datetime.fromisoformat(row["created_at"]),
+        created_at=created_at,
     )
 
 

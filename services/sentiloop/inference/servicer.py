@@ -19,6 +19,7 @@ from sentiloop.core import metrics
 from sentiloop.core.clients import Clients
 from sentiloop.core.config import Settings
 from sentiloop.core.convert import datetime_of, timestamp
+from sentiloop.core.db import open_service_database
 from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.follow import EventFollower
 from sentiloop.core.notify import Notifier
@@ -419,7 +420,11 @@ async def trained_on(clients: Clients, version: str) -> str:
 
 def create_app(settings: Settings) -> ServiceApp:
     service_dir = settings.service_dir("inference")
-    prediction_log = PredictionLog(service_dir / "predictions.db")
+    # Not durable: the newest predictions may be lost in a crash of the machine or the
+    # database server, in exchange for no flush to disk on the answer path (core/db.py).
+    # The shadow tables share it (the report joins them with the predictions).
+    predictions_db = open_service_database(settings, "inference", "predictions.db", durable=False)
+    prediction_log = PredictionLog(predictions_db)
     clients = Clients(settings)
     poll_seconds = settings.inference_poll_seconds
     fallback_seconds = settings.inference_fallback_poll_seconds
@@ -483,9 +488,9 @@ def create_app(settings: Settings) -> ServiceApp:
             partial(trained_on, clients),
             Notifier(clients).emit,
             settings.drift_interval_seconds,
-            Crossings(service_dir / "drift.db"),
+            Crossings(open_service_database(settings, "inference", "drift.db")),
         )
-        shadow_store = ShadowStore(service_dir / "predictions.db")
+        shadow_store = ShadowStore(predictions_db)
         predict_texts = load_script("inference").predict_texts
 
         def load_shadow(version: str, artifact: str) -> Score:
@@ -527,6 +532,7 @@ def create_app(settings: Settings) -> ServiceApp:
             await servicer.shadow.close()
         await servicer.close()
         await clients.close()
+        # The shadow store's database too; last, once the batcher's answers are logged.
         prediction_log.close()
 
     return ServiceApp(

@@ -6,9 +6,9 @@ the served model answered, off the answer path, and both answers are kept.
   they are skipped and counted. Nothing on the answer path waits for the candidate.
 - One thread of its own drains the queue in batches through the candidate and records
   its answers in ``shadow_predictions``, beside the served answers' ``predictions`` table
-  in the same SQLite file.
-- The run itself (version, start, end) is a row of ``shadow_runs`` in that file, so every
-  replica that shares the data directory shadows its own traffic of the same run, a
+  in the same database (a SQLite file, or the service's PostgreSQL schema).
+- The run itself (version, start, end) is a row of ``shadow_runs`` there, so every
+  replica that shares the database shadows its own traffic of the same run, a
   restarted process resumes it, and the report covers every replica's requests.
 - Labels come from FeedbackService, read incrementally (a cursor over its pages) into
   ``shadow_labels``; the report joins them with both models' answers.
@@ -28,11 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentiloop.core import metrics, sqlite
+from sentiloop.core import metrics
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.vocabulary import EventType, normalize_label
 from sentiloop.data.shadow import ShadowReport, ShadowState, score_labelled
-from sentiloop.inference.engine import PREDICTIONS_SCHEMA, Prediction
+from sentiloop.inference.engine import Prediction, migrate_prediction_log
 
 log = logging.getLogger("sentiloop.inference.shadow")
 
@@ -45,42 +46,89 @@ FEEDBACK_PAGE_SIZE = 1000
 # often (each read fetches FeedbackService's last page again).
 LABELS_MIN_INTERVAL_SECONDS = 1.0
 
-SHADOW_SCHEMA = """
-CREATE TABLE IF NOT EXISTS shadow_runs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    version     TEXT NOT NULL,
-    artifact    TEXT NOT NULL,
-    started_at  TEXT NOT NULL,
-    ends_at     TEXT NOT NULL,
-    ended_at    TEXT,
-    end_reason  TEXT NOT NULL DEFAULT '',
-    skipped     INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS shadow_predictions (
-    prediction_id  TEXT NOT NULL,
-    shadow_version TEXT NOT NULL,
-    label          TEXT NOT NULL,
-    confidence     REAL NOT NULL,
-    scores         TEXT NOT NULL,
-    created_at     TEXT NOT NULL,
-    run_id         INTEGER NOT NULL,
-    PRIMARY KEY (prediction_id, shadow_version)
-);
-CREATE INDEX IF NOT EXISTS shadow_predictions_by_run ON shadow_predictions (run_id);
--- The latest user label of each prediction feedback cites (FeedbackService's, copied).
-CREATE TABLE IF NOT EXISTS shadow_labels (
-    prediction_id TEXT PRIMARY KEY,
-    user_label    TEXT NOT NULL,
-    feedback_id   INTEGER NOT NULL
-);
--- Where the copy of the feedback stands: the page token that fetched the last page read,
--- and the newest record id seen on it.
-CREATE TABLE IF NOT EXISTS shadow_feedback_cursor (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    page_token TEXT NOT NULL,
-    last_id    INTEGER NOT NULL
-);
-"""
+# pg_advisory_xact_lock key: a run begins under it, so two replicas asked at once never
+# both find no run open ("shadow").
+BEGIN_LOCK = 0x736861646F77
+
+# A SQLite file made before the migration runner has these tables already: its steps
+# are no-ops on them.
+SHADOW_MIGRATIONS = (
+    Migration(
+        1,
+        "shadow runs, the candidate's answers, the labels copied from feedback and the"
+        " copy's cursor",
+        sqlite=(
+            """CREATE TABLE IF NOT EXISTS shadow_runs (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                version     TEXT NOT NULL,
+                artifact    TEXT NOT NULL,
+                started_at  TEXT NOT NULL,
+                ends_at     TEXT NOT NULL,
+                ended_at    TEXT,
+                end_reason  TEXT NOT NULL DEFAULT '',
+                skipped     INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE IF NOT EXISTS shadow_predictions (
+                prediction_id  TEXT NOT NULL,
+                shadow_version TEXT NOT NULL,
+                label          TEXT NOT NULL,
+                confidence     REAL NOT NULL,
+                scores         TEXT NOT NULL,
+                created_at     TEXT NOT NULL,
+                run_id         INTEGER NOT NULL,
+                PRIMARY KEY (prediction_id, shadow_version)
+            )""",
+            "CREATE INDEX IF NOT EXISTS shadow_predictions_by_run ON shadow_predictions (run_id)",
+            # The latest user label of each prediction feedback cites (FeedbackService's,
+            # copied).
+            """CREATE TABLE IF NOT EXISTS shadow_labels (
+                prediction_id TEXT PRIMARY KEY,
+                user_label    TEXT NOT NULL,
+                feedback_id   INTEGER NOT NULL
+            )""",
+            # Where the copy of the feedback stands: the page token that fetched the last
+            # page read, and the newest record id seen on it.
+            """CREATE TABLE IF NOT EXISTS shadow_feedback_cursor (
+                id         INTEGER PRIMARY KEY CHECK (id = 1),
+                page_token TEXT NOT NULL,
+                last_id    INTEGER NOT NULL
+            )""",
+        ),
+        postgresql=(
+            """CREATE TABLE shadow_runs (
+                id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                version     TEXT NOT NULL,
+                artifact    TEXT NOT NULL,
+                started_at  TIMESTAMPTZ NOT NULL,
+                ends_at     TIMESTAMPTZ NOT NULL,
+                ended_at    TIMESTAMPTZ,
+                end_reason  TEXT NOT NULL DEFAULT '',
+                skipped     BIGINT NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE shadow_predictions (
+                prediction_id  TEXT NOT NULL,
+                shadow_version TEXT NOT NULL,
+                label          TEXT NOT NULL,
+                confidence     DOUBLE PRECISION NOT NULL,
+                scores         TEXT NOT NULL,
+                created_at     TIMESTAMPTZ NOT NULL,
+                run_id         BIGINT NOT NULL,
+                PRIMARY KEY (prediction_id, shadow_version)
+            )""",
+            "CREATE INDEX shadow_predictions_by_run ON shadow_predictions (run_id)",
+            """CREATE TABLE shadow_labels (
+                prediction_id TEXT PRIMARY KEY,
+                user_label    TEXT NOT NULL,
+                feedback_id   BIGINT NOT NULL
+            )""",
+            """CREATE TABLE shadow_feedback_cursor (
+                id         INTEGER PRIMARY KEY CHECK (id = 1),
+                page_token TEXT NOT NULL,
+                last_id    BIGINT NOT NULL
+            )""",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -122,153 +170,198 @@ class FeedbackLabel:
     user_label: str
 
 
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+Row = dict[str, Any]
+
+
+def _time(value: str | datetime | None) -> datetime | None:
+    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value) if value else None
+    return value
+
+
+def _required_time(value: str | datetime) -> datetime:
+    time = _time(value)
+    assert time is not None
+    return time
 
 
 class ShadowStore:
-    """The shadow tables, in the prediction log's SQLite file (a connection of its own)."""
+    """The shadow tables, beside the prediction log (its table is made here too, when
+    missing: the report joins it). ``database``: an opened database (core/db.py; the
+    prediction log's may be shared), or the path of a SQLite file (opened as the
+    prediction log's)."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite.connect(path)
-        # As the prediction log: WAL with NORMAL survives a crash of the process.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(PREDICTIONS_SCHEMA + SHADOW_SCHEMA)
+    def __init__(self, database: Database | Path) -> None:
+        self.database = (
+            SQLiteDatabase(database, durable=False) if isinstance(database, Path) else database
+        )
+        try:
+            migrate_prediction_log(self.database)
+            self.database.migrate("shadow", SHADOW_MIGRATIONS)
+        except BaseException:
+            self.database.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     def begin(self, version: str, artifact: str, started_at: datetime, ends_at: datetime) -> int:
         """A new run, unless one is open and not past its end."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT version, ends_at FROM shadow_runs WHERE ended_at IS NULL"
-                    " ORDER BY id DESC LIMIT 1"
-                ).fetchone()
-                if row is not None and datetime.fromisoformat(row["ends_at"]) > started_at:
-                    raise FailedPrecondition(
-                        f"{row['version']} is shadowing until {row['ends_at']}: stop it first"
-                        " (POST /predict/shadow/stop)"
-                    )
-                cursor = self._db.execute(
-                    "INSERT INTO shadow_runs (version, artifact, started_at, ends_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (version, artifact, started_at.isoformat(), ends_at.isoformat()),
+
+        def insert(tx: Transaction) -> int:
+            if tx.engine == "postgresql":
+                # SQLite's write lock (BEGIN IMMEDIATE) serialises begins; this, PostgreSQL's.
+                tx.fetch("SELECT pg_advisory_xact_lock(?)", (BEGIN_LOCK,))
+            row = tx.fetch_one(
+                "SELECT version, ends_at FROM shadow_runs WHERE ended_at IS NULL"
+                " ORDER BY id DESC LIMIT 1"
+            )
+            if row is not None and _required_time(row["ends_at"]) > started_at:
+                raise FailedPrecondition(
+                    f"{row['version']} is shadowing until"
+                    f" {_required_time(row['ends_at']).isoformat()}: stop it first"
+                    " (POST /predict/shadow/stop)"
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return int(cursor.lastrowid or 0)
+            inserted = tx.fetch_one(
+                "INSERT INTO shadow_runs (version, artifact, started_at, ends_at)"
+                " VALUES (?, ?, ?, ?) RETURNING id",
+                (version, artifact, started_at.isoformat(), ends_at.isoformat()),
+            )
+            assert inserted is not None
+            return int(inserted["id"])
+
+        return self.database.run(insert, write=True)
 
     def latest(self) -> ShadowRun | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM shadow_runs ORDER BY id DESC LIMIT 1").fetchone()
+        row = self.database.run(
+            lambda tx: tx.fetch_one("SELECT * FROM shadow_runs ORDER BY id DESC LIMIT 1")
+        )
         if row is None:
             return None
         return ShadowRun(
-            id=row["id"],
+            id=int(row["id"]),
             version=row["version"],
             artifact=row["artifact"],
-            started_at=datetime.fromisoformat(row["started_at"]),
-            ends_at=datetime.fromisoformat(row["ends_at"]),
+            started_at=_required_time(row["started_at"]),
+            ends_at=_required_time(row["ends_at"]),
             ended_at=_time(row["ended_at"]),
             end_reason=row["end_reason"],
-            skipped=row["skipped"],
+            skipped=int(row["skipped"]),
         )
 
     def end(self, run_id: int, reason: str, at: datetime) -> bool:
         """Ends the run; False when it had ended already (another process, or twice)."""
-        with self._lock:
-            cursor = self._db.execute(
+        changed = self.database.run(
+            lambda tx: tx.execute(
                 "UPDATE shadow_runs SET ended_at = ?, end_reason = ?"
                 " WHERE id = ? AND ended_at IS NULL",
                 (at.isoformat(), reason, run_id),
-            )
-        return cursor.rowcount > 0
+            ),
+            write=True,
+        )
+        return changed > 0
 
     def add_skipped(self, run_id: int, texts: int) -> None:
-        with self._lock:
-            self._db.execute(
+        self.database.run(
+            lambda tx: tx.execute(
                 "UPDATE shadow_runs SET skipped = skipped + ? WHERE id = ?", (texts, run_id)
-            )
+            ),
+            write=True,
+        )
 
     def record(self, run_id: int, version: str, answers: Sequence[ShadowAnswer]) -> None:
         now = datetime.now(UTC).isoformat()
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO shadow_predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        a.prediction_id,
-                        version,
-                        a.label,
-                        a.confidence,
-                        json.dumps(a.scores),
-                        now,
-                        run_id,
-                    )
-                    for a in answers
-                ],
-            )
+        # In key order: two replicas writing the same keys take their row locks in one
+        # order on PostgreSQL, never waiting on each other in a circle.
+        rows = sorted(
+            (a.prediction_id, version, a.label, a.confidence, json.dumps(a.scores), now, run_id)
+            for a in answers
+        )
+        if not rows:
+            return
+        self.database.run(
+            lambda tx: tx.execute_many(
+                "INSERT INTO shadow_predictions (prediction_id, shadow_version, label,"
+                " confidence, scores, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (prediction_id, shadow_version) DO UPDATE SET"
+                " label = excluded.label, confidence = excluded.confidence,"
+                " scores = excluded.scores, created_at = excluded.created_at,"
+                " run_id = excluded.run_id",
+                rows,
+            ),
+            write=True,
+            idempotent=True,
+        )
 
     def cursor(self) -> tuple[str, int]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM shadow_feedback_cursor").fetchone()
-        return (row["page_token"], row["last_id"]) if row else ("", 0)
+        row = self.database.run(
+            lambda tx: tx.fetch_one(
+                "SELECT page_token, last_id FROM shadow_feedback_cursor WHERE id = 1"
+            )
+        )
+        return (row["page_token"], int(row["last_id"])) if row else ("", 0)
 
     def add_labels(self, labels: Sequence[FeedbackLabel], page_token: str, last_id: int) -> None:
-        """Keeps each prediction's latest label, and moves the cursor, in one step."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO shadow_labels VALUES (?, ?, ?) ON CONFLICT (prediction_id)"
+        """Keeps each prediction's latest label, and moves the cursor, in one step. Two
+        replicas copying the same pages at once write the same rows: each row keeps the
+        highest feedback id's label and the cursor the highest id, whichever commits
+        last."""
+        rows = sorted((label.prediction_id, label.id, label.user_label) for label in labels)
+
+        def store(tx: Transaction) -> None:
+            if rows:
+                tx.execute_many(
+                    "INSERT INTO shadow_labels (prediction_id, feedback_id, user_label)"
+                    " VALUES (?, ?, ?) ON CONFLICT (prediction_id)"
                     " DO UPDATE SET user_label = excluded.user_label,"
                     " feedback_id = excluded.feedback_id"
                     " WHERE excluded.feedback_id > shadow_labels.feedback_id",
-                    [(label.prediction_id, label.user_label, label.id) for label in labels],
+                    rows,
                 )
-                self._db.execute(
-                    "INSERT INTO shadow_feedback_cursor VALUES (1, ?, ?) ON CONFLICT (id)"
-                    " DO UPDATE SET page_token = excluded.page_token, last_id = excluded.last_id"
-                    " WHERE excluded.last_id >= shadow_feedback_cursor.last_id",
-                    (page_token, last_id),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            tx.execute(
+                "INSERT INTO shadow_feedback_cursor (id, page_token, last_id) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET page_token = excluded.page_token,"
+                " last_id = excluded.last_id"
+                " WHERE excluded.last_id >= shadow_feedback_cursor.last_id",
+                (page_token, last_id),
+            )
+
+        self.database.run(store, write=True, idempotent=True)
 
     def tally(self, run_id: int) -> Tally:
-        with self._lock:
-            counts = self._db.execute(
-                "SELECT COUNT(*) AS shadowed, COALESCE(SUM(s.label = p.label), 0) AS agreed"
+        def read(tx: Transaction) -> tuple[Row | None, list[Row], list[Row]]:
+            counts = tx.fetch_one(
+                "SELECT COUNT(*) AS shadowed,"
+                " COALESCE(SUM(CASE WHEN s.label = p.label THEN 1 ELSE 0 END), 0) AS agreed"
                 " FROM shadow_predictions s JOIN predictions p ON p.id = s.prediction_id"
                 " WHERE s.run_id = ?",
                 (run_id,),
-            ).fetchone()
-            versions = self._db.execute(
+            )
+            versions = tx.fetch(
                 "SELECT DISTINCT p.model_version FROM shadow_predictions s"
                 " JOIN predictions p ON p.id = s.prediction_id WHERE s.run_id = ?"
                 " ORDER BY p.model_version",
                 (run_id,),
-            ).fetchall()
-            labelled = self._db.execute(
-                "SELECT s.label AS shadow, p.label AS served, f.user_label AS user"
+            )
+            labelled = tx.fetch(
+                "SELECT s.label AS shadow, p.label AS served, f.user_label AS user_label"
                 " FROM shadow_predictions s JOIN predictions p ON p.id = s.prediction_id"
                 " JOIN shadow_labels f ON f.prediction_id = s.prediction_id WHERE s.run_id = ?",
                 (run_id,),
-            ).fetchall()
+            )
+            return counts, versions, labelled
+
+        # One transaction: one snapshot on SQLite; on PostgreSQL (READ COMMITTED) each
+        # statement reads its own, as the report's numbers were never one atomic view.
+        counts, versions, labelled = self.database.run(read)
+        assert counts is not None
         return Tally(
-            shadowed=counts["shadowed"],
-            agreed=counts["agreed"],
-            served_versions=tuple(row[0] for row in versions),
-            labelled=[(row["shadow"], row["served"], row["user"]) for row in labelled],
+            # PostgreSQL's SUM of integers is a numeric (a Decimal here).
+            shadowed=int(counts["shadowed"]),
+            agreed=int(counts["agreed"]),
+            served_versions=tuple(row["model_version"] for row in versions),
+            labelled=[(row["shadow"], row["served"], row["user_label"]) for row in labelled],
         )
 
 
@@ -690,7 +783,8 @@ class ShadowController:
                 return
 
     async def close(self) -> None:
+        """Stops the candidate; the store stays open (its database is the prediction
+        log's, which answers still being logged need: whoever opened it closes it)."""
         self._cancel_loading()
         self._runner.close()  # waits for a batch being scored, which the store records
         self._loader.shutdown(wait=False, cancel_futures=True)
-        self._store.close()
