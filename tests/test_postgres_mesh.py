@@ -7,24 +7,32 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from postgres import PostgresServer
 from test_feedback_loop import run_the_loop_once
 
 from sentiloop.testing import (
     TINY_ENV,
     RunningMesh,
+    free_port,
+    give_feedback,
     pid_alive,
     replica_base_port,
     start_mesh,
     wait_for,
 )
+from sentiloop.v1 import retraining_pb2, retraining_pb2_grpc
 
 # Each service's tables, in the schema named after it.
 EXPECTED_TABLES = {
@@ -68,10 +76,21 @@ def client(pg_mesh: RunningMesh) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture(scope="module")
+def looped(pg_mesh: RunningMesh) -> dict[str, Any]:
+    """The loop's first turn (bootstrap, feedback, a retraining run), once per module."""
+    with httpx.Client(base_url=pg_mesh.url, headers=pg_mesh.operator_headers, timeout=600) as http:
+        return run_the_loop_once(pg_mesh, http)
+
+
 def test_the_loop_runs_on_postgresql_alone(
-    pg_mesh: RunningMesh, client: httpx.Client, postgres: PostgresServer, database: str
+    looped: dict[str, Any],
+    pg_mesh: RunningMesh,
+    client: httpx.Client,
+    postgres: PostgresServer,
+    database: str,
 ) -> None:
-    result = run_the_loop_once(pg_mesh, client)
+    result = looped
     assert result["model_version"] == "v2" and result["feedback_samples"] == 30
     history = client.get("/evaluations", params={"model_version": "v1"})
     assert history.status_code == 200, history.text
@@ -89,11 +108,15 @@ def test_the_loop_runs_on_postgresql_alone(
     [(stored,)] = postgres.execute(database, "SELECT COUNT(*) FROM feedback.feedback")
     assert stored == client.get("/feedback/stats").json()["total"] >= 30
     [(versions,)] = postgres.execute(database, "SELECT COUNT(*) FROM registry.versions")
-    assert versions == 2
+    assert versions >= 2  # v1 bootstrapped, v2 retrained (v3 when the test below ran first)
 
 
 def test_each_acknowledged_key_is_stored_once_across_replicas(
-    pg_mesh: RunningMesh, client: httpx.Client, postgres: PostgresServer, database: str
+    looped: dict[str, Any],  # first: the loop counts its own 30 labels
+    pg_mesh: RunningMesh,
+    client: httpx.Client,
+    postgres: PostgresServer,
+    database: str,
 ) -> None:
     """9 clients send 600 keyed records, each key twice (by two clients at about the same
     time), while the second feedback replica is killed and restarted; a client retries
@@ -150,3 +173,53 @@ def test_each_acknowledged_key_is_stored_once_across_replicas(
     logs = Path(pg_mesh.data_dir) / "logs"
     for name in ("feedback.log", "feedback-2.log"):
         assert "FeedbackService/SubmitFeedback OK" in (logs / name).read_text(), name
+
+
+def test_two_retraining_processes_run_one_retraining_at_a_time(
+    looped: dict[str, Any], pg_mesh: RunningMesh, client: httpx.Client
+) -> None:
+    """A second RetrainingService process on the same database (as a second ECS task
+    would be): Retrain called on both at once starts one run; the other answers
+    ALREADY_EXISTS (the database's unique index decides, not a process's memory)."""
+    give_feedback(client, 12, "second run")
+    port = free_port()
+    second = subprocess.Popen(
+        [sys.executable, "-m", "sentiloop.serve", "retraining"],
+        env={**pg_mesh.env, "SENTILOOP_RETRAINING_PORT": str(port)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        addresses = [pg_mesh.address("retraining"), f"127.0.0.1:{port}"]
+        wait_for(lambda: serving(addresses[1]), 60)
+        barrier = threading.Barrier(2)
+
+        def retrain(address: str) -> str:
+            with pg_mesh.operator_channel(address) as channel:
+                stub = retraining_pb2_grpc.RetrainingServiceStub(channel)
+                barrier.wait()
+                try:
+                    answer = stub.Retrain(retraining_pb2.RetrainRequest(), timeout=600)
+                except grpc.RpcError as error:
+                    return f"{error.code().name}: {error.details()}"
+                return f"OK {answer.model_version}"
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(retrain, addresses))
+        assert outcomes[0].startswith("ALREADY_EXISTS: a retraining run is already in progress")
+        assert outcomes[1] == "OK v3", outcomes
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
