@@ -151,6 +151,29 @@ class PostgresServer:
             cursor = connection.execute(sql)
             return cursor.fetchall() if cursor.description else []
 
+    def slow_inserts(self, url: str, table: str, condition: str, seconds: float) -> None:
+        """Inserts into ``table`` (``schema.table``) of a row meeting ``condition`` (on
+        ``NEW``) sleep ``seconds`` inside their transaction: a writer slow to commit, for
+        the tests that a reader never passes over a lower id still being inserted."""
+        schema = table.split(".")[0]
+        self.execute(
+            url,
+            f"""CREATE FUNCTION {schema}.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF {condition} THEN PERFORM pg_sleep({seconds}); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER slow_insert BEFORE INSERT ON {table}
+                FOR EACH ROW EXECUTE FUNCTION {schema}.slow_insert();""",
+        )
+
+    def wait_for_a_slow_insert(self, url: str, timeout: float = 5.0) -> None:
+        """Returns once an insert made slow by ``slow_inserts`` is sleeping (its id drawn)."""
+        deadline = time.monotonic() + timeout
+        while not self.execute(url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"):
+            assert time.monotonic() < deadline, "the slow insert never started"
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
 

@@ -89,25 +89,11 @@ def test_a_publish_that_commits_late_is_not_passed_over(postgres: PostgresServer
     slow_log, fast_log = (
         EventLog(open_database(url, Path("unused"), schema="notification")) for _ in range(2)
     )
-    postgres.execute(
-        url,
-        """CREATE FUNCTION notification.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.type = 'test.slow' THEN PERFORM pg_sleep(1.0); END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER slow_insert BEFORE INSERT ON notification.events
-            FOR EACH ROW EXECUTE FUNCTION notification.slow_insert();""",
-    )
+    postgres.slow_inserts(url, "notification.events", "NEW.type = 'test.slow'", 1.0)
     try:
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(slow_log.publish, "test.slow")
-            deadline = time.monotonic() + 5
-            while not postgres.execute(
-                url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-            ):
-                assert time.monotonic() < deadline, "the slow publish never started"
-                time.sleep(0.02)
+            postgres.wait_for_a_slow_insert(url)
             fast = pool.submit(fast_log.publish, "test.fast")
             first_seen: list[str] = []
             deadline = time.monotonic() + 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -237,25 +236,11 @@ def test_a_reader_going_on_from_its_last_id_misses_no_record(
     url = postgres.create_database()
     slow_replica = FeedbackStore(open_database(url, Path("unused"), schema="feedback"), 100)
     fast_replica = FeedbackStore(open_database(url, Path("unused"), schema="feedback"), 100)
-    postgres.execute(
-        url,
-        """CREATE FUNCTION feedback.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.text = 'slow' THEN PERFORM pg_sleep(1.5); END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER slow_insert BEFORE INSERT ON feedback.feedback
-            FOR EACH ROW EXECUTE FUNCTION feedback.slow_insert();""",
-    )
+    postgres.slow_inserts(url, "feedback.feedback", "NEW.text = 'slow'", 1.5)
     try:
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(slow_replica.submit, NewFeedback(text="slow", user_label="neutral"))
-            deadline = time.monotonic() + 5
-            while not postgres.execute(
-                url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-            ):
-                assert time.monotonic() < deadline, "the slow submit never started"
-                time.sleep(0.02)
+            postgres.wait_for_a_slow_insert(url)
             fast, _ = fast_replica.submit(NewFeedback(text="fast", user_label="neutral"))
             listed = fast_replica.list(after_id=0)
             slow_record, _ = slow.result()

@@ -407,5 +407,11 @@ class PostgresDatabase(Database):
         self._pool.close()
 
 
+def stored_time(value: str | datetime) -> datetime:
+    """A time read back from either engine: SQLite keeps ISO 8601 text, PostgreSQL a
+    timestamptz (read in UTC)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction, stored_time
 
 MIGRATIONS = (
     Migration(
@@ -96,10 +96,7 @@ class ReportStore:
                 Report(
                     id=row["id"],
                     model_version=row["model_version"],
-                    # SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC).
-                    created_at=datetime.fromisoformat(created_at)
-                    if isinstance(created_at, str)
-                    else created_at,
+                    created_at=stored_time(created_at),
                     feedback=body["feedback"],
                     test=body["test"],
                     feedback_count=body["feedback_count"],

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem
 from sentiloop.core.vocabulary import normalize_label
@@ -297,8 +297,8 @@ class FeedbackStore:
             with_model_prediction=int(row["with_prediction"]),
             latest_id=int(row["latest_id"]),
             new_count=max(0, total - after_count),
-            first_new_at=_time(first_new["created_at"]) if first_new else None,
-            latest_at=_time(latest["created_at"]) if latest else None,
+            first_new_at=stored_time(first_new["created_at"]) if first_new else None,
+            latest_at=stored_time(latest["created_at"]) if latest else None,
             audit=int(row["audit"]),
         )
 
@@ -355,7 +355,7 @@ class FeedbackStore:
             issued: set[tuple[datetime, str]] = set()
             for chunk in _chunks(prediction_ids):
                 issued.update(
-                    (_time(row["issued_at"]), row["prediction_id"])
+                    (stored_time(row["issued_at"]), row["prediction_id"])
                     for row in tx.fetch(
                         "SELECT prediction_id, issued_at FROM audit_requests"
                         f" WHERE prediction_id IN ({_marks(chunk)})",
@@ -379,11 +379,6 @@ def _marks(values: Sequence[str]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _time(value: str | datetime) -> datetime:
-    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
 def _from_row(row: Row) -> Feedback:
     return Feedback(
         id=int(row["id"]),
@@ -392,6 +387,6 @@ def _from_row(row: Row) -> Feedback:
         user_label=row["user_label"],
         prediction_id=row["prediction_id"],
         model_version=row["model_version"],
-        created_at=_time(row["created_at"]),
+        created_at=stored_time(row["created_at"]),
         audit=bool(row["audit"]),
     )

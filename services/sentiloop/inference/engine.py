@@ -13,7 +13,7 @@ from typing import Any
 
 from sentiloop.core.artifacts import unpack_artifact
 from sentiloop.core.config import MAX_RECENT_PREDICTIONS, MAX_TEXTS_PER_CALL
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import Internal, InvalidArgument, NotFound, Unavailable
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -187,10 +187,7 @@ _COLUMNS = "id, text, model_version, label, confidence, scores, created_at"
 
 
 def _from_row(row: Row) -> Prediction:
-    # SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC).
-    created_at = row["created_at"]
-    if isinstance(created_at, str):
-        created_at = datetime.fromisoformat(created_at)
+    created_at = stored_time(row["created_at"])
     return Prediction(
         id=row["id"],
         text=row["text"],

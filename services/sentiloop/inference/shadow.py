@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentiloop.core import metrics
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument
 from sentiloop.core.vocabulary import EventType, normalize_label
 from sentiloop.data.shadow import ShadowReport, ShadowState, score_labelled
@@ -174,10 +174,7 @@ Row = dict[str, Any]
 
 
 def _time(value: str | datetime | None) -> datetime | None:
-    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
-    if isinstance(value, str):
-        return datetime.fromisoformat(value) if value else None
-    return value
+    return stored_time(value) if value else None
 
 
 def _required_time(value: str | datetime) -> datetime:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import AlreadyExists, InvalidArgument, NotFound
 from sentiloop.core.training import TrainingJob
 from sentiloop.core.vocabulary import JobStatus
@@ -186,9 +186,9 @@ def _from_row(row: Row) -> TrainingJob:
         name=row["name"],
         status=row["status"],
         backend=row["backend"],
-        created_at=_time(row["created_at"]),
+        created_at=stored_time(row["created_at"]),
         secondary_status=row["secondary_status"],
-        ended_at=_time(row["ended_at"]) if row["ended_at"] else None,
+        ended_at=stored_time(row["ended_at"]) if row["ended_at"] else None,
         artifact=row["artifact"],
         failure_reason=row["failure_reason"],
         progress=json.loads(row["progress"]),
@@ -203,11 +203,6 @@ def _from_row(row: Row) -> TrainingJob:
         hyperparameters=json.loads(row["hyperparameters"]),
         attempts=int(row["attempts"]),
     )
-
-
-def _time(value: str | datetime) -> datetime:
-    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def now() -> datetime:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, page_size
 from sentiloop.core.vocabulary import EventType
@@ -254,8 +254,5 @@ def _from_row(row: Row) -> Event:
         subject=row["subject"],
         message=row["message"],
         attributes=json.loads(row["attributes"]),
-        # SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC).
-        created_at=datetime.fromisoformat(created_at)
-        if isinstance(created_at, str)
-        else created_at,
+        created_at=stored_time(created_at),
     )

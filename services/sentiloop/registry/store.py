@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
@@ -304,7 +304,7 @@ class ModelRegistry:
                 previous_version=row["previous_version"],
                 kind=row["kind"],
                 reason=row["reason"],
-                activated_at=_time(row["activated_at"]),
+                activated_at=stored_time(row["activated_at"]),
             )
             for row in rows
         ]
@@ -435,7 +435,7 @@ def _from_row(row: Row, active: str) -> ModelVersion:
         dataset_hash=row["dataset_hash"],
         test_metrics=json.loads(row["test_metrics"]),
         validation_metrics=json.loads(row["validation_metrics"]),
-        created_at=_time(row["created_at"]),
+        created_at=stored_time(row["created_at"]),
         is_active=version == active,
         status=status,
         gate=gate,
@@ -447,8 +447,3 @@ def _from_row(row: Row, active: str) -> ModelVersion:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _time(value: str | datetime) -> datetime:
-    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction
+from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction, stored_time
 from sentiloop.core.errors import AlreadyExists
 
 # The owner renews its run this often; a run not renewed for LEASE_SECONDS is deemed
@@ -238,11 +238,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _time(value: str | datetime) -> datetime:
-    """SQLite keeps ISO 8601 text, PostgreSQL a timestamptz (read in UTC)."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
 def _from_row(row: Row) -> Run:
     return Run(
         id=int(row["id"]),
@@ -253,8 +248,8 @@ def _from_row(row: Row) -> Run:
         recipe=row["recipe"],
         seed=int(row["seed"]),
         force=bool(row["force"]),
-        started_at=_time(row["started_at"]),
-        ended_at=_time(row["ended_at"]) if row["ended_at"] else None,
+        started_at=stored_time(row["started_at"]),
+        ended_at=stored_time(row["ended_at"]) if row["ended_at"] else None,
         result=json.loads(row["result"]),
         owner=row["owner"],
     )
