@@ -307,10 +307,11 @@ class _PostgresTransaction:
 
 
 class PostgresDatabase(Database):
-    """A psycopg_pool connection pool: connections are checked before use and replaced
-    when broken (a server restart or failover costs a retry, not a restart of the
-    service), and several threads of a service work at once, each on its own
-    connection."""
+    """A psycopg_pool connection pool: several threads of a service work at once, each
+    on its own connection. A broken connection (a server restart or failover) fails the
+    transaction's first statement, before anything could commit, so ``run`` retries it on
+    a fresh one: a restart costs a retry, not a restart of the service. Connections are
+    not checked before each use, which would cost every transaction a round trip."""
 
     engine: Engine = "postgresql"
 
@@ -344,7 +345,6 @@ class PostgresDatabase(Database):
                 "options": f"-c TimeZone=UTC -c search_path={schema}"
                 + ("" if durable else " -c synchronous_commit=off"),  # see open_database
             },
-            check=ConnectionPool.check_connection,
             name="sentiloop",
             open=False,
         )

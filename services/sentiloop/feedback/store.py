@@ -184,10 +184,7 @@ class FeedbackStore:
                 # Shared: submits of every replica run side by side; list() takes it
                 # exclusively to find the ids that are settled (see SETTLED_IDS_LOCK).
                 tx.fetch("SELECT pg_advisory_xact_lock_shared(?)", (SETTLED_IDS_LOCK,))
-            if key:
-                row = tx.fetch_one("SELECT * FROM feedback WHERE idempotency_key = ?", (key,))
-                if row is not None:
-                    return row, True
+            # No look for the key first: a retry is rare, and the unique key answers it.
             inserted = tx.fetch_one(
                 "INSERT INTO feedback (text, model_prediction, user_label, prediction_id,"
                 " model_version, idempotency_key, created_at, audit)"
@@ -208,8 +205,8 @@ class FeedbackStore:
             )
             if inserted is not None:
                 return inserted, False
-            # Another process stored the same key between the two statements (the unique
-            # constraint, not this process's memory, decides): its record is the one.
+            # The key is stored already: by an earlier attempt (a retry), or by another
+            # replica meanwhile (the unique constraint, not a process's memory, decides).
             row = tx.fetch_one("SELECT * FROM feedback WHERE idempotency_key = ?", (key,))
             assert row is not None
             return row, True
