@@ -90,8 +90,8 @@ def ingest(mesh: RunningMesh, texts: list[str], records: int, clients: int) -> F
         elapsed = time.perf_counter() - started
     return (
         records / elapsed,
-        percentile(latencies, 50) * 1000,
-        percentile(latencies, 99) * 1000,
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
     )
 
 
