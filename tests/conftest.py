@@ -10,7 +10,8 @@ import httpx
 import pytest
 from postgres import PostgresServer, running_postgres
 
-from sentiloop.testing import RunningMesh, pid_alive, start_mesh
+from sentiloop.core.processes import pid_alive
+from sentiloop.testing import RunningMesh, start_mesh
 
 # Installed by `make system-deps` (apt-get); Playwright never downloads a browser here.
 CHROMIUM = os.environ.get("SENTILOOP_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from sentiloop.core.config import REPLICA_PORT_STRIDE
+from sentiloop.core.processes import pid_alive
 from sentiloop.testing import (
     TINY_ENV,
     PredictLoad,
     RunningMesh,
-    pid_alive,
     replica_base_port,
     start_mesh,
     wait_for,

@@ -11,7 +11,8 @@ import grpc
 import httpx
 
 from sentiloop.core.config import SERVICES
-from sentiloop.testing import RunningMesh, pid_alive, start_mesh
+from sentiloop.core.processes import pid_alive
+from sentiloop.testing import RunningMesh, start_mesh
 from sentiloop.v1 import health_pb2, health_pb2_grpc
 
 

@@ -28,9 +28,10 @@ from sentiloop.core.config import load_settings
 from sentiloop.core.db import open_database
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.notify import Notifier
+from sentiloop.core.processes import pid_alive
 from sentiloop.core.supervisor import envoy_routes_ready
 from sentiloop.notification.events import KNOWN_TYPES, EventLog
-from sentiloop.testing import RunningMesh, free_port, pid_alive, start_mesh
+from sentiloop.testing import RunningMesh, free_port, start_mesh
 from sentiloop.v1 import notification_pb2 as pb
 from sentiloop.v1 import notification_pb2_grpc as pb_grpc
 

@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from postgres import PostgresServer
 from test_feedback_loop import run_the_loop_once
 
+from sentiloop.core.processes import pid_alive
 from sentiloop.testing import (
     TINY_ENV,
     RunningMesh,
     free_port,
     give_feedback,
-    pid_alive,
     replica_base_port,
     start_mesh,
     wait_for,

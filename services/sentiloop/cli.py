@@ -511,6 +511,66 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metadata_files() -> list[Any]:
+    """Every service's SQLite file and the migrations its stores apply to it, in their
+    order (each servicer's create_app opens the same)."""
+    from sentiloop.core.db_copy import StoreFile
+    from sentiloop.evaluation import evaluator, reports
+    from sentiloop.feedback import export
+    from sentiloop.feedback import store as feedback
+    from sentiloop.inference import drift, engine, shadow
+    from sentiloop.model_init import jobs
+    from sentiloop.notification import events
+    from sentiloop.registry import store as registry
+    from sentiloop.retraining import runs
+
+    return [
+        StoreFile("registry", "registry.db", [("registry", registry.MIGRATIONS)]),
+        StoreFile("model_init", "jobs.db", [("model_init", jobs.MIGRATIONS)]),
+        StoreFile(
+            "feedback",
+            "feedback.db",
+            [("feedback", feedback.MIGRATIONS), ("feedback_export", export.MIGRATIONS)],
+        ),
+        StoreFile(
+            "inference",
+            "predictions.db",
+            [("predictions", engine.PREDICTIONS_MIGRATIONS), ("shadow", shadow.SHADOW_MIGRATIONS)],
+        ),
+        StoreFile("inference", "drift.db", [("drift", drift.CROSSINGS_MIGRATIONS)]),
+        StoreFile("retraining", "runs.db", [("runs", runs.MIGRATIONS)]),
+        StoreFile("notification", "events.db", [("events", events.MIGRATIONS)]),
+        StoreFile("evaluation", "scores.db", [("scores", evaluator.MIGRATIONS)]),
+        StoreFile("evaluation", "evaluations.db", [("evaluations", reports.MIGRATIONS)]),
+    ]
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    import os
+
+    from sentiloop.core.db_copy import CopyRefused, copy_to_postgres
+    from sentiloop.core.errors import SentiloopError
+
+    environ = dict(os.environ)
+    if args.data_dir:
+        environ["SENTILOOP_DATA_DIR"] = args.data_dir
+    try:
+        copy_to_postgres(load_settings(environ), _metadata_files())
+    except CopyRefused as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    except SentiloopError as error:  # unreachable, or a schema newer than this release
+        # Each file is copied in one transaction: the ones before it may be in.
+        print(f"error: {error} (copy again into a new, empty database)", file=sys.stderr)
+        return 1
+    print(
+        "The model artifacts and datasets are not in the database: with the local object"
+        " store, the services must find DATA_DIR/objects at the same path as before (keep"
+        " the data directory, or link or mount it there); see the README."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentiloop",
@@ -630,6 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = with_address(command("rollback", "return to the previous model", _cmd_rollback))
     rollback.add_argument("--reason")
     with_address(command("endpoint", "show the endpoint's status", _cmd_endpoint))
+
+    db = command(
+        "db",
+        "copy the SQLite metadata into the PostgreSQL database SENTILOOP_DATABASE_URL names"
+        " (stop the mesh first)",
+        _cmd_db,
+    )
+    db.add_argument("action", choices=["copy"])
+    db.add_argument("--data-dir", help="the data directory (default $SENTILOOP_DATA_DIR)")
     return parser
 
 

@@ -72,19 +72,6 @@ def replica_base_port(replicas: int = 2) -> int:
             return port
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it has exited all the same.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
 @dataclass
 class RunningMesh:
     process: subprocess.Popen[str]
