@@ -46,6 +46,8 @@ from sentiloop.data.scoring import (
 
 MODEL_CACHE_SIZE = 3  # the active model, a candidate, and one more
 PAGE_SIZE = 1000
+# pg_advisory lock key of the feedback mirror's writers ("evalmirr").
+MIRROR_LOCK = 0x6576616C6D697272
 
 
 def _add_sqlite_probabilities(tx: Transaction) -> None:
@@ -205,6 +207,10 @@ class EvaluationStore:
         last_id = max(r.id for r in records)
 
         def store(tx: Transaction) -> None:
+            if tx.engine == "postgresql":
+                # Replicas bringing the mirror up to date at once would upsert the same
+                # texts in other orders and deadlock; syncs are rare, so they take turns.
+                tx.fetch("SELECT pg_advisory_xact_lock(?)", (MIRROR_LOCK,))
             tx.execute_many(
                 "INSERT INTO feedback (text, label, model_version, model_prediction, id)"
                 f" VALUES (?, ?, ?, ?, ?) ON CONFLICT ({_key(tx, 'text')}) DO UPDATE SET"
@@ -282,7 +288,9 @@ class EvaluationStore:
                         known.label,
                         None if known.probabilities is None else json.dumps(known.probabilities),
                     )
-                    for text, known in predicted.items()
+                    # In one order for every writer: two upserting the same texts in
+                    # other orders could deadlock on PostgreSQL.
+                    for text, known in sorted(predicted.items())
                 ],
             ),
             write=True,
