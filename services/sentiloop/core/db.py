@@ -91,6 +91,19 @@ class Migration:
         return self.sqlite if engine == "sqlite" else self.postgresql
 
 
+def sqlite_columns_if_missing(table: str, columns: dict[str, str]) -> Step:
+    """A SQLite step adding ``columns`` (name: definition) that ``table`` lacks: files
+    made before the migration runner grew columns by hand, so one may have some already."""
+
+    def add(tx: Transaction) -> None:
+        present = {row["name"] for row in tx.fetch(f"PRAGMA table_info({table})")}
+        for name, definition in columns.items():
+            if name not in present:
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+
+    return add
+
+
 class Database:
     engine: Engine
     url: str

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sentiloop.core.artifacts import unpack_artifact
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction
+from sentiloop.core.db import (
+    Database,
+    Migration,
+    SQLiteDatabase,
+    Transaction,
+    sqlite_columns_if_missing,
+)
 from sentiloop.core.errors import FailedPrecondition
 from sentiloop.core.objectstore import ObjectStore
 from sentiloop.core.scripts import load_script
@@ -48,14 +54,6 @@ MODEL_CACHE_SIZE = 3  # the active model, a candidate, and one more
 PAGE_SIZE = 1000
 # pg_advisory lock key of the feedback mirror's writers ("evalmirr").
 MIRROR_LOCK = 0x6576616C6D697272
-
-
-def _add_sqlite_probabilities(tx: Transaction) -> None:
-    """Scores kept before calibration was measured: a file of that time lacks the column
-    (it was added by hand then, before the migration runner)."""
-    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(scores)")}
-    if "probabilities" not in columns:
-        tx.execute("ALTER TABLE scores ADD COLUMN probabilities TEXT")
 
 
 MIGRATIONS = (
@@ -82,7 +80,8 @@ MIGRATIONS = (
                 name  TEXT PRIMARY KEY,
                 value INTEGER NOT NULL
             ) WITHOUT ROWID""",
-            _add_sqlite_probabilities,
+            # Scores kept before calibration was measured lack it.
+            sqlite_columns_if_missing("scores", {"probabilities": "TEXT"}),
         ),
         postgresql=(
             # Texts are keyed by their md5: a B-tree entry must fit a third of a page and

@@ -9,19 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, SQLiteDatabase, Transaction, stored_time
+from sentiloop.core.db import (
+    Database,
+    Migration,
+    SQLiteDatabase,
+    Transaction,
+    sqlite_columns_if_missing,
+    stored_time,
+)
 from sentiloop.core.errors import InvalidArgument
 from sentiloop.core.validation import DEFAULT_PAGE_SIZE, check_text, label_problem
 from sentiloop.core.vocabulary import normalize_label
 from sentiloop.data.feedback_records import to_jsonl
-
-
-def _add_sqlite_audit_column(tx: Transaction) -> None:
-    # A database made before the runner may have the column already (see MIGRATIONS).
-    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(feedback)")}
-    if "audit" not in columns:
-        tx.execute("ALTER TABLE feedback ADD COLUMN audit INTEGER NOT NULL DEFAULT 0")
-
 
 # A SQLite database made before the migration runner has no schema_migrations row yet,
 # at one of two points of its history (with or without the audit column and table): its
@@ -62,7 +61,7 @@ MIGRATIONS = (
         2,
         "audit samples: the audit flag and the audit_requests GET /feedback/requests issued",
         sqlite=(
-            _add_sqlite_audit_column,
+            sqlite_columns_if_missing("feedback", {"audit": "INTEGER NOT NULL DEFAULT 0"}),
             """CREATE TABLE IF NOT EXISTS audit_requests (
                 prediction_id TEXT PRIMARY KEY,
                 issued_at     TEXT NOT NULL
@@ -93,6 +92,7 @@ MIGRATIONS = (
 )
 # pg_advisory lock key: submits hold it shared, list() takes it exclusively ("feedback").
 SETTLED_IDS_LOCK = 0x66656564626163
+EVERY_ID = 2**63 - 1  # above any id either engine hands out
 # SQLite's limit on a statement's variables is 32766 today but was 999 before 3.32.
 _IN_CHUNK = 500
 
@@ -236,9 +236,11 @@ class FeedbackStore:
         hold it shared) and holds back new ones, so the highest id then is settled; later
         submits take higher ids."""
 
+        if self.database.engine == "sqlite":
+            return EVERY_ID
+
         def read(tx: Transaction) -> int:
-            if tx.engine == "postgresql":
-                tx.fetch("SELECT pg_advisory_xact_lock(?)", (SETTLED_IDS_LOCK,))
+            tx.fetch("SELECT pg_advisory_xact_lock(?)", (SETTLED_IDS_LOCK,))
             row = tx.fetch_one("SELECT COALESCE(MAX(id), 0) AS id FROM feedback")
             return int(row["id"]) if row else 0
 

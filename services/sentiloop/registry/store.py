@@ -9,22 +9,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiloop.core.db import Database, Migration, Row, SQLiteDatabase, Transaction, stored_time
+from sentiloop.core.db import (
+    Database,
+    Migration,
+    Row,
+    SQLiteDatabase,
+    Transaction,
+    sqlite_columns_if_missing,
+    stored_time,
+)
 from sentiloop.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentiloop.core.serving import ServingState
 from sentiloop.core.validation import decimal, quoted
 from sentiloop.core.vocabulary import EndpointState
 from sentiloop.data.shadow import ShadowReport, supersedes
-
-
-def _add_sqlite_versions_columns(tx: Transaction) -> None:
-    # A registry made before gate decisions, or before shadow evaluation, lacks them.
-    columns = {row["name"] for row in tx.fetch("PRAGMA table_info(versions)")}
-    if "gate" not in columns:
-        tx.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT '{}'")
-    if "shadow" not in columns:
-        tx.execute("ALTER TABLE versions ADD COLUMN shadow TEXT NOT NULL DEFAULT '{}'")
-
 
 # A SQLite registry made before the migration runner has no schema_migrations row: the
 # steps are no-ops on what it has, so it adopts the runner at version 1 like a new one.
@@ -45,7 +43,11 @@ MIGRATIONS = (
                 created_at         TEXT NOT NULL,
                 shadow             TEXT NOT NULL DEFAULT '{}'
             )""",
-            _add_sqlite_versions_columns,
+            # A registry made before gate decisions, or before shadow evaluation.
+            sqlite_columns_if_missing(
+                "versions",
+                {"gate": "TEXT NOT NULL DEFAULT '{}'", "shadow": "TEXT NOT NULL DEFAULT '{}'"},
+            ),
             """CREATE TABLE IF NOT EXISTS activations (
                 id               INTEGER PRIMARY KEY AUTOINCREMENT,
                 version          TEXT NOT NULL,
