@@ -296,9 +296,7 @@ def _method_route(
     }
     # Any call is sent again on another host when it never reached the first (a replica
     # that died refuses the connection): it cannot have changed anything there.
-    route["retry_policy"] = _retry_policy(
-        UNDELIVERED if path not in IDEMPOTENT else UNDELIVERED + ",reset,unavailable"
-    )
+    route["retry_policy"] = _retry_policy(CHANGES_NOTHING if path in IDEMPOTENT else UNDELIVERED)
     matched: dict[str, Any] = {"match": {"path": f"/{path}"}, "route": route}
     if limit is not None:
         matched["typed_per_filter_config"] = {RATE_LIMIT_FILTER: limit}
@@ -336,10 +334,13 @@ def _rate_limit(per_second: int) -> dict[str, Any]:
     }
 
 
+# Retried for any call: it never reached a host. And for calls that change nothing: also
+# when the host reset or answered UNAVAILABLE mid-call.
 UNDELIVERED = "connect-failure,refused-stream"
+CHANGES_NOTHING = UNDELIVERED + ",reset,unavailable"
 
 
-def _retry_policy(retry_on: str = UNDELIVERED + ",reset,unavailable") -> dict[str, Any]:
+def _retry_policy(retry_on: str) -> dict[str, Any]:
     return {
         "retry_on": retry_on,
         "num_retries": 3,
@@ -359,7 +360,7 @@ def _retry_policy(retry_on: str = UNDELIVERED + ",reset,unavailable") -> dict[st
 def _route(service: str, cluster: str, retry: bool = False) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": cluster, "timeout": "0s"}
     if retry:
-        route["retry_policy"] = _retry_policy()
+        route["retry_policy"] = _retry_policy(CHANGES_NOTHING)
     return {"match": {"prefix": f"/{service}/"}, "route": route}
 
 
